@@ -1,0 +1,23 @@
+//! Shared building blocks of automodel-rs.
+//!
+//! * [`weights`]: memory-mapped safetensors checkpoints (single file or sharded with
+//!   `model.safetensors.index.json`), a loader that reports every missing, unexpected or
+//!   mis-shaped key at once, and an atomic, optionally sharded writer.
+//! * [`nn`]: the layers every Gemma model shares — an HF-layout [`nn::Linear`], the Gemma RMSNorm
+//!   (fp32 internally, optional weight, `w` or `1 + w`), split-half rotary embeddings with
+//!   explicit position ids, tanh-GELU and the inverse normal CDF used by activation sparsity.
+//! * [`loss`]: Hugging Face's causal-LM loss (shift, `-100` ignored, mean over labelled tokens).
+//!
+//! Everything is generic over the Burn backend; tests run on the `flex` CPU backend.
+
+pub mod error;
+pub mod loss;
+pub mod nn;
+pub mod weights;
+
+pub use error::{CoreError, WeightError};
+
+/// The CPU backend used by tests and CI.
+pub type CpuBackend = burn::backend::Flex;
+/// The CPU backend with gradient tracking.
+pub type CpuAutodiff = burn::backend::Autodiff<burn::backend::Flex>;
