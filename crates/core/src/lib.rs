@@ -13,6 +13,7 @@
 pub mod error;
 pub mod loss;
 pub mod nn;
+pub mod params;
 pub mod weights;
 
 pub use error::{CoreError, WeightError};

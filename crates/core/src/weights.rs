@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+pub use safetensors::Dtype;
+use safetensors::SafeTensors;
 
 use crate::error::{KeyProblem, WeightError};
 

@@ -1,1 +1,98 @@
+//! Parity against Hugging Face: runs the cases `make_golden.py` writes and compares every tensor
+//! with the tolerances of `shared/reference/README.md`.
+//!
+//! A case folder holds `config.json`, `model.safetensors`, `inputs.safetensors`,
+//! `outputs.safetensors` and `meta.json`; `meta.json`'s `case` field says what was computed. Every
+//! comparison becomes a [`Check`]; nothing about the tiny model is hard-coded, so folders written
+//! with other seeds, layer counts, windows or KV-sharing settings work the same way.
 
+mod compare;
+mod text;
+
+use std::path::{Path, PathBuf};
+
+use automodel_core::weights::SafeTensorsFiles;
+use burn::tensor::backend::AutodiffBackend;
+
+pub use compare::{Check, Tolerance, compare};
+
+/// Errors that stop a case from running (a failed comparison is a [`Check`], not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum ParityError {
+    #[error("{path}: {message}")]
+    Case { path: PathBuf, message: String },
+    #[error(transparent)]
+    Weights(#[from] automodel_core::WeightError),
+    #[error(transparent)]
+    Text(#[from] automodel_text::TextError),
+}
+
+/// Outcome of one case folder.
+#[derive(Debug)]
+pub struct CaseReport {
+    pub case: String,
+    pub dir: PathBuf,
+    /// `None` when the case type is not supported yet (with the reason in `skipped`).
+    pub checks: Vec<Check>,
+    pub skipped: Option<String>,
+}
+
+/// Case types this build can check.
+pub const SUPPORTED_CASES: &[&str] = &["text", "generate", "text_bf16"];
+
+/// Run one case folder, or every case folder directly inside `dir`.
+pub fn run<B: AutodiffBackend>(dir: &Path, device: &B::Device, only: Option<&[String]>) -> Result<Vec<CaseReport>, ParityError> {
+    let mut folders = Vec::new();
+    if dir.join("meta.json").is_file() {
+        folders.push(dir.to_path_buf());
+    } else {
+        let entries = std::fs::read_dir(dir).map_err(|e| ParityError::Case { path: dir.to_path_buf(), message: e.to_string() })?;
+        for e in entries.flatten() {
+            if e.path().join("meta.json").is_file() {
+                folders.push(e.path());
+            }
+        }
+        folders.sort();
+        if folders.is_empty() {
+            return Err(ParityError::Case {
+                path: dir.to_path_buf(),
+                message: "no case folder (a folder with meta.json) found".into(),
+            });
+        }
+    }
+    let mut reports = Vec::new();
+    for f in folders {
+        let case = case_name(&f)?;
+        if let Some(only) = only
+            && !only.iter().any(|c| c == &case)
+        {
+            continue;
+        }
+        let (checks, skipped) = match case.as_str() {
+            "text" => (text::forward_backward::<B>(&f, device)?, None),
+            "generate" => (text::generate::<B::InnerBackend>(&f, device)?, None),
+            "text_bf16" => (text::bf16::<B::InnerBackend>(&f, device)?, None),
+            other => (Vec::new(), Some(format!("case type `{other}` is not supported yet"))),
+        };
+        reports.push(CaseReport { case, dir: f, checks, skipped });
+    }
+    Ok(reports)
+}
+
+fn case_name(dir: &Path) -> Result<String, ParityError> {
+    let meta = read_meta(dir)?;
+    meta.get("case").and_then(|c| c.as_str()).map(str::to_string).ok_or_else(|| ParityError::Case {
+        path: dir.join("meta.json"),
+        message: "field `case` (string) is missing".into(),
+    })
+}
+
+pub(crate) fn read_meta(dir: &Path) -> Result<serde_json::Value, ParityError> {
+    let path = dir.join("meta.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ParityError::Case { path: path.clone(), message: e.to_string() })?;
+    serde_json::from_str(&text).map_err(|e| ParityError::Case { path, message: format!("invalid JSON: {e}") })
+}
+
+pub(crate) fn open(dir: &Path, file: &str) -> Result<SafeTensorsFiles, ParityError> {
+    Ok(SafeTensorsFiles::open(dir.join(file))?)
+}

@@ -4,7 +4,8 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution, Int};
 
-use crate::weights::{TensorMap, WeightLoader};
+use crate::params::{HfParam, ParamList};
+use crate::weights::WeightLoader;
 
 /// An `[num, dim]` lookup table. Like `nn.Embedding(padding_idx=p)`, the row `p` receives no
 /// gradient through the lookup (it still does through any other use of the table, such as a
@@ -56,8 +57,8 @@ impl<B: Backend> Embedding<B> {
         }
     }
 
-    /// Save `{name}.weight`.
-    pub fn save(&self, name: &str, out: &mut TensorMap) {
-        out.insert(format!("{name}.weight"), self.weight.val());
+    /// Register `{name}.weight`.
+    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
+        out.push(format!("{name}.weight"), HfParam::D2(self.weight.val()));
     }
 }

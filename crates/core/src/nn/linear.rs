@@ -4,7 +4,8 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 
-use crate::weights::{TensorMap, WeightLoader};
+use crate::params::{HfParam, ParamList};
+use crate::weights::WeightLoader;
 
 /// `y = x·Wᵀ` with `W` stored by HF as `[out, in]`; kept here as `[in, out]` so the forward is a
 /// plain matmul.
@@ -56,8 +57,8 @@ impl<B: Backend> Linear<B> {
         x.matmul(self.weight.val().unsqueeze::<D>())
     }
 
-    /// Save as `{name}.weight` in HF layout.
-    pub fn save(&self, name: &str, out: &mut TensorMap) {
-        out.insert(format!("{name}.weight"), self.hf_weight());
+    /// Register `{name}.weight`.
+    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
+        out.push(format!("{name}.weight"), HfParam::Linear(self.weight.val()));
     }
 }

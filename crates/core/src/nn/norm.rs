@@ -4,7 +4,8 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use crate::weights::{TensorMap, WeightLoader};
+use crate::params::{HfParam, ParamList};
+use crate::weights::WeightLoader;
 
 /// `y = x · (mean(x²) + eps)^-½ · scale`, computed in float32 and cast back to the input dtype
 /// (HF `Gemma3nRMSNorm` / `Gemma3RMSNorm`).
@@ -62,10 +63,10 @@ impl<B: Backend> RmsNorm<B> {
         y.cast(dtype)
     }
 
-    /// Save `{name}.weight` (nothing for a scale-less norm).
-    pub fn save(&self, name: &str, out: &mut TensorMap) {
+    /// Register `{name}.weight` (nothing for a scale-less norm).
+    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
         if let Some(w) = &self.weight {
-            out.insert(format!("{name}.weight"), w.val());
+            out.push(format!("{name}.weight"), HfParam::D1(w.val()));
         }
     }
 }

@@ -1,0 +1,135 @@
+//! AltUp: four residual streams, one of them active, with learned predict/correct mixing.
+
+use automodel_core::nn::{Linear, RmsNorm};
+use automodel_core::params::{HfParam, ParamList, join};
+use automodel_core::weights::WeightLoader;
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use crate::config::Gemma3nTextConfig;
+
+/// HF `Gemma3nTextAltUp`. Streams are stacked as `[K, B, T, H]`.
+#[derive(Module, Debug)]
+pub struct AltUp<B: Backend> {
+    pub correct_output_scale: Param<Tensor<B, 1>>,
+    pub correction_coefs: Linear<B>,
+    pub prediction_coefs: Linear<B>,
+    pub modality_router: Linear<B>,
+    pub router_norm: RmsNorm<B>,
+    #[module(skip)]
+    pub num_inputs: usize,
+    #[module(skip)]
+    pub active_idx: usize,
+    #[module(skip)]
+    pub coef_clip: Option<f64>,
+    #[module(skip)]
+    pub hidden_size: usize,
+}
+
+impl<B: Backend> AltUp<B> {
+    pub fn load(w: &WeightLoader<'_, B>, name: &str, cfg: &Gemma3nTextConfig) -> Self {
+        let (k, h) = (cfg.altup_num_inputs, cfg.hidden_size);
+        Self {
+            correct_output_scale: Param::from_tensor(w.tensor(&join(name, "correct_output_scale"), [h])),
+            correction_coefs: Linear::load(w, &join(name, "correction_coefs"), k, k),
+            prediction_coefs: Linear::load(w, &join(name, "prediction_coefs"), k, k * k),
+            modality_router: Linear::load(w, &join(name, "modality_router"), h, k),
+            router_norm: RmsNorm::load(w, &join(name, "router_norm"), h, cfg.rms_norm_eps, false),
+            num_inputs: k,
+            active_idx: cfg.altup_active_idx,
+            coef_clip: cfg.altup_coef_clip,
+            hidden_size: h,
+        }
+    }
+
+    /// HF init: zero output scale, small random coefficient/router matrices.
+    pub fn init(cfg: &Gemma3nTextConfig, device: &B::Device, dtype: DType) -> Self {
+        let (k, h, s) = (cfg.altup_num_inputs, cfg.hidden_size, cfg.initializer_range);
+        Self {
+            correct_output_scale: Param::from_tensor(Tensor::zeros([h], (device, dtype))),
+            correction_coefs: Linear::init(k, k, s, device, dtype),
+            prediction_coefs: Linear::init(k, k * k, s, device, dtype),
+            modality_router: Linear::init(h, k, s, device, dtype),
+            router_norm: RmsNorm::init(h, cfg.rms_norm_eps, false, device, dtype),
+            num_inputs: k,
+            active_idx: cfg.altup_active_idx,
+            coef_clip: cfg.altup_coef_clip,
+            hidden_size: h,
+        }
+    }
+
+    /// `tanh(float32(RMSNorm(x)/H · routerᵀ))`, cast back: `[B, T, K]`.
+    fn router(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        let r = self.router_norm.forward(x) * (1.0 / self.hidden_size as f64);
+        self.modality_router.forward(r).cast(DType::F32).tanh().cast(dtype)
+    }
+
+    /// The active stream of `[K, B, T, H]`.
+    pub fn active(&self, x: &Tensor<B, 4>) -> Tensor<B, 3> {
+        stream(x, self.active_idx)
+    }
+
+    /// `Pred_j = X_j + Σ_k C[j,k]·X_k` with `C = reshape(router(X_active)·Pᵀ, K×K)`.
+    ///
+    /// In training HF clamps the prediction coefficients to ±`altup_coef_clip` in place before
+    /// use: the forward sees clamped values and the gradient passes through unchanged.
+    pub fn predict(&self, x: Tensor<B, 4>, training: bool) -> Tensor<B, 4> {
+        let [k, b, t, _h] = x.dims();
+        let m = self.router(self.active(&x));
+        let mut w = self.prediction_coefs.weight.val();
+        if training && let Some(c) = self.coef_clip {
+            w = w.clone() + (w.clone().clamp(-c, c) - w).detach();
+        }
+        let coefs = m.matmul(w.unsqueeze::<3>()).reshape([b, t, k, k]).swap_dims(2, 3);
+        let pred = x.clone().permute([1, 2, 3, 0]).matmul(coefs).permute([3, 0, 1, 2]);
+        pred + x
+    }
+
+    /// `Corr_j = Pred_j + (router(activated)·Cᵀ + 1)_j · (activated − Pred_active)`.
+    ///
+    /// In training the correction coefficients are clamped functionally (no gradient to clamped
+    /// entries), as transformers 5.24 does.
+    pub fn correct(&self, pred: Tensor<B, 4>, activated: Tensor<B, 3>, training: bool) -> Tensor<B, 4> {
+        let m = self.router(activated.clone());
+        let mut w = self.correction_coefs.weight.val();
+        if training && let Some(c) = self.coef_clip {
+            w = w.clamp(-c, c);
+        }
+        let coefs = (m.matmul(w.unsqueeze::<3>()) + 1.0).permute([2, 0, 1]).unsqueeze_dim::<4>(3);
+        let innovation = (activated - self.active(&pred)).unsqueeze_dim::<4>(0);
+        innovation * coefs + pred
+    }
+
+    /// `x · correct_output_scale`.
+    pub fn scale_corrected_output(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        let s = self.correct_output_scale.val();
+        (x.cast(s.dtype()) * s.unsqueeze::<3>()).cast(dtype)
+    }
+
+    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
+        out.push(join(name, "correct_output_scale"), HfParam::D1(self.correct_output_scale.val()));
+        self.correction_coefs.params(&join(name, "correction_coefs"), out);
+        self.prediction_coefs.params(&join(name, "prediction_coefs"), out);
+        self.modality_router.params(&join(name, "modality_router"), out);
+        self.router_norm.params(&join(name, "router_norm"), out);
+    }
+}
+
+/// Stream `j` of `[K, B, T, H]` as `[B, T, H]`.
+pub fn stream<B: Backend>(x: &Tensor<B, 4>, j: usize) -> Tensor<B, 3> {
+    x.clone().narrow(0, j, 1).squeeze_dim::<3>(0)
+}
+
+/// `Y · r / sqrt(max(mean(Y²), 1e-5))`: rescale `y` to the per-token RMS `r` (activation dtype).
+pub fn match_magnitude<B: Backend>(y: Tensor<B, 3>, target_rms: Tensor<B, 3>) -> Tensor<B, 3> {
+    let ms = y.clone().powi_scalar(2).mean_dim(2).clamp_min(1e-5).sqrt();
+    y * target_rms / ms
+}
+
+/// Per-token RMS without epsilon, `sqrt(mean(x²))`.
+pub fn rms<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    x.powi_scalar(2).mean_dim(2).sqrt()
+}

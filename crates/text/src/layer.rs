@@ -1,0 +1,137 @@
+//! One Gemma 3n decoder layer: AltUp predict → attention + LAuReL → FFN → AltUp correct → PLE.
+
+use std::collections::BTreeMap;
+
+use automodel_core::nn::{Linear, RmsNorm, gelu_tanh};
+use automodel_core::params::{ParamList, join};
+use automodel_core::weights::WeightLoader;
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use crate::altup::{AltUp, stream};
+use crate::attention::{Attention, AttentionInputs, SharedKv};
+use crate::cache::KvCache;
+use crate::config::Gemma3nTextConfig;
+use crate::laurel::Laurel;
+use crate::mlp::Mlp;
+
+/// HF `Gemma3nTextDecoderLayer`.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub self_attn: Attention<B>,
+    pub mlp: Mlp<B>,
+    pub input_layernorm: RmsNorm<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub pre_feedforward_layernorm: RmsNorm<B>,
+    pub post_feedforward_layernorm: RmsNorm<B>,
+    pub altup: AltUp<B>,
+    pub laurel: Laurel<B>,
+    pub per_layer_input_gate: Linear<B>,
+    pub per_layer_projection: Linear<B>,
+    pub post_per_layer_input_norm: RmsNorm<B>,
+    #[module(skip)]
+    pub altup_correct_scale: bool,
+}
+
+/// Where a layer writes the intermediate tensors the golden files trace.
+pub type Traces<B> = BTreeMap<String, Tensor<B, 3>>;
+
+impl<B: Backend> DecoderLayer<B> {
+    pub fn load(w: &WeightLoader<'_, B>, name: &str, cfg: &Gemma3nTextConfig, idx: usize) -> Self {
+        let (h, p, eps) = (cfg.hidden_size, cfg.hidden_size_per_layer_input, cfg.rms_norm_eps);
+        let norm = |n: &str| RmsNorm::load(w, &join(name, n), h, eps, false);
+        Self {
+            self_attn: Attention::load(w, &join(name, "self_attn"), cfg, idx),
+            mlp: Mlp::load(w, &join(name, "mlp"), h, cfg.intermediate_sizes()[idx], cfg.activation_sparsity()[idx]),
+            input_layernorm: norm("input_layernorm"),
+            post_attention_layernorm: norm("post_attention_layernorm"),
+            pre_feedforward_layernorm: norm("pre_feedforward_layernorm"),
+            post_feedforward_layernorm: norm("post_feedforward_layernorm"),
+            altup: AltUp::load(w, &join(name, "altup"), cfg),
+            laurel: Laurel::load(w, &join(name, "laurel"), cfg),
+            per_layer_input_gate: Linear::load(w, &join(name, "per_layer_input_gate"), h, p),
+            per_layer_projection: Linear::load(w, &join(name, "per_layer_projection"), p, h),
+            post_per_layer_input_norm: norm("post_per_layer_input_norm"),
+            altup_correct_scale: cfg.altup_correct_scale,
+        }
+    }
+
+    pub fn init(cfg: &Gemma3nTextConfig, idx: usize, device: &B::Device, dtype: DType) -> Self {
+        let (h, p, eps, s) = (cfg.hidden_size, cfg.hidden_size_per_layer_input, cfg.rms_norm_eps, cfg.initializer_range);
+        let norm = || RmsNorm::init(h, eps, false, device, dtype);
+        Self {
+            self_attn: Attention::init(cfg, idx, device, dtype),
+            mlp: Mlp::init(cfg, cfg.intermediate_sizes()[idx], cfg.activation_sparsity()[idx], device, dtype),
+            input_layernorm: norm(),
+            post_attention_layernorm: norm(),
+            pre_feedforward_layernorm: norm(),
+            post_feedforward_layernorm: norm(),
+            altup: AltUp::init(cfg, device, dtype),
+            laurel: Laurel::init(cfg, device, dtype),
+            per_layer_input_gate: Linear::init(h, p, s, device, dtype),
+            per_layer_projection: Linear::init(p, h, s, device, dtype),
+            post_per_layer_input_norm: norm(),
+            altup_correct_scale: cfg.altup_correct_scale,
+        }
+    }
+
+    /// `x`: streams `[K, B, T, H]`; `per_layer_input`: this layer's PLE slice `[B, T, P]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        per_layer_input: Tensor<B, 3>,
+        inputs: &AttentionInputs<B>,
+        shared: &mut SharedKv<B>,
+        cache: Option<&mut KvCache<B>>,
+        training: bool,
+        traces: Option<&mut Traces<B>>,
+    ) -> Tensor<B, 4> {
+        let predictions = self.altup.predict(x, training);
+        let active = self.altup.active(&predictions);
+        let normed = self.input_layernorm.forward(active.clone());
+        let laurel = self.laurel.forward(normed.clone());
+        let attn = self.self_attn.forward(normed, inputs, shared, cache);
+        let attn_normed = self.post_attention_layernorm.forward(attn.clone());
+        let attn_laurel = (active + attn_normed + laurel.clone()) / std::f64::consts::SQRT_2;
+        let mlp = self.mlp.forward(self.pre_feedforward_layernorm.forward(attn_laurel.clone()));
+        let out = attn_laurel + self.post_feedforward_layernorm.forward(mlp.clone());
+        if let Some(tr) = traces {
+            let i = self.self_attn.layer_idx;
+            tr.insert(format!("trace.text.layer{i}.attn_out"), attn);
+            tr.insert(format!("trace.text.layer{i}.mlp_out"), mlp);
+            tr.insert(format!("trace.text.layer{i}.laurel_out"), laurel);
+        }
+
+        let corrected = self.altup.correct(predictions, out, training);
+        let mut first = stream(&corrected, self.altup.active_idx);
+        if self.altup_correct_scale {
+            first = self.altup.scale_corrected_output(first);
+        }
+        let gate = gelu_tanh(self.per_layer_input_gate.forward(first)) * per_layer_input;
+        let ple = self.post_per_layer_input_norm.forward(self.per_layer_projection.forward(gate));
+        // HF adds the per-layer embedding to streams 1.. (`corrected_predictions[1:] += ...`).
+        let k = corrected.dims()[0];
+        let streams: Vec<Tensor<B, 4>> = (0..k)
+            .map(|j| {
+                let s = corrected.clone().narrow(0, j, 1);
+                if j == 0 { s } else { s + ple.clone().unsqueeze_dim::<4>(0) }
+            })
+            .collect();
+        Tensor::cat(streams, 0)
+    }
+
+    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
+        self.self_attn.params(&join(name, "self_attn"), out);
+        self.mlp.params(&join(name, "mlp"), out);
+        self.input_layernorm.params(&join(name, "input_layernorm"), out);
+        self.post_attention_layernorm.params(&join(name, "post_attention_layernorm"), out);
+        self.pre_feedforward_layernorm.params(&join(name, "pre_feedforward_layernorm"), out);
+        self.post_feedforward_layernorm.params(&join(name, "post_feedforward_layernorm"), out);
+        self.altup.params(&join(name, "altup"), out);
+        self.laurel.params(&join(name, "laurel"), out);
+        self.per_layer_input_gate.params(&join(name, "per_layer_input_gate"), out);
+        self.per_layer_projection.params(&join(name, "per_layer_projection"), out);
+        self.post_per_layer_input_norm.params(&join(name, "post_per_layer_input_norm"), out);
+    }
+}

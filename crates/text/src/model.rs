@@ -1,0 +1,466 @@
+//! `Gemma3nTextModel` and `Gemma3nForCausalLM`.
+
+use std::path::Path;
+
+use automodel_core::loss::causal_lm_loss;
+use automodel_core::nn::rope::RopeTables;
+use automodel_core::nn::{Embedding, Linear, RmsNorm, softcap};
+use automodel_core::params::{ParamList, join};
+use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
+use burn::prelude::*;
+use burn::tensor::{DType, Int};
+
+use crate::altup::{match_magnitude, rms, stream};
+use crate::attention::{AttentionInputs, SharedKv, build_mask};
+use crate::cache::KvCache;
+use crate::config::{Gemma3nTextConfig, KvSharing, LayerType};
+use crate::error::TextError;
+use crate::layer::{DecoderLayer, Traces};
+
+/// Key prefix of the text decoder inside a `Gemma3nForConditionalGeneration` checkpoint.
+pub const CONDITIONAL_PREFIX: &str = "model.language_model.";
+
+/// What a forward pass should produce beyond the final hidden state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Keep the 4-stream input of every layer and the final streams (HF `output_hidden_states`).
+    pub output_hidden_states: bool,
+    /// Keep `attn_out`/`mlp_out`/`laurel_out` of every layer (`trace.text.layer{i}.*`).
+    pub trace: bool,
+    /// Training-mode behaviour (AltUp coefficient clipping).
+    pub training: bool,
+}
+
+/// Outputs of [`Gemma3nTextModel::forward_embeds`].
+#[derive(Debug, Clone)]
+pub struct TextModelOutput<B: Backend> {
+    /// After AltUp unembedding, stream mean and the final norm: `[B, T, H]`.
+    pub last_hidden_state: Tensor<B, 3>,
+    /// `[K, B, T, H]` per layer input plus the final streams (if requested).
+    pub hidden_states: Vec<Tensor<B, 4>>,
+    /// The embeddings the decoder ran on, `[B, T, H]`.
+    pub inputs_embeds: Tensor<B, 3>,
+    /// The combined per-layer inputs, `[B, T, L, P]`.
+    pub per_layer_inputs: Tensor<B, 4>,
+    /// Traced intermediate tensors (if requested).
+    pub traces: Traces<B>,
+}
+
+/// The Gemma 3n MatFormer text decoder (HF `Gemma3nTextModel`).
+#[derive(Module, Debug)]
+pub struct Gemma3nTextModel<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub embed_tokens_per_layer: Embedding<B>,
+    pub per_layer_model_projection: Linear<B>,
+    pub per_layer_projection_norm: RmsNorm<B>,
+    pub altup_projections: Vec<Linear<B>>,
+    pub altup_unembed_projections: Vec<Linear<B>>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    #[module(skip)]
+    pub config: Gemma3nTextConfig,
+}
+
+impl<B: Backend> Gemma3nTextModel<B> {
+    /// Build from checkpoint tensors under the loader's prefix.
+    pub fn load(w: &WeightLoader<'_, B>, cfg: &Gemma3nTextConfig) -> Self {
+        let (h, l, p, eps) = (cfg.hidden_size, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input, cfg.rms_norm_eps);
+        let k = cfg.altup_num_inputs;
+        Self {
+            embed_tokens: Embedding::load(w, "embed_tokens", cfg.vocab_size, h, cfg.pad_token_id.map(|p| p as usize)),
+            embed_tokens_per_layer: Embedding::load(
+                w,
+                "embed_tokens_per_layer",
+                cfg.vocab_size_per_layer_input,
+                l * p,
+                cfg.pad_token_id.map(|p| p as usize),
+            ),
+            per_layer_model_projection: Linear::load(w, "per_layer_model_projection", h, l * p),
+            per_layer_projection_norm: RmsNorm::load(w, "per_layer_projection_norm", p, eps, false),
+            altup_projections: (0..k - 1).map(|i| Linear::load(w, &format!("altup_projections.{i}"), h, h)).collect(),
+            altup_unembed_projections: (0..k - 1)
+                .map(|i| Linear::load(w, &format!("altup_unembed_projections.{i}"), h, h))
+                .collect(),
+            layers: (0..l).map(|i| DecoderLayer::load(w, &format!("layers.{i}"), cfg, i)).collect(),
+            norm: RmsNorm::load(w, "norm", h, eps, false),
+            config: cfg.clone(),
+        }
+    }
+
+    /// Random initialisation (HF-style: normal(0, initializer_range) matrices, unit norms).
+    pub fn init(cfg: &Gemma3nTextConfig, device: &B::Device, dtype: DType) -> Self {
+        let (h, l, p, eps, s) =
+            (cfg.hidden_size, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input, cfg.rms_norm_eps, cfg.initializer_range);
+        let k = cfg.altup_num_inputs;
+        let pad = cfg.pad_token_id.map(|p| p as usize);
+        Self {
+            embed_tokens: Embedding::init(cfg.vocab_size, h, s, pad, device, dtype),
+            embed_tokens_per_layer: Embedding::init(cfg.vocab_size_per_layer_input, l * p, s, pad, device, dtype),
+            per_layer_model_projection: Linear::init(h, l * p, s, device, dtype),
+            per_layer_projection_norm: RmsNorm::init(p, eps, false, device, dtype),
+            altup_projections: (0..k - 1).map(|_| Linear::init(h, h, s, device, dtype)).collect(),
+            altup_unembed_projections: (0..k - 1).map(|_| Linear::init(h, h, s, device, dtype)).collect(),
+            layers: (0..l).map(|i| DecoderLayer::init(cfg, i, device, dtype)).collect(),
+            norm: RmsNorm::init(h, eps, false, device, dtype),
+            config: cfg.clone(),
+        }
+    }
+
+    /// Every parameter by HF key (relative to the text model), in module order.
+    pub fn params(&self, out: &mut ParamList<B>) {
+        self.embed_tokens.params("embed_tokens", out);
+        self.embed_tokens_per_layer.params("embed_tokens_per_layer", out);
+        self.per_layer_model_projection.params("per_layer_model_projection", out);
+        self.per_layer_projection_norm.params("per_layer_projection_norm", out);
+        for (i, p) in self.altup_projections.iter().enumerate() {
+            p.params(&format!("altup_projections.{i}"), out);
+        }
+        for (i, p) in self.altup_unembed_projections.iter().enumerate() {
+            p.params(&format!("altup_unembed_projections.{i}"), out);
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.params(&join("layers", &i.to_string()), out);
+        }
+        self.norm.params("norm", out);
+    }
+
+    fn device(&self) -> B::Device {
+        self.embed_tokens.weight.device()
+    }
+
+    /// Model dtype (that of the embedding table).
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.weight.val().dtype()
+    }
+
+    /// Check that every id is in `[0, vocab_size)`.
+    pub fn check_ids(&self, ids: &Tensor<B, 2, Int>) -> Result<(), TextError> {
+        if ids.dims()[1] == 0 {
+            return Err(TextError::Input("input_ids is empty".into()));
+        }
+        let min: i64 = ids.clone().min().into_scalar().elem();
+        let max: i64 = ids.clone().max().into_scalar().elem();
+        let v = self.config.vocab_size as i64;
+        if min < 0 || max >= v {
+            return Err(TextError::Input(format!("input_ids must be in [0, {v}) (vocab_size); found ids in [{min}, {max}]")));
+        }
+        Ok(())
+    }
+
+    /// Scaled token embeddings `embed_tokens[ids] · √H` (scale rounded to the weight dtype).
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let scale = (self.config.hidden_size as f64).sqrt() as f32;
+        self.embed_tokens.forward(ids) * scale as f64
+    }
+
+    /// The token part of the per-layer inputs, `embed_tokens_per_layer[ids] · √P` reshaped to
+    /// `[B, T, L, P]`; ids outside `[0, vocab_size_per_layer_input)` are looked up as 0.
+    pub fn per_layer_token_embeds(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 4> {
+        let [b, t] = ids.dims();
+        let (l, p) = (self.config.num_hidden_layers, self.config.hidden_size_per_layer_input);
+        let v = self.config.vocab_size_per_layer_input as i64;
+        let outside = ids.clone().greater_equal_elem(v).bool_or(ids.clone().lower_elem(0));
+        let ids = ids.mask_fill(outside, 0);
+        let scale = (p as f64).sqrt() as f32;
+        (self.embed_tokens_per_layer.forward(ids) * scale as f64).reshape([b, t, l, p])
+    }
+
+    /// Combine the context part (a projection of `inputs_embeds`) with the token part:
+    /// `(RMSNorm(proj(E)·H^-½) + token)·2^-½`; without a token part HF returns the projection
+    /// alone (no 2^-½).
+    pub fn project_per_layer_inputs(&self, inputs_embeds: Tensor<B, 3>, token: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
+        let [b, t, _] = inputs_embeds.dims();
+        let (l, p) = (self.config.num_hidden_layers, self.config.hidden_size_per_layer_input);
+        let scale = (self.config.hidden_size as f32).powf(-0.5) as f64;
+        let proj = (self.per_layer_model_projection.forward(inputs_embeds) * scale).reshape([b, t, l, p]);
+        let proj = self.per_layer_projection_norm.forward(proj);
+        match token {
+            None => proj,
+            Some(tok) => (proj + tok) * (1.0f32 / 2.0f32.sqrt()) as f64,
+        }
+    }
+
+    /// Forward from token ids (`[B, T]`). `attention_mask` (1 = real token) and `position_ids`
+    /// default to all ones and to consecutive positions after whatever `cache` holds.
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<&[Vec<i64>]>,
+        position_ids: Option<&[Vec<i64>]>,
+        cache: Option<&mut KvCache<B>>,
+        opts: ForwardOptions,
+    ) -> Result<TextModelOutput<B>, TextError> {
+        self.check_ids(&ids)?;
+        let embeds = self.embed(ids.clone());
+        let token = self.per_layer_token_embeds(ids);
+        self.forward_embeds(embeds, Some(token), attention_mask, position_ids, cache, opts)
+    }
+
+    /// Forward from embeddings (`[B, T, H]`, e.g. with multimodal soft tokens merged in) and the
+    /// token part of the per-layer inputs.
+    pub fn forward_embeds(
+        &self,
+        inputs_embeds: Tensor<B, 3>,
+        per_layer_token_embeds: Option<Tensor<B, 4>>,
+        attention_mask: Option<&[Vec<i64>]>,
+        position_ids: Option<&[Vec<i64>]>,
+        mut cache: Option<&mut KvCache<B>>,
+        opts: ForwardOptions,
+    ) -> Result<TextModelOutput<B>, TextError> {
+        let cfg = &self.config;
+        let device = self.device();
+        let dtype = inputs_embeds.dtype();
+        let [b, t, h] = inputs_embeds.dims();
+        if h != cfg.hidden_size {
+            return Err(TextError::Input(format!("inputs_embeds has width {h}, expected hidden_size {}", cfg.hidden_size)));
+        }
+        let new_mask: Vec<Vec<i64>> = match attention_mask {
+            Some(m) => {
+                if m.len() != b || m.iter().any(|r| r.len() != t) {
+                    return Err(TextError::Input(format!("attention_mask must be [{b}, {t}] like the inputs")));
+                }
+                m.to_vec()
+            }
+            None => vec![vec![1; t]; b],
+        };
+        let past = cache.as_ref().map_or(0, |c| c.seq_len());
+        if let Some(c) = cache.as_ref()
+            && let Some(cb) = c.batch_size()
+            && cb != b
+        {
+            return Err(TextError::Input(format!("the cache holds a batch of {cb}, the inputs have {b} rows")));
+        }
+        let positions: Vec<Vec<i64>> = match position_ids {
+            Some(p) => {
+                if p.len() != b || p.iter().any(|r| r.len() != t) {
+                    return Err(TextError::Input(format!("position_ids must be [{b}, {t}] like the inputs")));
+                }
+                p.to_vec()
+            }
+            None => vec![(past as i64..(past + t) as i64).collect(); b],
+        };
+        // Full padding history: cached positions then the new ones.
+        let padding: Vec<Vec<i64>> = match cache.as_ref() {
+            Some(c) if past > 0 => c.mask.iter().zip(&new_mask).map(|(old, new)| [old.as_slice(), new].concat()).collect(),
+            _ => new_mask.clone(),
+        };
+
+        let (theta_local, theta_global) = cfg.rope_thetas()?;
+        let mut inputs = std::collections::HashMap::new();
+        for (ty, theta) in [(LayerType::Sliding, theta_local), (LayerType::Full, theta_global)] {
+            let (cos, sin) = RopeTables::new(theta, cfg.head_dim).cos_sin::<B>(&positions, &device, dtype);
+            let (key_start, window) = match ty {
+                LayerType::Full => (0, None),
+                LayerType::Sliding => {
+                    let start = if cache.is_some() { past.saturating_sub(cfg.sliding_window - 1) } else { 0 };
+                    (start, Some(cfg.sliding_window))
+                }
+            };
+            let mask = build_mask::<B>(&padding, past, t, key_start, window, &device);
+            inputs.insert(ty, AttentionInputs { cos, sin, mask });
+        }
+
+        let per_layer_inputs = self.project_per_layer_inputs(inputs_embeds.clone(), per_layer_token_embeds);
+
+        // AltUp streams: the embeddings plus K−1 magnitude-matched projections.
+        let target = rms(inputs_embeds.clone());
+        let mut streams = vec![inputs_embeds.clone()];
+        for proj in &self.altup_projections {
+            streams.push(match_magnitude(proj.forward(inputs_embeds.clone()), target.clone()));
+        }
+        let mut x = Tensor::stack::<4>(streams, 0);
+
+        let mut hidden_states = Vec::new();
+        let mut traces = Traces::new();
+        let mut shared = SharedKv::new();
+        let (l, p) = (cfg.num_hidden_layers, cfg.hidden_size_per_layer_input);
+        for (i, layer) in self.layers.iter().enumerate() {
+            if opts.output_hidden_states {
+                hidden_states.push(x.clone());
+            }
+            let pli = per_layer_inputs.clone().narrow(2, i, 1).reshape([b, t, p]);
+            let ty = layer.self_attn.layer_type;
+            x = layer.forward(
+                x,
+                pli,
+                &inputs[&ty],
+                &mut shared,
+                cache.as_deref_mut(),
+                opts.training,
+                opts.trace.then_some(&mut traces),
+            );
+        }
+        debug_assert_eq!(self.layers.len(), l);
+        if opts.output_hidden_states {
+            hidden_states.push(x.clone());
+        }
+
+        // Unembed: magnitude-match streams 1.. to stream 0, average, norm.
+        let x0 = stream(&x, 0);
+        let target = rms(x0.clone());
+        let mut outs = vec![x0];
+        for (j, proj) in self.altup_unembed_projections.iter().enumerate() {
+            outs.push(match_magnitude(proj.forward(stream(&x, j + 1)), target.clone()));
+        }
+        let merged = Tensor::stack::<4>(outs, 0).mean_dim(0).squeeze_dim::<3>(0);
+        let last_hidden_state = self.norm.forward(merged);
+
+        if let Some(c) = cache {
+            if past == 0 {
+                c.mask = new_mask;
+            } else {
+                for (old, new) in c.mask.iter_mut().zip(new_mask) {
+                    old.extend(new);
+                }
+            }
+            c.last_position = positions.iter().map(|r| *r.last().unwrap()).collect();
+        }
+        Ok(TextModelOutput { last_hidden_state, hidden_states, inputs_embeds, per_layer_inputs, traces })
+    }
+}
+
+/// Outputs of [`Gemma3nForCausalLM::forward`].
+#[derive(Debug, Clone)]
+pub struct CausalLmOutput<B: Backend> {
+    /// Soft-capped logits `[B, T, V]`.
+    pub logits: Tensor<B, 3>,
+    /// Mean causal-LM loss over labelled tokens, when labels were given and any is labelled.
+    pub loss: Option<Tensor<B, 1>>,
+    /// The decoder's outputs.
+    pub model: TextModelOutput<B>,
+}
+
+/// The text decoder with its tied, soft-capped LM head (HF `Gemma3nForCausalLM`).
+#[derive(Module, Debug)]
+pub struct Gemma3nForCausalLM<B: Backend> {
+    pub model: Gemma3nTextModel<B>,
+    /// Key prefix the weights were loaded from (and are saved under).
+    #[module(skip)]
+    pub prefix: String,
+}
+
+impl<B: Backend> Gemma3nForCausalLM<B> {
+    /// Load from a checkpoint (file, folder or index) whose keys follow one of the HF layouts:
+    /// `model.language_model.*` (full Gemma 3n), `model.*` (text-only causal LM) or bare names.
+    /// `config.json` is read from the folder unless a config is given.
+    pub fn from_pretrained(
+        path: impl AsRef<Path>,
+        config: Option<Gemma3nTextConfig>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, TextError> {
+        let path = path.as_ref();
+        let cfg = match config {
+            Some(c) => {
+                c.validate()?;
+                c
+            }
+            None => {
+                let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+                Gemma3nTextConfig::from_file(dir.join("config.json"))?
+            }
+        };
+        let files = SafeTensorsFiles::open(path)?;
+        Self::from_files(&files, &cfg, device, dtype)
+    }
+
+    /// Load from opened checkpoint files.
+    pub fn from_files(
+        files: &SafeTensorsFiles,
+        cfg: &Gemma3nTextConfig,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, TextError> {
+        let prefix = detect_prefix(files);
+        let loader = WeightLoader::<B>::new(files, prefix.clone(), device, dtype);
+        let model = Gemma3nTextModel::load(&loader, cfg);
+        let reuse: Vec<usize> = cfg
+            .kv_sharing()?
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| matches!(m, KvSharing::Reuse { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        loader.finish(|rel| ignored_key(rel, &reuse))?;
+        Ok(Self { model, prefix })
+    }
+
+    /// Random initialisation.
+    pub fn init(cfg: &Gemma3nTextConfig, device: &B::Device, dtype: DType) -> Self {
+        Self { model: Gemma3nTextModel::init(cfg, device, dtype), prefix: CONDITIONAL_PREFIX.to_string() }
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Gemma3nTextConfig {
+        &self.model.config
+    }
+
+    /// Tied head: `softcap(h·Eᵀ)`.
+    pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let w = self.model.embed_tokens.weight.val();
+        let logits = hidden.matmul(w.transpose().unsqueeze::<3>());
+        match self.model.config.final_logit_softcapping {
+            Some(cap) => softcap(logits, cap),
+            None => logits,
+        }
+    }
+
+    /// Forward with optional labels (`[B, T]`, `-100` = ignored).
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<&[Vec<i64>]>,
+        labels: Option<Tensor<B, 2, Int>>,
+        opts: ForwardOptions,
+    ) -> Result<CausalLmOutput<B>, TextError> {
+        let out = self.model.forward(ids, attention_mask, None, None, opts)?;
+        let logits = self.lm_logits(out.last_hidden_state.clone());
+        let loss = labels.and_then(|l| causal_lm_loss(logits.clone(), l));
+        Ok(CausalLmOutput { logits, loss, model: out })
+    }
+
+    /// Every parameter by full HF key (with the checkpoint prefix).
+    pub fn params(&self) -> ParamList<B> {
+        let mut rel = ParamList::new();
+        self.model.params(&mut rel);
+        ParamList { entries: rel.entries.into_iter().map(|(k, p)| (format!("{}{k}", self.prefix), p)).collect() }
+    }
+
+    /// Write `config.json` (a bare text config) and the weights in HF layout (single file, or
+    /// shards of at most `max_shard_bytes` with an index), atomically.
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>, max_shard_bytes: Option<usize>) -> Result<(), TextError> {
+        let dir = dir.as_ref();
+        self.params().to_tensor_map("").save(dir, max_shard_bytes)?;
+        let mut cfg = serde_json::to_value(&self.model.config).expect("serialisable");
+        if let Some(o) = cfg.as_object_mut() {
+            o.insert("model_type".into(), "gemma3n_text".into());
+            o.insert("architectures".into(), serde_json::json!(["Gemma3nForCausalLM"]));
+        }
+        let text = serde_json::to_string_pretty(&cfg).expect("serialisable");
+        automodel_core::weights::write_atomic(&dir.join("config.json"), text.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// Which HF layout a checkpoint uses for the text decoder.
+pub fn detect_prefix(files: &SafeTensorsFiles) -> String {
+    for p in [CONDITIONAL_PREFIX, "model.", ""] {
+        if files.contains(&format!("{p}embed_tokens.weight")) {
+            return p.to_string();
+        }
+    }
+    CONDITIONAL_PREFIX.to_string()
+}
+
+/// Keys a checkpoint may hold that the model deliberately does not use: the (zero) K/V weights
+/// released checkpoints keep for KV-reusing layers, and a duplicated tied `lm_head`.
+fn ignored_key(rel: &str, reuse: &[usize]) -> bool {
+    if let Some(rest) = rel.strip_prefix("layers.")
+        && let Some((idx, tail)) = rest.split_once('.')
+        && let Ok(i) = idx.parse::<usize>()
+    {
+        return reuse.contains(&i)
+            && matches!(tail, "self_attn.k_proj.weight" | "self_attn.v_proj.weight" | "self_attn.k_norm.weight");
+    }
+    false
+}
