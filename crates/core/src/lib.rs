@@ -22,3 +22,10 @@ pub use error::{CoreError, WeightError};
 pub type CpuBackend = burn::backend::Flex;
 /// The CPU backend with gradient tracking.
 pub type CpuAutodiff = burn::backend::Autodiff<burn::backend::Flex>;
+
+/// Burn's CUDA backend (GPU training and inference).
+#[cfg(feature = "cuda")]
+pub type CudaBackend = burn::backend::Cuda;
+/// The CUDA backend with gradient tracking.
+#[cfg(feature = "cuda")]
+pub type CudaAutodiff = burn::backend::Autodiff<burn::backend::Cuda>;

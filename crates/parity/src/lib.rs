@@ -96,3 +96,12 @@ pub(crate) fn read_meta(dir: &Path) -> Result<serde_json::Value, ParityError> {
 pub(crate) fn open(dir: &Path, file: &str) -> Result<SafeTensorsFiles, ParityError> {
     Ok(SafeTensorsFiles::open(dir.join(file))?)
 }
+
+/// The golden folder: `$AUTOMODEL_GOLDEN_DIR`, else `../shared/reference/golden` next to the
+/// workspace (where the project's reference material lives).
+pub fn golden_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("AUTOMODEL_GOLDEN_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/golden")
+}
