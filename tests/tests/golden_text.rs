@@ -6,13 +6,28 @@ use automodel_parity::{CaseReport, golden_dir, run};
 
 fn run_case(case: &str) -> CaseReport {
     let dir = golden_dir();
-    assert!(dir.is_dir(), "golden files not found at {} (set AUTOMODEL_GOLDEN_DIR)", dir.display());
-    let mut reports = run::<CpuAutodiff>(&dir, &Default::default(), Some(&[case.to_string()])).expect("case runs");
+    assert!(
+        dir.is_dir(),
+        "golden files not found at {} (set AUTOMODEL_GOLDEN_DIR)",
+        dir.display()
+    );
+    let mut reports = run::<CpuAutodiff>(&dir, &Default::default(), Some(&[case.to_string()]))
+        .expect("case runs");
     assert_eq!(reports.len(), 1, "exactly one `{case}` folder");
     let r = reports.pop().unwrap();
     assert!(r.skipped.is_none(), "{case} skipped: {:?}", r.skipped);
-    let failed: Vec<String> = r.checks.iter().filter(|c| !c.passed).map(|c| c.to_string()).collect();
-    assert!(failed.is_empty(), "{case}: {} failed checks:\n{}", failed.len(), failed.join("\n"));
+    let failed: Vec<String> = r
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.to_string())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{case}: {} failed checks:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
     r
 }
 
@@ -20,11 +35,30 @@ fn run_case(case: &str) -> CaseReport {
 fn text_forward_and_every_gradient() {
     let r = run_case("text");
     let names: Vec<&str> = r.checks.iter().map(|c| c.name.as_str()).collect();
-    for must in ["logits", "loss", "last_hidden_state", "per_layer_inputs", "per_layer_token_embeds", "inputs_embeds"] {
+    for must in [
+        "logits",
+        "loss",
+        "last_hidden_state",
+        "per_layer_inputs",
+        "per_layer_token_embeds",
+        "inputs_embeds",
+    ] {
         assert!(names.contains(&must), "{must} not checked");
     }
-    assert_eq!(names.iter().filter(|n| n.starts_with("hidden_states.")).count(), 7);
-    assert_eq!(names.iter().filter(|n| n.starts_with("trace.text.")).count(), 9);
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.starts_with("hidden_states."))
+            .count(),
+        7
+    );
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.starts_with("trace.text."))
+            .count(),
+        9
+    );
     // 149 text parameters, every one with a gradient in the reference.
     assert_eq!(names.iter().filter(|n| n.starts_with("grad.")).count(), 149);
 }
@@ -33,7 +67,15 @@ fn text_forward_and_every_gradient() {
 fn greedy_generation_cached_and_uncached() {
     let r = run_case("generate");
     let names: Vec<&str> = r.checks.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["generated_ids", "sequences", "step_logits", "nocache_logits"]);
+    assert_eq!(
+        names,
+        [
+            "generated_ids",
+            "sequences",
+            "step_logits",
+            "nocache_logits"
+        ]
+    );
 }
 
 #[test]

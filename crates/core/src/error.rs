@@ -10,7 +10,11 @@ pub enum KeyProblem {
     /// The file has this key under the model's prefix and the model has no use for it.
     Unexpected { key: String },
     /// Shapes disagree.
-    Shape { key: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     /// The stored dtype is not a float type we can read.
     Dtype { key: String, found: String },
 }
@@ -18,13 +22,22 @@ pub enum KeyProblem {
 impl std::fmt::Display for KeyProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            KeyProblem::Missing { key, expected } => write!(f, "missing `{key}` (expected shape {expected:?})"),
+            KeyProblem::Missing { key, expected } => {
+                write!(f, "missing `{key}` (expected shape {expected:?})")
+            }
             KeyProblem::Unexpected { key } => write!(f, "unexpected `{key}`"),
-            KeyProblem::Shape { key, expected, found } => {
+            KeyProblem::Shape {
+                key,
+                expected,
+                found,
+            } => {
                 write!(f, "`{key}` has shape {found:?}, expected {expected:?}")
             }
             KeyProblem::Dtype { key, found } => {
-                write!(f, "`{key}` has dtype {found}, expected a float type (F32, F16, BF16, F64)")
+                write!(
+                    f,
+                    "`{key}` has dtype {found}, expected a float type (F32, F16, BF16, F64)"
+                )
             }
         }
     }
@@ -34,12 +47,17 @@ impl std::fmt::Display for KeyProblem {
 #[derive(Debug, thiserror::Error)]
 pub enum WeightError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Index { path: PathBuf, message: String },
-    #[error("no checkpoint found at {path} (expected a .safetensors file, or a folder with model.safetensors or model.safetensors.index.json)")]
+    #[error(
+        "no checkpoint found at {path} (expected a .safetensors file, or a folder with model.safetensors or model.safetensors.index.json)"
+    )]
     NotFound { path: PathBuf },
     #[error("tensor `{key}` is not in the checkpoint")]
     NoSuchTensor { key: String },

@@ -74,7 +74,9 @@ pub struct ParamList<B: Backend> {
 
 impl<B: Backend> Default for ParamList<B> {
     fn default() -> Self {
-        Self { entries: Vec::new() }
+        Self {
+            entries: Vec::new(),
+        }
     }
 }
 
@@ -111,5 +113,9 @@ impl<B: Backend> ParamList<B> {
 
 /// `"{prefix}.{name}"`, or `name` when the prefix is empty.
 pub fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
 }

@@ -47,7 +47,10 @@ pub struct SafeTensorsFiles {
 impl std::fmt::Debug for SafeTensorsFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SafeTensorsFiles")
-            .field("files", &self.shards.iter().map(|s| &s.path).collect::<Vec<_>>())
+            .field(
+                "files",
+                &self.shards.iter().map(|s| &s.path).collect::<Vec<_>>(),
+            )
             .field("tensors", &self.entries.len())
             .finish()
     }
@@ -75,10 +78,14 @@ impl SafeTensorsFiles {
             if single.is_file() {
                 return Self::open_files(&[single]);
             }
-            return Err(WeightError::NotFound { path: path.to_path_buf() });
+            return Err(WeightError::NotFound {
+                path: path.to_path_buf(),
+            });
         }
         if !path.exists() {
-            return Err(WeightError::NotFound { path: path.to_path_buf() });
+            return Err(WeightError::NotFound {
+                path: path.to_path_buf(),
+            });
         }
         if path.extension().is_some_and(|e| e == "json") {
             return Self::open_index(path);
@@ -89,16 +96,23 @@ impl SafeTensorsFiles {
     /// Open a sharded checkpoint from its index file. Every shard the index names is opened, and
     /// every tensor must live in the shard the index says.
     pub fn open_index(index: &Path) -> Result<Self, WeightError> {
-        let text = std::fs::read_to_string(index)
-            .map_err(|source| WeightError::Io { path: index.to_path_buf(), source })?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| WeightError::Index {
+        let text = std::fs::read_to_string(index).map_err(|source| WeightError::Io {
             path: index.to_path_buf(),
-            message: format!("invalid JSON: {e}"),
+            source,
         })?;
-        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| WeightError::Index {
-            path: index.to_path_buf(),
-            message: "field `weight_map` (an object of tensor name → shard file) is missing".into(),
-        })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| WeightError::Index {
+                path: index.to_path_buf(),
+                message: format!("invalid JSON: {e}"),
+            })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| WeightError::Index {
+                path: index.to_path_buf(),
+                message: "field `weight_map` (an object of tensor name → shard file) is missing"
+                    .into(),
+            })?;
         let dir = index.parent().unwrap_or_else(|| Path::new("."));
         let mut files: Vec<String> = Vec::new();
         let mut expected: HashMap<String, String> = HashMap::new();
@@ -110,7 +124,9 @@ impl SafeTensorsFiles {
             if file.contains("..") || Path::new(file).is_absolute() {
                 return Err(WeightError::Index {
                     path: index.to_path_buf(),
-                    message: format!("`weight_map.{name}` names `{file}`, which is outside the checkpoint folder"),
+                    message: format!(
+                        "`weight_map.{name}` names `{file}`, which is outside the checkpoint folder"
+                    ),
                 });
             }
             if !files.iter().any(|f| f == file) {
@@ -136,7 +152,9 @@ impl SafeTensorsFiles {
                 None => {
                     return Err(WeightError::Index {
                         path: index.to_path_buf(),
-                        message: format!("`{name}` is listed in {file} but that file does not contain it"),
+                        message: format!(
+                            "`{name}` is listed in {file} but that file does not contain it"
+                        ),
                     });
                 }
             }
@@ -149,11 +167,19 @@ impl SafeTensorsFiles {
         let mut shards = Vec::new();
         let mut entries = BTreeMap::new();
         for (i, path) in paths.iter().enumerate() {
-            let file = File::open(path).map_err(|source| WeightError::Io { path: path.clone(), source })?;
+            let file = File::open(path).map_err(|source| WeightError::Io {
+                path: path.clone(),
+                source,
+            })?;
             // SAFETY: the map is read-only; checkpoints are not expected to change while open.
-            let map = unsafe { Mmap::map(&file) }.map_err(|source| WeightError::Io { path: path.clone(), source })?;
-            let (n, meta) = SafeTensors::read_metadata(&map)
-                .map_err(|e| WeightError::Format { path: path.clone(), message: e.to_string() })?;
+            let map = unsafe { Mmap::map(&file) }.map_err(|source| WeightError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| WeightError::Format {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
             let data_start = 8 + n;
             for (name, info) in meta.tensors() {
                 let (start, end) = info.data_offsets;
@@ -163,7 +189,13 @@ impl SafeTensorsFiles {
                         message: format!("tensor `{name}` points outside the file"),
                     });
                 }
-                let entry = Entry { shard: i, dtype: info.dtype, shape: info.shape.clone(), start, end };
+                let entry = Entry {
+                    shard: i,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start,
+                    end,
+                };
                 if entries.insert(name.clone(), entry).is_some() {
                     return Err(WeightError::Format {
                         path: path.clone(),
@@ -171,7 +203,11 @@ impl SafeTensorsFiles {
                     });
                 }
             }
-            shards.push(Shard { path: path.clone(), map, data_start });
+            shards.push(Shard {
+                path: path.clone(),
+                map,
+                data_start,
+            });
         }
         Ok(Self { shards, entries })
     }
@@ -198,9 +234,18 @@ impl SafeTensorsFiles {
 
     /// Raw bytes, dtype and shape of a stored tensor.
     pub fn raw(&self, name: &str) -> Result<RawTensor<'_>, WeightError> {
-        let e = self.entries.get(name).ok_or_else(|| WeightError::NoSuchTensor { key: name.to_string() })?;
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| WeightError::NoSuchTensor {
+                key: name.to_string(),
+            })?;
         let s = &self.shards[e.shard];
-        Ok(RawTensor { dtype: e.dtype, shape: &e.shape, bytes: &s.map[s.data_start + e.start..s.data_start + e.end] })
+        Ok(RawTensor {
+            dtype: e.dtype,
+            shape: &e.shape,
+            bytes: &s.map[s.data_start + e.start..s.data_start + e.end],
+        })
     }
 
     /// A stored float tensor as [`TensorData`] in its stored dtype (F32, F16, BF16 or F64).
@@ -213,11 +258,18 @@ impl SafeTensorsFiles {
             Dtype::F64 => DType::F64,
             other => {
                 return Err(WeightError::Mismatch {
-                    problems: vec![KeyProblem::Dtype { key: name.to_string(), found: format!("{other:?}") }],
+                    problems: vec![KeyProblem::Dtype {
+                        key: name.to_string(),
+                        found: format!("{other:?}"),
+                    }],
                 });
             }
         };
-        Ok(TensorData::from_bytes_vec(raw.bytes.to_vec(), raw.shape.to_vec(), dtype))
+        Ok(TensorData::from_bytes_vec(
+            raw.bytes.to_vec(),
+            raw.shape.to_vec(),
+            dtype,
+        ))
     }
 
     /// A stored float tensor converted to `f32` values (row-major).
@@ -231,13 +283,22 @@ impl SafeTensorsFiles {
         let raw = self.raw(name)?;
         let b = raw.bytes;
         let v = match raw.dtype {
-            Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
-            Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+            Dtype::I64 => b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            Dtype::I32 => b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                .collect(),
             Dtype::U8 | Dtype::BOOL => b.iter().map(|&x| x as i64).collect(),
             Dtype::I8 => b.iter().map(|&x| x as i8 as i64).collect(),
             other => {
                 return Err(WeightError::Mismatch {
-                    problems: vec![KeyProblem::Dtype { key: name.to_string(), found: format!("{other:?}") }],
+                    problems: vec![KeyProblem::Dtype {
+                        key: name.to_string(),
+                        found: format!("{other:?}"),
+                    }],
                 });
             }
         };
@@ -261,7 +322,12 @@ pub struct WeightLoader<'a, B: Backend> {
 
 impl<'a, B: Backend> WeightLoader<'a, B> {
     /// A loader that reads keys `{prefix}{name}` and creates tensors of `dtype` on `device`.
-    pub fn new(files: &'a SafeTensorsFiles, prefix: impl Into<String>, device: &B::Device, dtype: DType) -> Self {
+    pub fn new(
+        files: &'a SafeTensorsFiles,
+        prefix: impl Into<String>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Self {
         Self {
             files,
             prefix: prefix.into(),
@@ -294,7 +360,9 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
 
     /// Mark `{prefix}{name}` as known (used or deliberately ignored).
     pub fn mark_used(&self, name: &str) {
-        self.used.borrow_mut().insert(format!("{}{name}", self.prefix));
+        self.used
+            .borrow_mut()
+            .insert(format!("{}{name}", self.prefix));
     }
 
     /// Read `{prefix}{name}` with the expected shape, converted to the loader's dtype.
@@ -308,7 +376,10 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         let key = format!("{}{name}", self.prefix);
         self.used.borrow_mut().insert(key.clone());
         let Some(found) = self.files.shape(&key) else {
-            self.problems.borrow_mut().push(KeyProblem::Missing { key, expected: shape.to_vec() });
+            self.problems.borrow_mut().push(KeyProblem::Missing {
+                key,
+                expected: shape.to_vec(),
+            });
             return None;
         };
         if found != shape {
@@ -320,7 +391,10 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
             return None;
         }
         match self.files.float_data(&key) {
-            Ok(data) => Some(Tensor::from_data(data.convert_dtype(self.dtype), (&self.device, self.dtype))),
+            Ok(data) => Some(Tensor::from_data(
+                data.convert_dtype(self.dtype),
+                (&self.device, self.dtype),
+            )),
             Err(WeightError::Mismatch { problems }) => {
                 self.problems.borrow_mut().extend(problems);
                 None
@@ -344,10 +418,16 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
                 && !used.contains(name)
                 && !ignore(rel)
             {
-                problems.push(KeyProblem::Unexpected { key: name.to_string() });
+                problems.push(KeyProblem::Unexpected {
+                    key: name.to_string(),
+                });
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(WeightError::Mismatch { problems }) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(WeightError::Mismatch { problems })
+        }
     }
 }
 
@@ -364,7 +444,11 @@ impl TensorMap {
     }
 
     /// Add a tensor under `key`.
-    pub fn insert<B: Backend, const D: usize>(&mut self, key: impl Into<String>, tensor: Tensor<B, D>) {
+    pub fn insert<B: Backend, const D: usize>(
+        &mut self,
+        key: impl Into<String>,
+        tensor: Tensor<B, D>,
+    ) {
         self.entries.push((key.into(), tensor.into_data()));
     }
 
@@ -398,8 +482,15 @@ impl TensorMap {
     /// shards plus `model.safetensors.index.json`, as Hugging Face writes them. Every file is
     /// written to a temporary name and renamed into place, so an interrupted save never leaves a
     /// truncated checkpoint behind. Returns the files written.
-    pub fn save(&self, dir: &Path, max_shard_bytes: Option<usize>) -> Result<Vec<PathBuf>, WeightError> {
-        std::fs::create_dir_all(dir).map_err(|e| WeightError::Write { path: dir.to_path_buf(), message: e.to_string() })?;
+    pub fn save(
+        &self,
+        dir: &Path,
+        max_shard_bytes: Option<usize>,
+    ) -> Result<Vec<PathBuf>, WeightError> {
+        std::fs::create_dir_all(dir).map_err(|e| WeightError::Write {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
         let mut size = 0usize;
         for (i, (_, data)) in self.entries.iter().enumerate() {
@@ -424,7 +515,10 @@ impl TensorMap {
             // A stale index would shadow the new single file.
             let stale = dir.join(INDEX_FILE);
             if stale.exists() {
-                std::fs::remove_file(&stale).map_err(|e| WeightError::Write { path: stale, message: e.to_string() })?;
+                std::fs::remove_file(&stale).map_err(|e| WeightError::Write {
+                    path: stale,
+                    message: e.to_string(),
+                })?;
             }
             written.push(path);
             return Ok(written);
@@ -440,14 +534,23 @@ impl TensorMap {
             }
             written.push(path);
         }
-        let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+        let index =
+            serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         let path = dir.join(INDEX_FILE);
-        write_atomic(&path, serde_json::to_string_pretty(&index).unwrap().as_bytes())?;
+        write_atomic(
+            &path,
+            serde_json::to_string_pretty(&index).unwrap().as_bytes(),
+        )?;
         written.push(path);
         Ok(written)
     }
 
-    fn write_group(&self, path: &Path, idx: &[usize], metadata: &HashMap<String, String>) -> Result<(), WeightError> {
+    fn write_group(
+        &self,
+        path: &Path,
+        idx: &[usize],
+        metadata: &HashMap<String, String>,
+    ) -> Result<(), WeightError> {
         let mut views = Vec::with_capacity(idx.len());
         for &i in idx {
             let (key, data) = &self.entries[i];
@@ -463,22 +566,35 @@ impl TensorMap {
                 other => {
                     return Err(WeightError::Write {
                         path: path.to_path_buf(),
-                        message: format!("tensor `{key}` has dtype {other:?}, which safetensors cannot store"),
+                        message: format!(
+                            "tensor `{key}` has dtype {other:?}, which safetensors cannot store"
+                        ),
                     });
                 }
             };
-            let view = safetensors::tensor::TensorView::new(dtype, data.shape.to_vec(), &data.bytes)
-                .map_err(|e| WeightError::Write { path: path.to_path_buf(), message: format!("`{key}`: {e}") })?;
+            let view =
+                safetensors::tensor::TensorView::new(dtype, data.shape.to_vec(), &data.bytes)
+                    .map_err(|e| WeightError::Write {
+                        path: path.to_path_buf(),
+                        message: format!("`{key}`: {e}"),
+                    })?;
             views.push((key.as_str(), view));
         }
-        safetensors::serialize_to_file(views, Some(metadata.clone()), path)
-            .map_err(|e| WeightError::Write { path: path.to_path_buf(), message: e.to_string() })
+        safetensors::serialize_to_file(views, Some(metadata.clone()), path).map_err(|e| {
+            WeightError::Write {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
+        })
     }
 }
 
 /// Write `bytes` to `path` through a temporary sibling file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightError> {
-    let err = |e: std::io::Error| WeightError::Write { path: path.to_path_buf(), message: e.to_string() };
+    let err = |e: std::io::Error| WeightError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(err)?;
@@ -496,8 +612,14 @@ mod tests {
     fn sample() -> TensorMap {
         let dev = Default::default();
         let mut m = TensorMap::new();
-        m.insert("a.weight", Tensor::<B, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &dev));
-        m.insert("b.weight", Tensor::<B, 1>::from_floats([5.0, 6.0, 7.0], &dev).cast(DType::BF16));
+        m.insert(
+            "a.weight",
+            Tensor::<B, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &dev),
+        );
+        m.insert(
+            "b.weight",
+            Tensor::<B, 1>::from_floats([5.0, 6.0, 7.0], &dev).cast(DType::BF16),
+        );
         m.insert("c", Tensor::<B, 1>::from_floats([8.0], &dev));
         m
     }
@@ -508,13 +630,19 @@ mod tests {
         let files = sample().save(dir.path(), None).unwrap();
         assert_eq!(files, vec![dir.path().join(SINGLE_FILE)]);
         let st = SafeTensorsFiles::open(dir.path()).unwrap();
-        assert_eq!(st.names().collect::<Vec<_>>(), vec!["a.weight", "b.weight", "c"]);
+        assert_eq!(
+            st.names().collect::<Vec<_>>(),
+            vec!["a.weight", "b.weight", "c"]
+        );
         let loader = WeightLoader::<B>::new(&st, "", &Default::default(), DType::F32);
         let b = loader.tensor("b.weight", [3]);
         assert_eq!(b.dtype(), DType::F32);
         assert_eq!(b.into_data().to_vec::<f32>().unwrap(), vec![5.0, 6.0, 7.0]);
         let a = loader.tensor("a.weight", [2, 2]);
-        assert_eq!(a.into_data().to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(
+            a.into_data().to_vec::<f32>().unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
         // `c` was never asked for.
         let err = loader.finish(|_| false).unwrap_err().to_string();
         assert!(err.contains("unexpected `c`"), "{err}");
@@ -541,10 +669,15 @@ mod tests {
         let _ = loader.tensor("a.weight", [2, 3]);
         let _ = loader.tensor("missing.weight", [4]);
         let err = loader.finish(|k| k == "b.weight").unwrap_err();
-        let WeightError::Mismatch { problems } = &err else { panic!("{err}") };
+        let WeightError::Mismatch { problems } = &err else {
+            panic!("{err}")
+        };
         assert_eq!(problems.len(), 3, "{err}");
         let text = err.to_string();
-        assert!(text.contains("`a.weight` has shape [2, 2], expected [2, 3]"), "{text}");
+        assert!(
+            text.contains("`a.weight` has shape [2, 2], expected [2, 3]"),
+            "{text}"
+        );
         assert!(text.contains("missing `missing.weight`"), "{text}");
         assert!(text.contains("unexpected `c`"), "{text}");
     }

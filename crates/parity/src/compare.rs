@@ -56,7 +56,14 @@ impl fmt::Display for Check {
 impl Check {
     /// A failed check that could not compare numbers.
     pub fn failed(name: impl Into<String>, tolerance: Tolerance, note: impl Into<String>) -> Self {
-        Self { name: name.into(), max_abs_err: f64::NAN, max_ref: f64::NAN, tolerance, passed: false, note: Some(note.into()) }
+        Self {
+            name: name.into(),
+            max_abs_err: f64::NAN,
+            max_ref: f64::NAN,
+            tolerance,
+            passed: false,
+            note: Some(note.into()),
+        }
     }
 }
 
@@ -71,7 +78,11 @@ pub fn compare(
 ) -> Check {
     let name = name.into();
     if got_shape != want_shape || got.len() != want.len() {
-        return Check::failed(name, tol, format!("shape {got_shape:?}, reference {want_shape:?}"));
+        return Check::failed(
+            name,
+            tol,
+            format!("shape {got_shape:?}, reference {want_shape:?}"),
+        );
     }
     let mut max_err = 0.0f64;
     let mut max_ref = 0.0f64;
@@ -94,7 +105,14 @@ pub fn compare(
         ok = max_err <= rel * max_ref + abs;
     }
     let note = nonfinite.then(|| "non-finite values".to_string());
-    Check { name, max_abs_err: max_err, max_ref, tolerance: tol, passed: ok && !nonfinite, note }
+    Check {
+        name,
+        max_abs_err: max_err,
+        max_ref,
+        tolerance: tol,
+        passed: ok && !nonfinite,
+        note,
+    }
 }
 
 #[cfg(test)]
@@ -103,12 +121,18 @@ mod tests {
 
     #[test]
     fn tolerances_decide() {
-        let t = Tolerance::Elementwise { atol: 1e-3, rtol: 1e-3 };
+        let t = Tolerance::Elementwise {
+            atol: 1e-3,
+            rtol: 1e-3,
+        };
         assert!(compare("a", &[1.0, 2.0], &[2], &[1.0005, 2.001], &[2], t).passed);
         assert!(!compare("a", &[1.0, 2.0], &[2], &[1.01, 2.0], &[2], t).passed);
         assert!(!compare("a", &[1.0], &[1], &[1.0, 2.0], &[2], t).passed);
         assert!(!compare("a", &[f64::NAN], &[1], &[1.0], &[1], t).passed);
-        let g = Tolerance::RelMax { rel: 1e-3, abs: 1e-7 };
+        let g = Tolerance::RelMax {
+            rel: 1e-3,
+            abs: 1e-7,
+        };
         assert!(compare("g", &[0.0, 100.05], &[2], &[0.05, 100.0], &[2], g).passed);
         assert!(!compare("g", &[0.0, 1.0], &[2], &[0.05, 1.0], &[2], g).passed);
         assert!(!compare("e", &[1.0], &[1], &[1.0000001], &[1], Tolerance::Exact).passed);

@@ -41,12 +41,19 @@ pub struct CaseReport {
 pub const SUPPORTED_CASES: &[&str] = &["text", "generate", "text_bf16"];
 
 /// Run one case folder, or every case folder directly inside `dir`.
-pub fn run<B: AutodiffBackend>(dir: &Path, device: &B::Device, only: Option<&[String]>) -> Result<Vec<CaseReport>, ParityError> {
+pub fn run<B: AutodiffBackend>(
+    dir: &Path,
+    device: &B::Device,
+    only: Option<&[String]>,
+) -> Result<Vec<CaseReport>, ParityError> {
     let mut folders = Vec::new();
     if dir.join("meta.json").is_file() {
         folders.push(dir.to_path_buf());
     } else {
-        let entries = std::fs::read_dir(dir).map_err(|e| ParityError::Case { path: dir.to_path_buf(), message: e.to_string() })?;
+        let entries = std::fs::read_dir(dir).map_err(|e| ParityError::Case {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
         for e in entries.flatten() {
             if e.path().join("meta.json").is_file() {
                 folders.push(e.path());
@@ -72,25 +79,42 @@ pub fn run<B: AutodiffBackend>(dir: &Path, device: &B::Device, only: Option<&[St
             "text" => (text::forward_backward::<B>(&f, device)?, None),
             "generate" => (text::generate::<B::InnerBackend>(&f, device)?, None),
             "text_bf16" => (text::bf16::<B::InnerBackend>(&f, device)?, None),
-            other => (Vec::new(), Some(format!("case type `{other}` is not supported yet"))),
+            other => (
+                Vec::new(),
+                Some(format!("case type `{other}` is not supported yet")),
+            ),
         };
-        reports.push(CaseReport { case, dir: f, checks, skipped });
+        reports.push(CaseReport {
+            case,
+            dir: f,
+            checks,
+            skipped,
+        });
     }
     Ok(reports)
 }
 
 fn case_name(dir: &Path) -> Result<String, ParityError> {
     let meta = read_meta(dir)?;
-    meta.get("case").and_then(|c| c.as_str()).map(str::to_string).ok_or_else(|| ParityError::Case {
-        path: dir.join("meta.json"),
-        message: "field `case` (string) is missing".into(),
-    })
+    meta.get("case")
+        .and_then(|c| c.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| ParityError::Case {
+            path: dir.join("meta.json"),
+            message: "field `case` (string) is missing".into(),
+        })
 }
 
 pub(crate) fn read_meta(dir: &Path) -> Result<serde_json::Value, ParityError> {
     let path = dir.join("meta.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| ParityError::Case { path: path.clone(), message: e.to_string() })?;
-    serde_json::from_str(&text).map_err(|e| ParityError::Case { path, message: format!("invalid JSON: {e}") })
+    let text = std::fs::read_to_string(&path).map_err(|e| ParityError::Case {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| ParityError::Case {
+        path,
+        message: format!("invalid JSON: {e}"),
+    })
 }
 
 pub(crate) fn open(dir: &Path, file: &str) -> Result<SafeTensorsFiles, ParityError> {

@@ -13,12 +13,30 @@ use burn::tensor::{DType, TensorData};
 use crate::compare::{Check, Tolerance, compare};
 use crate::{ParityError, open, read_meta};
 
-const EMBED: Tolerance = Tolerance::Elementwise { atol: 1e-4, rtol: 1e-4 };
-const HIDDEN: Tolerance = Tolerance::Elementwise { atol: 1e-3, rtol: 1e-3 };
-const LOGITS: Tolerance = Tolerance::Elementwise { atol: 1e-3, rtol: 1e-3 };
-const LOSS: Tolerance = Tolerance::Elementwise { atol: 1e-4, rtol: 1e-5 };
-const GRAD: Tolerance = Tolerance::RelMax { rel: 1e-3, abs: 1e-7 };
-const BF16_LOGITS: Tolerance = Tolerance::Elementwise { atol: 1.0, rtol: 5e-2 };
+const EMBED: Tolerance = Tolerance::Elementwise {
+    atol: 1e-4,
+    rtol: 1e-4,
+};
+const HIDDEN: Tolerance = Tolerance::Elementwise {
+    atol: 1e-3,
+    rtol: 1e-3,
+};
+const LOGITS: Tolerance = Tolerance::Elementwise {
+    atol: 1e-3,
+    rtol: 1e-3,
+};
+const LOSS: Tolerance = Tolerance::Elementwise {
+    atol: 1e-4,
+    rtol: 1e-5,
+};
+const GRAD: Tolerance = Tolerance::RelMax {
+    rel: 1e-3,
+    abs: 1e-7,
+};
+const BF16_LOGITS: Tolerance = Tolerance::Elementwise {
+    atol: 1.0,
+    rtol: 5e-2,
+};
 
 /// Values and shape of a tensor, as f64.
 fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<f64>, Vec<usize>) {
@@ -27,7 +45,13 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<f64>, Vec<usize>)
 
 fn data_values(d: TensorData) -> (Vec<f64>, Vec<usize>) {
     let shape = d.shape.to_vec();
-    let v = d.convert_dtype(DType::F32).to_vec::<f32>().expect("f32").into_iter().map(f64::from).collect();
+    let v = d
+        .convert_dtype(DType::F32)
+        .to_vec::<f32>()
+        .expect("f32")
+        .into_iter()
+        .map(f64::from)
+        .collect();
     (v, shape)
 }
 
@@ -35,15 +59,22 @@ fn reference(files: &SafeTensorsFiles, name: &str) -> Result<(Vec<f64>, Vec<usiz
     let shape = files.shape(name).map(|s| s.to_vec()).unwrap_or_default();
     let raw = files.raw(name)?;
     let v = match raw.dtype {
-        automodel_core::weights::Dtype::I64 | automodel_core::weights::Dtype::BOOL => {
-            files.to_i64_vec(name)?.into_iter().map(|x| x as f64).collect()
-        }
+        automodel_core::weights::Dtype::I64 | automodel_core::weights::Dtype::BOOL => files
+            .to_i64_vec(name)?
+            .into_iter()
+            .map(|x| x as f64)
+            .collect(),
         _ => files.to_f32_vec(name)?.into_iter().map(f64::from).collect(),
     };
     Ok((v, shape))
 }
 
-fn check(name: &str, got: (Vec<f64>, Vec<usize>), files: &SafeTensorsFiles, tol: Tolerance) -> Result<Check, ParityError> {
+fn check(
+    name: &str,
+    got: (Vec<f64>, Vec<usize>),
+    files: &SafeTensorsFiles,
+    tol: Tolerance,
+) -> Result<Check, ParityError> {
     let (want, want_shape) = reference(files, name)?;
     Ok(compare(name, &got.0, &got.1, &want, &want_shape, tol))
 }
@@ -52,12 +83,19 @@ fn rows(files: &SafeTensorsFiles, name: &str) -> Result<Vec<Vec<i64>>, ParityErr
     let shape = files.shape(name).map(|s| s.to_vec()).unwrap_or_default();
     let v = files.to_i64_vec(name)?;
     if shape.len() != 2 {
-        return Err(ParityError::Case { path: name.into(), message: format!("`{name}` must be 2-D, is {shape:?}") });
+        return Err(ParityError::Case {
+            path: name.into(),
+            message: format!("`{name}` must be 2-D, is {shape:?}"),
+        });
     }
     Ok(v.chunks(shape[1]).map(|c| c.to_vec()).collect())
 }
 
-fn load_model<B: Backend>(dir: &Path, device: &B::Device, dtype: DType) -> Result<Gemma3nForCausalLM<B>, ParityError> {
+fn load_model<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    dtype: DType,
+) -> Result<Gemma3nForCausalLM<B>, ParityError> {
     let cfg = Gemma3nTextConfig::from_file(dir.join("config.json"))?;
     let files = open(dir, "model.safetensors")?;
     Ok(Gemma3nForCausalLM::from_files(&files, &cfg, device, dtype)?)
@@ -66,7 +104,11 @@ fn load_model<B: Backend>(dir: &Path, device: &B::Device, dtype: DType) -> Resul
 fn string_list(meta: &serde_json::Value, key: &str) -> BTreeSet<String> {
     meta.get(key)
         .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -84,7 +126,10 @@ fn forward_tolerance(name: &str) -> Option<Tolerance> {
 
 /// `text`: logits, loss, hidden states, per-layer inputs, traces and the gradient of every text
 /// parameter.
-pub fn forward_backward<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>, ParityError> {
+pub fn forward_backward<B: AutodiffBackend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<Vec<Check>, ParityError> {
     let meta = read_meta(dir)?;
     let inputs = open(dir, "inputs.safetensors")?;
     let outputs = open(dir, "outputs.safetensors")?;
@@ -93,13 +138,26 @@ pub fn forward_backward<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> R
     let mask = rows(&inputs, "attention_mask")?;
     let labels = rows(&inputs, "labels")?;
     let ids_t = ids_tensor::<B>(&ids, device);
-    let opts = ForwardOptions { output_hidden_states: true, trace: true, training: false };
-    let out = model.forward(ids_t.clone(), Some(&mask), Some(ids_tensor::<B>(&labels, device)), opts)?;
+    let opts = ForwardOptions {
+        output_hidden_states: true,
+        trace: true,
+        training: false,
+    };
+    let out = model.forward(
+        ids_t.clone(),
+        Some(&mask),
+        Some(ids_tensor::<B>(&labels, device)),
+        opts,
+    )?;
 
     let mut checks = Vec::new();
     for name in outputs.names().filter(|n| !n.starts_with("grad.")) {
         let Some(tol) = forward_tolerance(name) else {
-            checks.push(Check::failed(name, Tolerance::Exact, "not computed by the text decoder"));
+            checks.push(Check::failed(
+                name,
+                Tolerance::Exact,
+                "not computed by the text decoder",
+            ));
             continue;
         };
         let got = match name {
@@ -108,22 +166,37 @@ pub fn forward_backward<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> R
             "last_hidden_state" => Some(values(out.model.last_hidden_state.clone())),
             "inputs_embeds" => Some(values(out.model.inputs_embeds.clone())),
             "per_layer_inputs" => Some(values(out.model.per_layer_inputs.clone())),
-            "per_layer_token_embeds" => Some(values(model.model.per_layer_token_embeds(ids_t.clone()))),
+            "per_layer_token_embeds" => {
+                Some(values(model.model.per_layer_token_embeds(ids_t.clone())))
+            }
             n => match n.strip_prefix("hidden_states.") {
-                Some(i) => i.parse::<usize>().ok().and_then(|i| out.model.hidden_states.get(i).cloned()).map(values),
+                Some(i) => i
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| out.model.hidden_states.get(i).cloned())
+                    .map(values),
                 None => out.model.traces.get(n).cloned().map(values),
             },
         };
         match got {
             Some(g) => checks.push(check(name, g, &outputs, tol)?),
-            None => checks.push(Check::failed(name, tol, "the model produced no such tensor")),
+            None => checks.push(Check::failed(
+                name,
+                tol,
+                "the model produced no such tensor",
+            )),
         }
     }
 
-    let loss = out.loss.ok_or_else(|| ParityError::Case { path: dir.into(), message: "no labelled token".into() })?;
+    let loss = out.loss.ok_or_else(|| ParityError::Case {
+        path: dir.into(),
+        message: "no labelled token".into(),
+    })?;
     let grads = loss.backward();
-    let zero_or_none: BTreeSet<String> =
-        string_list(&meta, "grad_params_zero").union(&string_list(&meta, "grad_params_none")).cloned().collect();
+    let zero_or_none: BTreeSet<String> = string_list(&meta, "grad_params_zero")
+        .union(&string_list(&meta, "grad_params_none"))
+        .cloned()
+        .collect();
     let params = model.params();
     let ours: BTreeSet<&str> = params.keys().into_iter().collect();
     for (key, p) in &params.entries {
@@ -132,20 +205,41 @@ pub fn forward_backward<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> R
         if outputs.contains(&name) {
             match g {
                 Some(g) => checks.push(check(&name, data_values(g), &outputs, GRAD)?),
-                None => checks.push(Check::failed(&name, GRAD, "no gradient reached this parameter")),
+                None => checks.push(Check::failed(
+                    &name,
+                    GRAD,
+                    "no gradient reached this parameter",
+                )),
             }
         } else if zero_or_none.contains(key.as_str()) {
-            let (v, shape) = g.map(data_values).unwrap_or_else(|| (vec![0.0; p.numel()], p.hf_shape()));
+            let (v, shape) = g
+                .map(data_values)
+                .unwrap_or_else(|| (vec![0.0; p.numel()], p.hf_shape()));
             let zeros = vec![0.0; v.len()];
-            checks.push(compare(format!("{name} (zero in reference)"), &v, &shape, &zeros, &shape, Tolerance::Exact));
+            checks.push(compare(
+                format!("{name} (zero in reference)"),
+                &v,
+                &shape,
+                &zeros,
+                &shape,
+                Tolerance::Exact,
+            ));
         } else {
-            checks.push(Check::failed(&name, GRAD, "the reference neither has this gradient nor lists it as zero"));
+            checks.push(Check::failed(
+                &name,
+                GRAD,
+                "the reference neither has this gradient nor lists it as zero",
+            ));
         }
     }
     for name in outputs.names().filter(|n| n.starts_with("grad.")) {
         let key = &name["grad.".len()..];
         if key.starts_with(&model.prefix) && !ours.contains(key) {
-            checks.push(Check::failed(name, GRAD, "the reference has a gradient for a parameter the model lacks"));
+            checks.push(Check::failed(
+                name,
+                GRAD,
+                "the reference has a gradient for a parameter the model lacks",
+            ));
         }
     }
     Ok(checks)
@@ -161,30 +255,68 @@ pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>
     let prompt = rows(&inputs, "input_ids")?;
     let mask = rows(&inputs, "attention_mask")?;
     let want_new = rows(&outputs, "generated_ids")?;
-    let max_new = meta.get("max_new_tokens").and_then(|v| v.as_u64()).map_or(want_new[0].len(), |v| v as usize);
+    let max_new = meta
+        .get("max_new_tokens")
+        .and_then(|v| v.as_u64())
+        .map_or(want_new[0].len(), |v| v as usize);
     let eos: Vec<i64> = match meta.pointer("/generate_kwargs/eos_token_id") {
         Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
         Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_i64()).collect(),
-        _ => model.config().eos_token_id.as_ref().map(|e| e.to_vec()).unwrap_or_default(),
+        _ => model
+            .config()
+            .eos_token_id
+            .as_ref()
+            .map(|e| e.to_vec())
+            .unwrap_or_default(),
     };
     let greedy = model.generate_greedy(&prompt, Some(&mask), max_new, &eos, |_| {})?;
     let as_f64 = |r: &Vec<Vec<i64>>| -> (Vec<f64>, Vec<usize>) {
-        (r.iter().flatten().map(|&x| x as f64).collect(), vec![r.len(), r.first().map_or(0, |x| x.len())])
+        (
+            r.iter().flatten().map(|&x| x as f64).collect(),
+            vec![r.len(), r.first().map_or(0, |x| x.len())],
+        )
     };
     let mut checks = vec![
-        check("generated_ids", as_f64(&greedy.generated), &outputs, Tolerance::Exact)?,
-        check("sequences", as_f64(&greedy.sequences), &outputs, Tolerance::Exact)?,
+        check(
+            "generated_ids",
+            as_f64(&greedy.generated),
+            &outputs,
+            Tolerance::Exact,
+        )?,
+        check(
+            "sequences",
+            as_f64(&greedy.sequences),
+            &outputs,
+            Tolerance::Exact,
+        )?,
     ];
     let steps = Tensor::stack::<3>(greedy.step_logits.clone(), 1);
     checks.push(check("step_logits", values(steps), &outputs, LOGITS)?);
 
     // Without a cache: one forward over the sequence minus its last token.
-    let seq: Vec<Vec<i64>> = greedy.sequences.iter().map(|r| r[..r.len() - 1].to_vec()).collect();
+    let seq: Vec<Vec<i64>> = greedy
+        .sequences
+        .iter()
+        .map(|r| r[..r.len() - 1].to_vec())
+        .collect();
     let p = prompt[0].len();
-    let full_mask: Vec<Vec<i64>> = mask.iter().map(|m| [m.as_slice(), &vec![1; seq[0].len() - p]].concat()).collect();
-    let out = model.forward(ids_tensor::<B>(&seq, device), Some(&full_mask), None, ForwardOptions::default())?;
+    let full_mask: Vec<Vec<i64>> = mask
+        .iter()
+        .map(|m| [m.as_slice(), &vec![1; seq[0].len() - p]].concat())
+        .collect();
+    let out = model.forward(
+        ids_tensor::<B>(&seq, device),
+        Some(&full_mask),
+        None,
+        ForwardOptions::default(),
+    )?;
     let n = seq[0].len() - (p - 1);
-    checks.push(check("nocache_logits", values(out.logits.narrow(1, p - 1, n)), &outputs, LOGITS)?);
+    checks.push(check(
+        "nocache_logits",
+        values(out.logits.narrow(1, p - 1, n)),
+        &outputs,
+        LOGITS,
+    )?);
     Ok(checks)
 }
 
@@ -195,7 +327,12 @@ pub fn bf16<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>, Pa
     let model = load_model::<B>(dir, device, DType::BF16)?;
     let ids = rows(&inputs, "input_ids")?;
     let mask = rows(&inputs, "attention_mask")?;
-    let out = model.forward(ids_tensor::<B>(&ids, device), Some(&mask), None, ForwardOptions::default())?;
+    let out = model.forward(
+        ids_tensor::<B>(&ids, device),
+        Some(&mask),
+        None,
+        ForwardOptions::default(),
+    )?;
     let dtype_ok = out.logits.dtype() == DType::BF16;
     let got = values(out.logits);
     let (want, shape) = reference(&outputs, "logits")?;

@@ -31,7 +31,9 @@ impl<B: Backend> AltUp<B> {
     pub fn load(w: &WeightLoader<'_, B>, name: &str, cfg: &Gemma3nTextConfig) -> Self {
         let (k, h) = (cfg.altup_num_inputs, cfg.hidden_size);
         Self {
-            correct_output_scale: Param::from_tensor(w.tensor(&join(name, "correct_output_scale"), [h])),
+            correct_output_scale: Param::from_tensor(
+                w.tensor(&join(name, "correct_output_scale"), [h]),
+            ),
             correction_coefs: Linear::load(w, &join(name, "correction_coefs"), k, k),
             prediction_coefs: Linear::load(w, &join(name, "prediction_coefs"), k, k * k),
             modality_router: Linear::load(w, &join(name, "modality_router"), h, k),
@@ -63,7 +65,11 @@ impl<B: Backend> AltUp<B> {
     fn router(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let dtype = x.dtype();
         let r = self.router_norm.forward(x) * (1.0 / self.hidden_size as f64);
-        self.modality_router.forward(r).cast(DType::F32).tanh().cast(dtype)
+        self.modality_router
+            .forward(r)
+            .cast(DType::F32)
+            .tanh()
+            .cast(dtype)
     }
 
     /// The active stream of `[K, B, T, H]`.
@@ -82,8 +88,15 @@ impl<B: Backend> AltUp<B> {
         if training && let Some(c) = self.coef_clip {
             w = w.clone() + (w.clone().clamp(-c, c) - w).detach();
         }
-        let coefs = m.matmul(w.unsqueeze::<3>()).reshape([b, t, k, k]).swap_dims(2, 3);
-        let pred = x.clone().permute([1, 2, 3, 0]).matmul(coefs).permute([3, 0, 1, 2]);
+        let coefs = m
+            .matmul(w.unsqueeze::<3>())
+            .reshape([b, t, k, k])
+            .swap_dims(2, 3);
+        let pred = x
+            .clone()
+            .permute([1, 2, 3, 0])
+            .matmul(coefs)
+            .permute([3, 0, 1, 2]);
         pred + x
     }
 
@@ -91,13 +104,20 @@ impl<B: Backend> AltUp<B> {
     ///
     /// In training the correction coefficients are clamped functionally (no gradient to clamped
     /// entries), as transformers 5.24 does.
-    pub fn correct(&self, pred: Tensor<B, 4>, activated: Tensor<B, 3>, training: bool) -> Tensor<B, 4> {
+    pub fn correct(
+        &self,
+        pred: Tensor<B, 4>,
+        activated: Tensor<B, 3>,
+        training: bool,
+    ) -> Tensor<B, 4> {
         let m = self.router(activated.clone());
         let mut w = self.correction_coefs.weight.val();
         if training && let Some(c) = self.coef_clip {
             w = w.clamp(-c, c);
         }
-        let coefs = (m.matmul(w.unsqueeze::<3>()) + 1.0).permute([2, 0, 1]).unsqueeze_dim::<4>(3);
+        let coefs = (m.matmul(w.unsqueeze::<3>()) + 1.0)
+            .permute([2, 0, 1])
+            .unsqueeze_dim::<4>(3);
         let innovation = (activated - self.active(&pred)).unsqueeze_dim::<4>(0);
         innovation * coefs + pred
     }
@@ -110,10 +130,16 @@ impl<B: Backend> AltUp<B> {
     }
 
     pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        out.push(join(name, "correct_output_scale"), HfParam::D1(self.correct_output_scale.val()));
-        self.correction_coefs.params(&join(name, "correction_coefs"), out);
-        self.prediction_coefs.params(&join(name, "prediction_coefs"), out);
-        self.modality_router.params(&join(name, "modality_router"), out);
+        out.push(
+            join(name, "correct_output_scale"),
+            HfParam::D1(self.correct_output_scale.val()),
+        );
+        self.correction_coefs
+            .params(&join(name, "correction_coefs"), out);
+        self.prediction_coefs
+            .params(&join(name, "prediction_coefs"), out);
+        self.modality_router
+            .params(&join(name, "modality_router"), out);
         self.router_norm.params(&join(name, "router_norm"), out);
     }
 }

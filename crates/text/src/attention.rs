@@ -52,9 +52,19 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    pub fn load(w: &WeightLoader<'_, B>, name: &str, cfg: &Gemma3nTextConfig, layer_idx: usize) -> Self {
-        let (h, nh, nkv, d, eps) =
-            (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps);
+    pub fn load(
+        w: &WeightLoader<'_, B>,
+        name: &str,
+        cfg: &Gemma3nTextConfig,
+        layer_idx: usize,
+    ) -> Self {
+        let (h, nh, nkv, d, eps) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.rms_norm_eps,
+        );
         let sharing = cfg.kv_sharing().expect("validated")[layer_idx];
         let own = !matches!(sharing, KvSharing::Reuse { .. });
         Self {
@@ -74,7 +84,12 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    pub fn init(cfg: &Gemma3nTextConfig, layer_idx: usize, device: &B::Device, dtype: DType) -> Self {
+    pub fn init(
+        cfg: &Gemma3nTextConfig,
+        layer_idx: usize,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Self {
         let (h, nh, nkv, d, eps, s) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -112,21 +127,30 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_norm.forward(self.q_proj.forward(x.clone()).reshape([b, t, nh, d]));
+        let q = self
+            .q_norm
+            .forward(self.q_proj.forward(x.clone()).reshape([b, t, nh, d]));
         let q = apply_rope(q, &inputs.cos, &inputs.sin).swap_dims(1, 2);
 
         let (k, v) = match self.sharing {
-            KvSharing::Reuse { source } => shared
-                .get(&self.layer_type)
-                .cloned()
-                .unwrap_or_else(|| panic!("layer {} reuses layer {source}'s K/V, which has not run", self.layer_idx)),
+            KvSharing::Reuse { source } => {
+                shared.get(&self.layer_type).cloned().unwrap_or_else(|| {
+                    panic!(
+                        "layer {} reuses layer {source}'s K/V, which has not run",
+                        self.layer_idx
+                    )
+                })
+            }
             _ => {
                 let k_proj = self.k_proj.as_ref().expect("own K/V");
                 let v_proj = self.v_proj.as_ref().expect("own K/V");
                 let k_norm = self.k_norm.as_ref().expect("own K/V");
                 let k = k_norm.forward(k_proj.forward(x.clone()).reshape([b, t, nkv, d]));
                 let k = apply_rope(k, &inputs.cos, &inputs.sin).swap_dims(1, 2);
-                let v = self.v_norm.forward(v_proj.forward(x).reshape([b, t, nkv, d])).swap_dims(1, 2);
+                let v = self
+                    .v_norm
+                    .forward(v_proj.forward(x).reshape([b, t, nkv, d]))
+                    .swap_dims(1, 2);
                 let (k, v) = match cache {
                     Some(c) => c.update(self.layer_idx, k, v),
                     None => (k, v),
@@ -138,7 +162,8 @@ impl<B: Backend> Attention<B> {
             }
         };
         let out = attend(q, k, v, &inputs.mask, nh / nkv);
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, nh * d]))
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, t, nh * d]))
     }
 
     pub fn params(&self, name: &str, out: &mut ParamList<B>) {
@@ -182,7 +207,9 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
         return x;
     }
     let [b, nkv, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, nkv, groups, s, d]).reshape([b, nkv * groups, s, d])
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, nkv, groups, s, d])
+        .reshape([b, nkv * groups, s, d])
 }
 
 /// The attention mask `[B, 1, T, S]` (true = masked) for `t` queries at absolute indices
@@ -203,8 +230,8 @@ pub fn build_mask<B: Backend>(
     for row in padding {
         for i in 0..t {
             let q = past + i;
-            for kk in key_start..total {
-                let visible = kk <= q && row[kk] != 0 && window.is_none_or(|w| kk + w > q);
+            for (kk, &real) in row.iter().enumerate().take(total).skip(key_start) {
+                let visible = kk <= q && real != 0 && window.is_none_or(|w| kk + w > q);
                 data.push(!visible);
             }
         }

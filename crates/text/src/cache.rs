@@ -37,9 +37,18 @@ impl<B: Backend> KvCache<B> {
             layers: vec![None; cfg.num_hidden_layers],
             windows: types
                 .iter()
-                .map(|t| if *t == LayerType::Sliding { Some(cfg.sliding_window) } else { None })
+                .map(|t| {
+                    if *t == LayerType::Sliding {
+                        Some(cfg.sliding_window)
+                    } else {
+                        None
+                    }
+                })
                 .collect(),
-            owners: kv.iter().map(|m| !matches!(m, KvSharing::Reuse { .. })).collect(),
+            owners: kv
+                .iter()
+                .map(|m| !matches!(m, KvSharing::Reuse { .. }))
+                .collect(),
             mask: Vec::new(),
             last_position: Vec::new(),
         }
@@ -52,7 +61,11 @@ impl<B: Backend> KvCache<B> {
 
     /// Batch size, once known.
     pub fn batch_size(&self) -> Option<usize> {
-        if self.mask.is_empty() { None } else { Some(self.mask.len()) }
+        if self.mask.is_empty() {
+            None
+        } else {
+            Some(self.mask.len())
+        }
     }
 
     /// Number of layers holding an entry (KV-reusing layers never do).
@@ -67,18 +80,32 @@ impl<B: Backend> KvCache<B> {
 
     /// Append `k`, `v` `[B, NKV, T, D]` for `layer` and return all keys/values the current tokens
     /// attend over (cached ones first). Sliding layers then keep only the last `window − 1`.
-    pub(crate) fn update(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        assert!(self.owners[layer], "layer {layer} reuses another layer's K/V and owns no cache entry");
+    pub(crate) fn update(
+        &mut self,
+        layer: usize,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        assert!(
+            self.owners[layer],
+            "layer {layer} reuses another layer's K/V and owns no cache entry"
+        );
         let (k_all, v_all) = match self.layers[layer].take() {
             None => (k, v),
-            Some(old) => (Tensor::cat(vec![old.k, k], 2), Tensor::cat(vec![old.v, v], 2)),
+            Some(old) => (
+                Tensor::cat(vec![old.k, k], 2),
+                Tensor::cat(vec![old.v, v], 2),
+            ),
         };
         let len = k_all.dims()[2];
         let keep = match self.windows[layer] {
             Some(w) => len.min(w.saturating_sub(1)),
             None => len,
         };
-        let stored = LayerKv { k: k_all.clone().narrow(2, len - keep, keep), v: v_all.clone().narrow(2, len - keep, keep) };
+        let stored = LayerKv {
+            k: k_all.clone().narrow(2, len - keep, keep),
+            v: v_all.clone().narrow(2, len - keep, keep),
+        };
         self.layers[layer] = Some(stored);
         (k_all, v_all)
     }

@@ -135,14 +135,19 @@ impl Gemma3nTextConfig {
     /// Read `config.json`: a full `Gemma3nConfig` (its `text_config` is used) or a bare text config.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TextError> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| TextError::Io { path: path.to_path_buf(), source })?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| TextError::Json { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| TextError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| TextError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         Self::from_value(&value).map_err(|e| match e {
-            TextError::Config { field, message } => {
-                TextError::Config { field, message: format!("{message} (in {})", path.display()) }
-            }
+            TextError::Config { field, message } => TextError::Config {
+                field,
+                message: format!("{message} (in {})", path.display()),
+            },
             other => other,
         })
     }
@@ -163,14 +168,19 @@ impl Gemma3nTextConfig {
                     o.iter().find_map(|(k, v)| {
                         let mut probe = serde_json::Map::new();
                         probe.insert(k.clone(), v.clone());
-                        serde_json::from_value::<Self>(Value::Object(probe)).err().map(|_| k.clone())
+                        serde_json::from_value::<Self>(Value::Object(probe))
+                            .err()
+                            .map(|_| k.clone())
                     })
                 })
                 .unwrap_or_default();
             TextError::config(format!("{prefix}{field}"), msg)
         })?;
         cfg.validate().map_err(|e| match e {
-            TextError::Config { field, message } => TextError::Config { field: format!("{prefix}{field}"), message },
+            TextError::Config { field, message } => TextError::Config {
+                field: format!("{prefix}{field}"),
+                message,
+            },
             other => other,
         })?;
         Ok(cfg)
@@ -179,10 +189,13 @@ impl Gemma3nTextConfig {
     /// Check every value the model relies on.
     pub fn validate(&self) -> Result<(), TextError> {
         let l = self.num_hidden_layers;
-        let positive = [
+        let nonzero = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
-            ("hidden_size_per_layer_input", self.hidden_size_per_layer_input),
+            (
+                "hidden_size_per_layer_input",
+                self.hidden_size_per_layer_input,
+            ),
             ("num_hidden_layers", l),
             ("num_attention_heads", self.num_attention_heads),
             ("num_key_value_heads", self.num_key_value_heads),
@@ -191,7 +204,7 @@ impl Gemma3nTextConfig {
             ("altup_num_inputs", self.altup_num_inputs),
             ("laurel_rank", self.laurel_rank),
         ];
-        for (name, v) in positive {
+        for (name, v) in nonzero {
             if v == 0 {
                 return Err(TextError::config(name, "must be greater than 0"));
             }
@@ -199,40 +212,67 @@ impl Gemma3nTextConfig {
         if self.vocab_size_per_layer_input > self.vocab_size {
             return Err(TextError::config(
                 "vocab_size_per_layer_input",
-                format!("{} is larger than vocab_size {}", self.vocab_size_per_layer_input, self.vocab_size),
+                format!(
+                    "{} is larger than vocab_size {}",
+                    self.vocab_size_per_layer_input, self.vocab_size
+                ),
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(TextError::config("head_dim", format!("{} must be even for rotary embeddings", self.head_dim)));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(TextError::config(
+                "head_dim",
+                format!("{} must be even for rotary embeddings", self.head_dim),
+            ));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(TextError::config(
                 "num_key_value_heads",
-                format!("{} does not divide num_attention_heads {}", self.num_key_value_heads, self.num_attention_heads),
+                format!(
+                    "{} does not divide num_attention_heads {}",
+                    self.num_key_value_heads, self.num_attention_heads
+                ),
             ));
         }
         if self.hidden_activation != "gelu_pytorch_tanh" && self.hidden_activation != "gelu_tanh" {
             return Err(TextError::config(
                 "hidden_activation",
-                format!("`{}` is not supported (Gemma 3n uses \"gelu_pytorch_tanh\")", self.hidden_activation),
+                format!(
+                    "`{}` is not supported (Gemma 3n uses \"gelu_pytorch_tanh\")",
+                    self.hidden_activation
+                ),
             ));
         }
         if self.attention_bias {
-            return Err(TextError::config("attention_bias", "Gemma 3n has no attention bias; expected false"));
+            return Err(TextError::config(
+                "attention_bias",
+                "Gemma 3n has no attention bias; expected false",
+            ));
         }
-        if !(self.rms_norm_eps > 0.0) {
-            return Err(TextError::config("rms_norm_eps", format!("{} must be positive", self.rms_norm_eps)));
+        if !positive(self.rms_norm_eps) {
+            return Err(TextError::config(
+                "rms_norm_eps",
+                format!("{} must be positive", self.rms_norm_eps),
+            ));
         }
         if self.altup_active_idx >= self.altup_num_inputs {
             return Err(TextError::config(
                 "altup_active_idx",
-                format!("{} must be below altup_num_inputs {}", self.altup_active_idx, self.altup_num_inputs),
+                format!(
+                    "{} must be below altup_num_inputs {}",
+                    self.altup_active_idx, self.altup_num_inputs
+                ),
             ));
         }
         if let Some(c) = self.final_logit_softcapping
-            && !(c > 0.0)
+            && !positive(c)
         {
-            return Err(TextError::config("final_logit_softcapping", format!("{c} must be positive or null")));
+            return Err(TextError::config(
+                "final_logit_softcapping",
+                format!("{c} must be positive or null"),
+            ));
         }
         if let OneOrMany::Many(v) = &self.intermediate_size
             && v.len() != l
@@ -243,12 +283,18 @@ impl Gemma3nTextConfig {
             ));
         }
         if self.intermediate_sizes().contains(&0) {
-            return Err(TextError::config("intermediate_size", "every width must be greater than 0"));
+            return Err(TextError::config(
+                "intermediate_size",
+                "every width must be greater than 0",
+            ));
         }
         if let Some(t) = &self.layer_types
             && t.len() != l
         {
-            return Err(TextError::config("layer_types", format!("has {} entries but num_hidden_layers is {l}", t.len())));
+            return Err(TextError::config(
+                "layer_types",
+                format!("has {} entries but num_hidden_layers is {l}", t.len()),
+            ));
         }
         if let Some(p) = &self.activation_sparsity_pattern {
             if p.len() != l {
@@ -258,19 +304,28 @@ impl Gemma3nTextConfig {
                 ));
             }
             if let Some(bad) = p.iter().find(|s| !(0.0..1.0).contains(*s)) {
-                return Err(TextError::config("activation_sparsity_pattern", format!("{bad} is not in [0, 1)")));
+                return Err(TextError::config(
+                    "activation_sparsity_pattern",
+                    format!("{bad} is not in [0, 1)"),
+                ));
             }
         }
         if self.num_kv_shared_layers >= l {
             return Err(TextError::config(
                 "num_kv_shared_layers",
-                format!("{} must be below num_hidden_layers {l}", self.num_kv_shared_layers),
+                format!(
+                    "{} must be below num_hidden_layers {l}",
+                    self.num_kv_shared_layers
+                ),
             ));
         }
         if let Some(scaling) = &self.rope_scaling
             && !scaling.is_null()
         {
-            return Err(TextError::config("rope_scaling", "RoPE scaling is not supported (Gemma 3n uses none)"));
+            return Err(TextError::config(
+                "rope_scaling",
+                "RoPE scaling is not supported (Gemma 3n uses none)",
+            ));
         }
         self.rope_thetas()?;
         self.kv_sharing()?;
@@ -289,16 +344,24 @@ impl Gemma3nTextConfig {
     pub fn layer_types(&self) -> Vec<LayerType> {
         self.layer_types.clone().unwrap_or_else(|| {
             (0..self.num_hidden_layers)
-                .map(|i| if (i + 1) % 5 == 0 { LayerType::Full } else { LayerType::Sliding })
+                .map(|i| {
+                    if (i + 1) % 5 == 0 {
+                        LayerType::Full
+                    } else {
+                        LayerType::Sliding
+                    }
+                })
                 .collect()
         })
     }
 
     /// Gaussian top-k sparsity target of every layer (HF default: 0.95 for the first ten).
     pub fn activation_sparsity(&self) -> Vec<f64> {
-        self.activation_sparsity_pattern
-            .clone()
-            .unwrap_or_else(|| (0..self.num_hidden_layers).map(|i| if i < 10 { 0.95 } else { 0.0 }).collect())
+        self.activation_sparsity_pattern.clone().unwrap_or_else(|| {
+            (0..self.num_hidden_layers)
+                .map(|i| if i < 10 { 0.95 } else { 0.0 })
+                .collect()
+        })
     }
 
     /// RoPE base θ for (sliding, full) layers, from `rope_parameters` or the legacy fields.
@@ -306,7 +369,10 @@ impl Gemma3nTextConfig {
         let mut sliding = self.rope_local_base_freq.unwrap_or(10_000.0);
         let mut full = self.rope_theta.unwrap_or(1_000_000.0);
         if let Some(p) = self.rope_parameters.as_ref().filter(|p| !p.is_null()) {
-            for (kind, slot) in [("sliding_attention", &mut sliding), ("full_attention", &mut full)] {
+            for (kind, slot) in [
+                ("sliding_attention", &mut sliding),
+                ("full_attention", &mut full),
+            ] {
                 let Some(entry) = p.get(kind) else { continue };
                 if let Some(t) = entry.get("rope_type").and_then(|t| t.as_str())
                     && t != "default"
@@ -318,13 +384,16 @@ impl Gemma3nTextConfig {
                 }
                 if let Some(theta) = entry.get("rope_theta") {
                     *slot = theta.as_f64().ok_or_else(|| {
-                        TextError::config(format!("rope_parameters.{kind}.rope_theta"), "must be a number")
+                        TextError::config(
+                            format!("rope_parameters.{kind}.rope_theta"),
+                            "must be a number",
+                        )
                     })?;
                 }
             }
         }
         for (name, v) in [("rope_local_base_freq", sliding), ("rope_theta", full)] {
-            if !(v > 0.0) {
+            if !positive(v) {
                 return Err(TextError::config(name, format!("{v} must be positive")));
             }
         }
@@ -385,6 +454,11 @@ impl Gemma3nTextConfig {
     }
 }
 
+/// `x > 0` (false for NaN).
+fn positive(x: f64) -> bool {
+    x > 0.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,7 +493,7 @@ mod tests {
         let c = Gemma3nTextConfig::from_value(&full).unwrap();
         assert_eq!(c.intermediate_sizes(), vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(c.rope_thetas().unwrap(), (3.0, 5.0));
-        let bare = serde_json::json!({"num_hidden_layers": 12, "intermediate_size": 8, "rope_theta": 7.0, "rope_local_base_freq": 2.0});
+        let bare = serde_json::json!({"num_hidden_layers": 12, "num_kv_shared_layers": 4, "intermediate_size": 8, "rope_theta": 7.0, "rope_local_base_freq": 2.0});
         let c = Gemma3nTextConfig::from_value(&bare).unwrap();
         assert_eq!(c.intermediate_sizes(), vec![8; 12]);
         assert_eq!(c.rope_thetas().unwrap(), (2.0, 7.0));
@@ -428,15 +502,36 @@ mod tests {
     #[test]
     fn invalid_values_name_the_field() {
         let cases = [
-            (serde_json::json!({"text_config": {"num_hidden_layers": 4, "intermediate_size": [1, 2]}}), "text_config.intermediate_size"),
+            (
+                serde_json::json!({"text_config": {"num_hidden_layers": 4, "intermediate_size": [1, 2]}}),
+                "text_config.intermediate_size",
+            ),
             (serde_json::json!({"hidden_size": "big"}), "hidden_size"),
-            (serde_json::json!({"num_hidden_layers": 4, "num_kv_shared_layers": 4}), "num_kv_shared_layers"),
-            (serde_json::json!({"num_attention_heads": 6, "num_key_value_heads": 4}), "num_key_value_heads"),
-            (serde_json::json!({"hidden_activation": "relu"}), "hidden_activation"),
-            (serde_json::json!({"num_hidden_layers": 2, "activation_sparsity_pattern": [1.5, 0.0], "num_kv_shared_layers": 0}), "activation_sparsity_pattern"),
-            (serde_json::json!({"rope_parameters": {"full_attention": {"rope_type": "yarn"}}}), "rope_parameters.full_attention.rope_type"),
-            (serde_json::json!({"num_hidden_layers": 3, "num_kv_shared_layers": 1,
-                                "layer_types": ["sliding_attention", "sliding_attention", "full_attention"]}), "num_kv_shared_layers"),
+            (
+                serde_json::json!({"num_hidden_layers": 4, "num_kv_shared_layers": 4}),
+                "num_kv_shared_layers",
+            ),
+            (
+                serde_json::json!({"num_attention_heads": 6, "num_key_value_heads": 4}),
+                "num_key_value_heads",
+            ),
+            (
+                serde_json::json!({"hidden_activation": "relu"}),
+                "hidden_activation",
+            ),
+            (
+                serde_json::json!({"num_hidden_layers": 2, "activation_sparsity_pattern": [1.5, 0.0], "num_kv_shared_layers": 0}),
+                "activation_sparsity_pattern",
+            ),
+            (
+                serde_json::json!({"rope_parameters": {"full_attention": {"rope_type": "yarn"}}}),
+                "rope_parameters.full_attention.rope_type",
+            ),
+            (
+                serde_json::json!({"num_hidden_layers": 3, "num_kv_shared_layers": 1,
+                                "layer_types": ["sliding_attention", "sliding_attention", "full_attention"]}),
+                "num_kv_shared_layers",
+            ),
         ];
         for (v, field) in cases {
             match Gemma3nTextConfig::from_value(&v) {

@@ -48,15 +48,25 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
         let b = prompt.len();
         let t = prompt.first().map_or(0, |r| r.len());
         if b == 0 || t == 0 || prompt.iter().any(|r| r.len() != t) {
-            return Err(TextError::Input("prompt must be a non-empty batch of equal-length rows".into()));
+            return Err(TextError::Input(
+                "prompt must be a non-empty batch of equal-length rows".into(),
+            ));
         }
         let device = self.model.embed_tokens.weight.device();
-        let mask: Vec<Vec<i64>> = attention_mask.map(|m| m.to_vec()).unwrap_or_else(|| vec![vec![1; t]; b]);
+        let mask: Vec<Vec<i64>> = attention_mask
+            .map(|m| m.to_vec())
+            .unwrap_or_else(|| vec![vec![1; t]; b]);
         let positions = positions_from_mask(&mask);
         let pad = self.config().pad_token_id.unwrap_or(0);
         let mut cache = KvCache::new(self.config());
         let ids = ids_tensor::<B>(prompt, &device);
-        let mut out = self.model.forward(ids, Some(&mask), Some(&positions), Some(&mut cache), ForwardOptions::default())?;
+        let mut out = self.model.forward(
+            ids,
+            Some(&mask),
+            Some(&positions),
+            Some(&mut cache),
+            ForwardOptions::default(),
+        )?;
         let mut sequences = prompt.to_vec();
         let mut generated = vec![Vec::new(); b];
         let mut step_logits = Vec::new();
@@ -67,7 +77,11 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
             let logits = self.lm_logits(last).reshape([b, self.config().vocab_size]);
             let next = argmax_rows(&logits);
             step_logits.push(logits);
-            let next: Vec<i64> = next.iter().zip(&done).map(|(&n, &d)| if d { pad } else { n }).collect();
+            let next: Vec<i64> = next
+                .iter()
+                .zip(&done)
+                .map(|(&n, &d)| if d { pad } else { n })
+                .collect();
             for (r, &n) in next.iter().enumerate() {
                 sequences[r].push(n);
                 generated[r].push(n);
@@ -80,9 +94,19 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
             let pos: Vec<Vec<i64>> = cache.last_position.iter().map(|p| vec![p + 1]).collect();
             let ids = ids_tensor::<B>(&next.iter().map(|&n| vec![n]).collect::<Vec<_>>(), &device);
             let step_mask = vec![vec![1i64]; b];
-            out = self.model.forward(ids, Some(&step_mask), Some(&pos), Some(&mut cache), ForwardOptions::default())?;
+            out = self.model.forward(
+                ids,
+                Some(&step_mask),
+                Some(&pos),
+                Some(&mut cache),
+                ForwardOptions::default(),
+            )?;
         }
-        Ok(GreedyOutput { sequences, generated, step_logits })
+        Ok(GreedyOutput {
+            sequences,
+            generated,
+            step_logits,
+        })
     }
 }
 
@@ -97,7 +121,12 @@ pub fn ids_tensor<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B
 /// Index of the largest value of each row of `[B, V]` (first one on ties, as torch).
 pub fn argmax_rows<B: Backend>(logits: &Tensor<B, 2>) -> Vec<i64> {
     let [b, v] = logits.dims();
-    let data = logits.clone().cast(burn::tensor::DType::F32).into_data().to_vec::<f32>().expect("f32");
+    let data = logits
+        .clone()
+        .cast(burn::tensor::DType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32");
     (0..b)
         .map(|r| {
             let row = &data[r * v..(r + 1) * v];

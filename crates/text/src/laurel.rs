@@ -22,7 +22,13 @@ impl<B: Backend> Laurel<B> {
         Self {
             linear_left: Linear::load(w, &join(name, "linear_left"), h, r),
             linear_right: Linear::load(w, &join(name, "linear_right"), r, h),
-            post_laurel_norm: RmsNorm::load(w, &join(name, "post_laurel_norm"), h, cfg.rms_norm_eps, false),
+            post_laurel_norm: RmsNorm::load(
+                w,
+                &join(name, "post_laurel_norm"),
+                h,
+                cfg.rms_norm_eps,
+                false,
+            ),
         }
     }
 
@@ -36,13 +42,16 @@ impl<B: Backend> Laurel<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let low = self.linear_right.forward(self.linear_left.forward(x.clone()));
+        let low = self
+            .linear_right
+            .forward(self.linear_left.forward(x.clone()));
         x + self.post_laurel_norm.forward(low)
     }
 
     pub fn params(&self, name: &str, out: &mut ParamList<B>) {
         self.linear_left.params(&join(name, "linear_left"), out);
         self.linear_right.params(&join(name, "linear_right"), out);
-        self.post_laurel_norm.params(&join(name, "post_laurel_norm"), out);
+        self.post_laurel_norm
+            .params(&join(name, "post_laurel_norm"), out);
     }
 }

@@ -38,11 +38,21 @@ pub type Traces<B> = BTreeMap<String, Tensor<B, 3>>;
 
 impl<B: Backend> DecoderLayer<B> {
     pub fn load(w: &WeightLoader<'_, B>, name: &str, cfg: &Gemma3nTextConfig, idx: usize) -> Self {
-        let (h, p, eps) = (cfg.hidden_size, cfg.hidden_size_per_layer_input, cfg.rms_norm_eps);
+        let (h, p, eps) = (
+            cfg.hidden_size,
+            cfg.hidden_size_per_layer_input,
+            cfg.rms_norm_eps,
+        );
         let norm = |n: &str| RmsNorm::load(w, &join(name, n), h, eps, false);
         Self {
             self_attn: Attention::load(w, &join(name, "self_attn"), cfg, idx),
-            mlp: Mlp::load(w, &join(name, "mlp"), h, cfg.intermediate_sizes()[idx], cfg.activation_sparsity()[idx]),
+            mlp: Mlp::load(
+                w,
+                &join(name, "mlp"),
+                h,
+                cfg.intermediate_sizes()[idx],
+                cfg.activation_sparsity()[idx],
+            ),
             input_layernorm: norm("input_layernorm"),
             post_attention_layernorm: norm("post_attention_layernorm"),
             pre_feedforward_layernorm: norm("pre_feedforward_layernorm"),
@@ -57,11 +67,22 @@ impl<B: Backend> DecoderLayer<B> {
     }
 
     pub fn init(cfg: &Gemma3nTextConfig, idx: usize, device: &B::Device, dtype: DType) -> Self {
-        let (h, p, eps, s) = (cfg.hidden_size, cfg.hidden_size_per_layer_input, cfg.rms_norm_eps, cfg.initializer_range);
+        let (h, p, eps, s) = (
+            cfg.hidden_size,
+            cfg.hidden_size_per_layer_input,
+            cfg.rms_norm_eps,
+            cfg.initializer_range,
+        );
         let norm = || RmsNorm::init(h, eps, false, device, dtype);
         Self {
             self_attn: Attention::init(cfg, idx, device, dtype),
-            mlp: Mlp::init(cfg, cfg.intermediate_sizes()[idx], cfg.activation_sparsity()[idx], device, dtype),
+            mlp: Mlp::init(
+                cfg,
+                cfg.intermediate_sizes()[idx],
+                cfg.activation_sparsity()[idx],
+                device,
+                dtype,
+            ),
             input_layernorm: norm(),
             post_attention_layernorm: norm(),
             pre_feedforward_layernorm: norm(),
@@ -94,7 +115,9 @@ impl<B: Backend> DecoderLayer<B> {
         let attn = self.self_attn.forward(normed, inputs, shared, cache);
         let attn_normed = self.post_attention_layernorm.forward(attn.clone());
         let attn_laurel = (active + attn_normed + laurel.clone()) / std::f64::consts::SQRT_2;
-        let mlp = self.mlp.forward(self.pre_feedforward_layernorm.forward(attn_laurel.clone()));
+        let mlp = self
+            .mlp
+            .forward(self.pre_feedforward_layernorm.forward(attn_laurel.clone()));
         let out = attn_laurel + self.post_feedforward_layernorm.forward(mlp.clone());
         if let Some(tr) = traces {
             let i = self.self_attn.layer_idx;
@@ -109,13 +132,19 @@ impl<B: Backend> DecoderLayer<B> {
             first = self.altup.scale_corrected_output(first);
         }
         let gate = gelu_tanh(self.per_layer_input_gate.forward(first)) * per_layer_input;
-        let ple = self.post_per_layer_input_norm.forward(self.per_layer_projection.forward(gate));
+        let ple = self
+            .post_per_layer_input_norm
+            .forward(self.per_layer_projection.forward(gate));
         // HF adds the per-layer embedding to streams 1.. (`corrected_predictions[1:] += ...`).
         let k = corrected.dims()[0];
         let streams: Vec<Tensor<B, 4>> = (0..k)
             .map(|j| {
                 let s = corrected.clone().narrow(0, j, 1);
-                if j == 0 { s } else { s + ple.clone().unsqueeze_dim::<4>(0) }
+                if j == 0 {
+                    s
+                } else {
+                    s + ple.clone().unsqueeze_dim::<4>(0)
+                }
             })
             .collect();
         Tensor::cat(streams, 0)
@@ -124,14 +153,21 @@ impl<B: Backend> DecoderLayer<B> {
     pub fn params(&self, name: &str, out: &mut ParamList<B>) {
         self.self_attn.params(&join(name, "self_attn"), out);
         self.mlp.params(&join(name, "mlp"), out);
-        self.input_layernorm.params(&join(name, "input_layernorm"), out);
-        self.post_attention_layernorm.params(&join(name, "post_attention_layernorm"), out);
-        self.pre_feedforward_layernorm.params(&join(name, "pre_feedforward_layernorm"), out);
-        self.post_feedforward_layernorm.params(&join(name, "post_feedforward_layernorm"), out);
+        self.input_layernorm
+            .params(&join(name, "input_layernorm"), out);
+        self.post_attention_layernorm
+            .params(&join(name, "post_attention_layernorm"), out);
+        self.pre_feedforward_layernorm
+            .params(&join(name, "pre_feedforward_layernorm"), out);
+        self.post_feedforward_layernorm
+            .params(&join(name, "post_feedforward_layernorm"), out);
         self.altup.params(&join(name, "altup"), out);
         self.laurel.params(&join(name, "laurel"), out);
-        self.per_layer_input_gate.params(&join(name, "per_layer_input_gate"), out);
-        self.per_layer_projection.params(&join(name, "per_layer_projection"), out);
-        self.post_per_layer_input_norm.params(&join(name, "post_per_layer_input_norm"), out);
+        self.per_layer_input_gate
+            .params(&join(name, "per_layer_input_gate"), out);
+        self.per_layer_projection
+            .params(&join(name, "per_layer_projection"), out);
+        self.post_per_layer_input_norm
+            .params(&join(name, "post_per_layer_input_norm"), out);
     }
 }

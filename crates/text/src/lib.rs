@@ -21,4 +21,6 @@ pub mod model;
 pub use cache::KvCache;
 pub use config::{Gemma3nTextConfig, KvSharing, LayerType};
 pub use error::TextError;
-pub use model::{CausalLmOutput, ForwardOptions, Gemma3nForCausalLM, Gemma3nTextModel, TextModelOutput};
+pub use model::{
+    CausalLmOutput, ForwardOptions, Gemma3nForCausalLM, Gemma3nTextModel, TextModelOutput,
+};

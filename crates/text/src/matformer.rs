@@ -48,7 +48,9 @@ pub fn plan(cfg: &Gemma3nTextConfig, spec: &MatformerSpec) -> Result<SlicePlan, 
     skip.sort_unstable();
     skip.dedup();
     if let Some(&bad) = skip.iter().find(|&&i| i >= l) {
-        return Err(TextError::Matformer(format!("cannot skip layer {bad}: the model has {l} layers")));
+        return Err(TextError::Matformer(format!(
+            "cannot skip layer {bad}: the model has {l} layers"
+        )));
     }
     let kv = cfg.kv_sharing()?;
     for &i in &skip {
@@ -89,7 +91,8 @@ pub fn plan(cfg: &Gemma3nTextConfig, spec: &MatformerSpec) -> Result<SlicePlan, 
     let mut new = cfg.clone();
     new.num_hidden_layers = kept.len();
     new.intermediate_size = OneOrMany::Many(widths.clone());
-    new.num_kv_shared_layers = cfg.num_kv_shared_layers - skip.iter().filter(|&&i| i >= first_shared).count();
+    new.num_kv_shared_layers =
+        cfg.num_kv_shared_layers - skip.iter().filter(|&&i| i >= first_shared).count();
     new.layer_types = Some(kept.iter().map(|&i| types[i]).collect());
     new.activation_sparsity_pattern = Some(kept.iter().map(|&i| sparsity[i]).collect());
     new.validate()?;
@@ -106,16 +109,27 @@ pub fn plan(cfg: &Gemma3nTextConfig, spec: &MatformerSpec) -> Result<SlicePlan, 
             )));
         }
     }
-    Ok(SlicePlan { kept, widths, config: new })
+    Ok(SlicePlan {
+        kept,
+        widths,
+        config: new,
+    })
 }
 
 /// Slice a model in memory.
-pub fn slice_model<B: Backend>(model: Gemma3nTextModel<B>, spec: &MatformerSpec) -> Result<Gemma3nTextModel<B>, TextError> {
+pub fn slice_model<B: Backend>(
+    model: Gemma3nTextModel<B>,
+    spec: &MatformerSpec,
+) -> Result<Gemma3nTextModel<B>, TextError> {
     let plan = plan(&model.config, spec)?;
     let new_cfg = plan.config.clone();
     let p = model.config.hidden_size_per_layer_input;
     let device = model.embed_tokens.weight.device();
-    let cols: Vec<i64> = plan.kept.iter().flat_map(|&i| (i * p) as i64..((i + 1) * p) as i64).collect();
+    let cols: Vec<i64> = plan
+        .kept
+        .iter()
+        .flat_map(|&i| (i * p) as i64..((i + 1) * p) as i64)
+        .collect();
     let n = cols.len();
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(cols, [n]), &device);
     let Gemma3nTextModel {
@@ -129,8 +143,10 @@ pub fn slice_model<B: Backend>(model: Gemma3nTextModel<B>, spec: &MatformerSpec)
         norm,
         ..
     } = model;
-    embed_tokens_per_layer.weight = Param::from_tensor(embed_tokens_per_layer.weight.val().select(1, idx.clone()));
-    per_layer_model_projection.weight = Param::from_tensor(per_layer_model_projection.weight.val().select(1, idx));
+    embed_tokens_per_layer.weight =
+        Param::from_tensor(embed_tokens_per_layer.weight.val().select(1, idx.clone()));
+    per_layer_model_projection.weight =
+        Param::from_tensor(per_layer_model_projection.weight.val().select(1, idx));
     let mut old_layers: BTreeMap<usize, _> = layers.into_iter().enumerate().collect();
     let kv = new_cfg.kv_sharing()?;
     let types = new_cfg.layer_types();
@@ -172,6 +188,7 @@ const SIDE_FILES: &[&str] = &[
     "processor_config.json",
 ];
 
+#[allow(clippy::single_range_in_vec_init)] // lists of row/column ranges, often of one range
 /// Extract a sub-model from the checkpoint folder `src` into `dst`: sliced tensors (same dtype,
 /// same key layout, everything outside the text decoder copied unchanged), `config.json` with
 /// the updated text fields (all other fields kept), and the small side files. Shards the output
@@ -183,26 +200,40 @@ pub fn extract_checkpoint(
     max_shard_bytes: Option<usize>,
 ) -> Result<SlicePlan, TextError> {
     if src == dst {
-        return Err(TextError::Matformer("the destination must differ from the source folder".into()));
+        return Err(TextError::Matformer(
+            "the destination must differ from the source folder".into(),
+        ));
     }
     let cfg_path = src.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|source| TextError::Io { path: cfg_path.clone(), source })?;
-    let mut cfg_json: Value =
-        serde_json::from_str(&text).map_err(|e| TextError::Json { path: cfg_path.clone(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(&cfg_path).map_err(|source| TextError::Io {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let mut cfg_json: Value = serde_json::from_str(&text).map_err(|e| TextError::Json {
+        path: cfg_path.clone(),
+        message: e.to_string(),
+    })?;
     let cfg = Gemma3nTextConfig::from_value(&cfg_json)?;
     let plan = plan(&cfg, spec)?;
     let files = SafeTensorsFiles::open(src)?;
     let prefix = detect_prefix(&files);
     let p = cfg.hidden_size_per_layer_input;
     let blocks: Vec<Range<usize>> = plan.kept.iter().map(|&i| i * p..(i + 1) * p).collect();
-    let new_index: BTreeMap<usize, usize> = plan.kept.iter().enumerate().map(|(n, &i)| (i, n)).collect();
+    let new_index: BTreeMap<usize, usize> =
+        plan.kept.iter().enumerate().map(|(n, &i)| (i, n)).collect();
 
     let mut out = TensorMap::new();
     for name in files.names() {
         let raw = files.raw(name)?;
-        let (r, c) = (raw.shape.first().copied().unwrap_or(1), raw.shape.get(1).copied().unwrap_or(1));
+        let (r, c) = (
+            raw.shape.first().copied().unwrap_or(1),
+            raw.shape.get(1).copied().unwrap_or(1),
+        );
         let Some(rel) = name.strip_prefix(prefix.as_str()) else {
-            out.insert_data(name, raw_data(name, raw.dtype, raw.shape, raw.bytes.to_vec())?);
+            out.insert_data(
+                name,
+                raw_data(name, raw.dtype, raw.shape, raw.bytes.to_vec())?,
+            );
             continue;
         };
         let (key, rows, cols): (String, Vec<Range<usize>>, Vec<Range<usize>>) =
@@ -211,7 +242,9 @@ pub fn extract_checkpoint(
                 let Ok(i) = idx.parse::<usize>() else {
                     return Err(TextError::Matformer(format!("unexpected key `{name}`")));
                 };
-                let Some(&n) = new_index.get(&i) else { continue };
+                let Some(&n) = new_index.get(&i) else {
+                    continue;
+                };
                 let w = plan.widths[n];
                 let key = format!("{prefix}layers.{n}.{tail}");
                 match tail {
@@ -228,7 +261,10 @@ pub fn extract_checkpoint(
             };
         let whole = rows.len() == 1 && rows[0] == (0..r) && cols.len() == 1 && cols[0] == (0..c);
         if whole || raw.shape.len() != 2 {
-            out.insert_data(key, raw_data(name, raw.dtype, raw.shape, raw.bytes.to_vec())?);
+            out.insert_data(
+                key,
+                raw_data(name, raw.dtype, raw.shape, raw.bytes.to_vec())?,
+            );
             continue;
         }
         let elem = raw.bytes.len() / (r * c).max(1);
@@ -236,7 +272,9 @@ pub fn extract_checkpoint(
         for rr in &rows {
             for row in rr.clone() {
                 for cc in &cols {
-                    bytes.extend_from_slice(&raw.bytes[(row * c + cc.start) * elem..(row * c + cc.end) * elem]);
+                    bytes.extend_from_slice(
+                        &raw.bytes[(row * c + cc.start) * elem..(row * c + cc.end) * elem],
+                    );
                 }
             }
         }
@@ -251,26 +289,48 @@ pub fn extract_checkpoint(
         Some(t) => t,
         None => &mut cfg_json,
     };
-    let obj = text_cfg.as_object_mut().ok_or_else(|| TextError::config("text_config", "must be an object"))?;
+    let obj = text_cfg
+        .as_object_mut()
+        .ok_or_else(|| TextError::config("text_config", "must be an object"))?;
     let new = &plan.config;
     obj.insert("num_hidden_layers".into(), new.num_hidden_layers.into());
-    obj.insert("intermediate_size".into(), serde_json::to_value(&new.intermediate_size).unwrap());
-    obj.insert("num_kv_shared_layers".into(), new.num_kv_shared_layers.into());
-    obj.insert("layer_types".into(), serde_json::to_value(new.layer_types()).unwrap());
-    obj.insert("activation_sparsity_pattern".into(), serde_json::to_value(new.activation_sparsity()).unwrap());
+    obj.insert(
+        "intermediate_size".into(),
+        serde_json::to_value(&new.intermediate_size).unwrap(),
+    );
+    obj.insert(
+        "num_kv_shared_layers".into(),
+        new.num_kv_shared_layers.into(),
+    );
+    obj.insert(
+        "layer_types".into(),
+        serde_json::to_value(new.layer_types()).unwrap(),
+    );
+    obj.insert(
+        "activation_sparsity_pattern".into(),
+        serde_json::to_value(new.activation_sparsity()).unwrap(),
+    );
     let text = serde_json::to_string_pretty(&cfg_json).unwrap();
     write_atomic(&dst.join("config.json"), text.as_bytes())?;
     for f in SIDE_FILES {
         let from = src.join(f);
         if from.is_file() {
-            let bytes = std::fs::read(&from).map_err(|source| TextError::Io { path: from.clone(), source })?;
+            let bytes = std::fs::read(&from).map_err(|source| TextError::Io {
+                path: from.clone(),
+                source,
+            })?;
             write_atomic(&dst.join(f), &bytes)?;
         }
     }
     Ok(plan)
 }
 
-fn raw_data(name: &str, dtype: safetensors::Dtype, shape: &[usize], bytes: Vec<u8>) -> Result<TensorData, TextError> {
+fn raw_data(
+    name: &str,
+    dtype: safetensors::Dtype,
+    shape: &[usize],
+    bytes: Vec<u8>,
+) -> Result<TensorData, TextError> {
     use safetensors::Dtype as S;
     let d = match dtype {
         S::F32 => DType::F32,
@@ -280,7 +340,11 @@ fn raw_data(name: &str, dtype: safetensors::Dtype, shape: &[usize], bytes: Vec<u
         S::I64 => DType::I64,
         S::I32 => DType::I32,
         S::U8 => DType::U8,
-        other => return Err(TextError::Matformer(format!("`{name}` has dtype {other:?}, which extraction cannot copy"))),
+        other => {
+            return Err(TextError::Matformer(format!(
+                "`{name}` has dtype {other:?}, which extraction cannot copy"
+            )));
+        }
     };
     Ok(TensorData::from_bytes_vec(bytes, shape.to_vec(), d))
 }

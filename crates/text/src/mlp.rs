@@ -22,7 +22,13 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn load(w: &WeightLoader<'_, B>, name: &str, hidden: usize, width: usize, sparsity: f64) -> Self {
+    pub fn load(
+        w: &WeightLoader<'_, B>,
+        name: &str,
+        hidden: usize,
+        width: usize,
+        sparsity: f64,
+    ) -> Self {
         Self {
             gate_proj: Linear::load(w, &join(name, "gate_proj"), hidden, width),
             up_proj: Linear::load(w, &join(name, "up_proj"), hidden, width),
@@ -31,7 +37,13 @@ impl<B: Backend> Mlp<B> {
         }
     }
 
-    pub fn init(cfg: &Gemma3nTextConfig, width: usize, sparsity: f64, device: &B::Device, dtype: DType) -> Self {
+    pub fn init(
+        cfg: &Gemma3nTextConfig,
+        width: usize,
+        sparsity: f64,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Self {
         let (h, s) = (cfg.hidden_size, cfg.initializer_range);
         Self {
             gate_proj: Linear::init(h, width, s, device, dtype),
@@ -79,7 +91,11 @@ mod tests {
     #[test]
     fn gaussian_topk_keeps_about_the_top_five_percent() {
         let dev = Default::default();
-        let g = Tensor::<B, 2>::random([4, 4000], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let g = Tensor::<B, 2>::random(
+            [4, 4000],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &dev,
+        );
         let y = gaussian_topk(g, 0.95).into_data().to_vec::<f32>().unwrap();
         let kept = y.iter().filter(|v| **v > 0.0).count() as f64 / y.len() as f64;
         assert!((kept - 0.05).abs() < 0.01, "kept {kept}");

@@ -64,10 +64,21 @@ pub struct Gemma3nTextModel<B: Backend> {
 impl<B: Backend> Gemma3nTextModel<B> {
     /// Build from checkpoint tensors under the loader's prefix.
     pub fn load(w: &WeightLoader<'_, B>, cfg: &Gemma3nTextConfig) -> Self {
-        let (h, l, p, eps) = (cfg.hidden_size, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input, cfg.rms_norm_eps);
+        let (h, l, p, eps) = (
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            cfg.hidden_size_per_layer_input,
+            cfg.rms_norm_eps,
+        );
         let k = cfg.altup_num_inputs;
         Self {
-            embed_tokens: Embedding::load(w, "embed_tokens", cfg.vocab_size, h, cfg.pad_token_id.map(|p| p as usize)),
+            embed_tokens: Embedding::load(
+                w,
+                "embed_tokens",
+                cfg.vocab_size,
+                h,
+                cfg.pad_token_id.map(|p| p as usize),
+            ),
             embed_tokens_per_layer: Embedding::load(
                 w,
                 "embed_tokens_per_layer",
@@ -77,11 +88,15 @@ impl<B: Backend> Gemma3nTextModel<B> {
             ),
             per_layer_model_projection: Linear::load(w, "per_layer_model_projection", h, l * p),
             per_layer_projection_norm: RmsNorm::load(w, "per_layer_projection_norm", p, eps, false),
-            altup_projections: (0..k - 1).map(|i| Linear::load(w, &format!("altup_projections.{i}"), h, h)).collect(),
+            altup_projections: (0..k - 1)
+                .map(|i| Linear::load(w, &format!("altup_projections.{i}"), h, h))
+                .collect(),
             altup_unembed_projections: (0..k - 1)
                 .map(|i| Linear::load(w, &format!("altup_unembed_projections.{i}"), h, h))
                 .collect(),
-            layers: (0..l).map(|i| DecoderLayer::load(w, &format!("layers.{i}"), cfg, i)).collect(),
+            layers: (0..l)
+                .map(|i| DecoderLayer::load(w, &format!("layers.{i}"), cfg, i))
+                .collect(),
             norm: RmsNorm::load(w, "norm", h, eps, false),
             config: cfg.clone(),
         }
@@ -89,18 +104,36 @@ impl<B: Backend> Gemma3nTextModel<B> {
 
     /// Random initialisation (HF-style: normal(0, initializer_range) matrices, unit norms).
     pub fn init(cfg: &Gemma3nTextConfig, device: &B::Device, dtype: DType) -> Self {
-        let (h, l, p, eps, s) =
-            (cfg.hidden_size, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input, cfg.rms_norm_eps, cfg.initializer_range);
+        let (h, l, p, eps, s) = (
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            cfg.hidden_size_per_layer_input,
+            cfg.rms_norm_eps,
+            cfg.initializer_range,
+        );
         let k = cfg.altup_num_inputs;
         let pad = cfg.pad_token_id.map(|p| p as usize);
         Self {
             embed_tokens: Embedding::init(cfg.vocab_size, h, s, pad, device, dtype),
-            embed_tokens_per_layer: Embedding::init(cfg.vocab_size_per_layer_input, l * p, s, pad, device, dtype),
+            embed_tokens_per_layer: Embedding::init(
+                cfg.vocab_size_per_layer_input,
+                l * p,
+                s,
+                pad,
+                device,
+                dtype,
+            ),
             per_layer_model_projection: Linear::init(h, l * p, s, device, dtype),
             per_layer_projection_norm: RmsNorm::init(p, eps, false, device, dtype),
-            altup_projections: (0..k - 1).map(|_| Linear::init(h, h, s, device, dtype)).collect(),
-            altup_unembed_projections: (0..k - 1).map(|_| Linear::init(h, h, s, device, dtype)).collect(),
-            layers: (0..l).map(|i| DecoderLayer::init(cfg, i, device, dtype)).collect(),
+            altup_projections: (0..k - 1)
+                .map(|_| Linear::init(h, h, s, device, dtype))
+                .collect(),
+            altup_unembed_projections: (0..k - 1)
+                .map(|_| Linear::init(h, h, s, device, dtype))
+                .collect(),
+            layers: (0..l)
+                .map(|i| DecoderLayer::init(cfg, i, device, dtype))
+                .collect(),
             norm: RmsNorm::init(h, eps, false, device, dtype),
             config: cfg.clone(),
         }
@@ -109,9 +142,12 @@ impl<B: Backend> Gemma3nTextModel<B> {
     /// Every parameter by HF key (relative to the text model), in module order.
     pub fn params(&self, out: &mut ParamList<B>) {
         self.embed_tokens.params("embed_tokens", out);
-        self.embed_tokens_per_layer.params("embed_tokens_per_layer", out);
-        self.per_layer_model_projection.params("per_layer_model_projection", out);
-        self.per_layer_projection_norm.params("per_layer_projection_norm", out);
+        self.embed_tokens_per_layer
+            .params("embed_tokens_per_layer", out);
+        self.per_layer_model_projection
+            .params("per_layer_model_projection", out);
+        self.per_layer_projection_norm
+            .params("per_layer_projection_norm", out);
         for (i, p) in self.altup_projections.iter().enumerate() {
             p.params(&format!("altup_projections.{i}"), out);
         }
@@ -142,7 +178,9 @@ impl<B: Backend> Gemma3nTextModel<B> {
         let max: i64 = ids.clone().max().into_scalar().elem();
         let v = self.config.vocab_size as i64;
         if min < 0 || max >= v {
-            return Err(TextError::Input(format!("input_ids must be in [0, {v}) (vocab_size); found ids in [{min}, {max}]")));
+            return Err(TextError::Input(format!(
+                "input_ids must be in [0, {v}) (vocab_size); found ids in [{min}, {max}]"
+            )));
         }
         Ok(())
     }
@@ -157,9 +195,15 @@ impl<B: Backend> Gemma3nTextModel<B> {
     /// `[B, T, L, P]`; ids outside `[0, vocab_size_per_layer_input)` are looked up as 0.
     pub fn per_layer_token_embeds(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 4> {
         let [b, t] = ids.dims();
-        let (l, p) = (self.config.num_hidden_layers, self.config.hidden_size_per_layer_input);
+        let (l, p) = (
+            self.config.num_hidden_layers,
+            self.config.hidden_size_per_layer_input,
+        );
         let v = self.config.vocab_size_per_layer_input as i64;
-        let outside = ids.clone().greater_equal_elem(v).bool_or(ids.clone().lower_elem(0));
+        let outside = ids
+            .clone()
+            .greater_equal_elem(v)
+            .bool_or(ids.clone().lower_elem(0));
         let ids = ids.mask_fill(outside, 0);
         let scale = (p as f64).sqrt() as f32;
         (self.embed_tokens_per_layer.forward(ids) * scale as f64).reshape([b, t, l, p])
@@ -168,11 +212,19 @@ impl<B: Backend> Gemma3nTextModel<B> {
     /// Combine the context part (a projection of `inputs_embeds`) with the token part:
     /// `(RMSNorm(proj(E)·H^-½) + token)·2^-½`; without a token part HF returns the projection
     /// alone (no 2^-½).
-    pub fn project_per_layer_inputs(&self, inputs_embeds: Tensor<B, 3>, token: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
+    pub fn project_per_layer_inputs(
+        &self,
+        inputs_embeds: Tensor<B, 3>,
+        token: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 4> {
         let [b, t, _] = inputs_embeds.dims();
-        let (l, p) = (self.config.num_hidden_layers, self.config.hidden_size_per_layer_input);
+        let (l, p) = (
+            self.config.num_hidden_layers,
+            self.config.hidden_size_per_layer_input,
+        );
         let scale = (self.config.hidden_size as f32).powf(-0.5) as f64;
-        let proj = (self.per_layer_model_projection.forward(inputs_embeds) * scale).reshape([b, t, l, p]);
+        let proj =
+            (self.per_layer_model_projection.forward(inputs_embeds) * scale).reshape([b, t, l, p]);
         let proj = self.per_layer_projection_norm.forward(proj);
         match token {
             None => proj,
@@ -193,7 +245,14 @@ impl<B: Backend> Gemma3nTextModel<B> {
         self.check_ids(&ids)?;
         let embeds = self.embed(ids.clone());
         let token = self.per_layer_token_embeds(ids);
-        self.forward_embeds(embeds, Some(token), attention_mask, position_ids, cache, opts)
+        self.forward_embeds(
+            embeds,
+            Some(token),
+            attention_mask,
+            position_ids,
+            cache,
+            opts,
+        )
     }
 
     /// Forward from embeddings (`[B, T, H]`, e.g. with multimodal soft tokens merged in) and the
@@ -212,12 +271,17 @@ impl<B: Backend> Gemma3nTextModel<B> {
         let dtype = inputs_embeds.dtype();
         let [b, t, h] = inputs_embeds.dims();
         if h != cfg.hidden_size {
-            return Err(TextError::Input(format!("inputs_embeds has width {h}, expected hidden_size {}", cfg.hidden_size)));
+            return Err(TextError::Input(format!(
+                "inputs_embeds has width {h}, expected hidden_size {}",
+                cfg.hidden_size
+            )));
         }
         let new_mask: Vec<Vec<i64>> = match attention_mask {
             Some(m) => {
                 if m.len() != b || m.iter().any(|r| r.len() != t) {
-                    return Err(TextError::Input(format!("attention_mask must be [{b}, {t}] like the inputs")));
+                    return Err(TextError::Input(format!(
+                        "attention_mask must be [{b}, {t}] like the inputs"
+                    )));
                 }
                 m.to_vec()
             }
@@ -228,12 +292,16 @@ impl<B: Backend> Gemma3nTextModel<B> {
             && let Some(cb) = c.batch_size()
             && cb != b
         {
-            return Err(TextError::Input(format!("the cache holds a batch of {cb}, the inputs have {b} rows")));
+            return Err(TextError::Input(format!(
+                "the cache holds a batch of {cb}, the inputs have {b} rows"
+            )));
         }
         let positions: Vec<Vec<i64>> = match position_ids {
             Some(p) => {
                 if p.len() != b || p.iter().any(|r| r.len() != t) {
-                    return Err(TextError::Input(format!("position_ids must be [{b}, {t}] like the inputs")));
+                    return Err(TextError::Input(format!(
+                        "position_ids must be [{b}, {t}] like the inputs"
+                    )));
                 }
                 p.to_vec()
             }
@@ -241,18 +309,31 @@ impl<B: Backend> Gemma3nTextModel<B> {
         };
         // Full padding history: cached positions then the new ones.
         let padding: Vec<Vec<i64>> = match cache.as_ref() {
-            Some(c) if past > 0 => c.mask.iter().zip(&new_mask).map(|(old, new)| [old.as_slice(), new].concat()).collect(),
+            Some(c) if past > 0 => c
+                .mask
+                .iter()
+                .zip(&new_mask)
+                .map(|(old, new)| [old.as_slice(), new].concat())
+                .collect(),
             _ => new_mask.clone(),
         };
 
         let (theta_local, theta_global) = cfg.rope_thetas()?;
         let mut inputs = std::collections::HashMap::new();
-        for (ty, theta) in [(LayerType::Sliding, theta_local), (LayerType::Full, theta_global)] {
-            let (cos, sin) = RopeTables::new(theta, cfg.head_dim).cos_sin::<B>(&positions, &device, dtype);
+        for (ty, theta) in [
+            (LayerType::Sliding, theta_local),
+            (LayerType::Full, theta_global),
+        ] {
+            let (cos, sin) =
+                RopeTables::new(theta, cfg.head_dim).cos_sin::<B>(&positions, &device, dtype);
             let (key_start, window) = match ty {
                 LayerType::Full => (0, None),
                 LayerType::Sliding => {
-                    let start = if cache.is_some() { past.saturating_sub(cfg.sliding_window - 1) } else { 0 };
+                    let start = if cache.is_some() {
+                        past.saturating_sub(cfg.sliding_window - 1)
+                    } else {
+                        0
+                    };
                     (start, Some(cfg.sliding_window))
                 }
             };
@@ -260,13 +341,17 @@ impl<B: Backend> Gemma3nTextModel<B> {
             inputs.insert(ty, AttentionInputs { cos, sin, mask });
         }
 
-        let per_layer_inputs = self.project_per_layer_inputs(inputs_embeds.clone(), per_layer_token_embeds);
+        let per_layer_inputs =
+            self.project_per_layer_inputs(inputs_embeds.clone(), per_layer_token_embeds);
 
         // AltUp streams: the embeddings plus K−1 magnitude-matched projections.
         let target = rms(inputs_embeds.clone());
         let mut streams = vec![inputs_embeds.clone()];
         for proj in &self.altup_projections {
-            streams.push(match_magnitude(proj.forward(inputs_embeds.clone()), target.clone()));
+            streams.push(match_magnitude(
+                proj.forward(inputs_embeds.clone()),
+                target.clone(),
+            ));
         }
         let mut x = Tensor::stack::<4>(streams, 0);
 
@@ -300,7 +385,10 @@ impl<B: Backend> Gemma3nTextModel<B> {
         let target = rms(x0.clone());
         let mut outs = vec![x0];
         for (j, proj) in self.altup_unembed_projections.iter().enumerate() {
-            outs.push(match_magnitude(proj.forward(stream(&x, j + 1)), target.clone()));
+            outs.push(match_magnitude(
+                proj.forward(stream(&x, j + 1)),
+                target.clone(),
+            ));
         }
         let merged = Tensor::stack::<4>(outs, 0).mean_dim(0).squeeze_dim::<3>(0);
         let last_hidden_state = self.norm.forward(merged);
@@ -315,7 +403,13 @@ impl<B: Backend> Gemma3nTextModel<B> {
             }
             c.last_position = positions.iter().map(|r| *r.last().unwrap()).collect();
         }
-        Ok(TextModelOutput { last_hidden_state, hidden_states, inputs_embeds, per_layer_inputs, traces })
+        Ok(TextModelOutput {
+            last_hidden_state,
+            hidden_states,
+            inputs_embeds,
+            per_layer_inputs,
+            traces,
+        })
     }
 }
 
@@ -356,7 +450,11 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
                 c
             }
             None => {
-                let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+                let dir = if path.is_dir() {
+                    path.to_path_buf()
+                } else {
+                    path.parent().unwrap_or(Path::new(".")).to_path_buf()
+                };
                 Gemma3nTextConfig::from_file(dir.join("config.json"))?
             }
         };
@@ -387,7 +485,10 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
 
     /// Random initialisation.
     pub fn init(cfg: &Gemma3nTextConfig, device: &B::Device, dtype: DType) -> Self {
-        Self { model: Gemma3nTextModel::init(cfg, device, dtype), prefix: CONDITIONAL_PREFIX.to_string() }
+        Self {
+            model: Gemma3nTextModel::init(cfg, device, dtype),
+            prefix: CONDITIONAL_PREFIX.to_string(),
+        }
     }
 
     /// The config.
@@ -416,25 +517,42 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
         let out = self.model.forward(ids, attention_mask, None, None, opts)?;
         let logits = self.lm_logits(out.last_hidden_state.clone());
         let loss = labels.and_then(|l| causal_lm_loss(logits.clone(), l));
-        Ok(CausalLmOutput { logits, loss, model: out })
+        Ok(CausalLmOutput {
+            logits,
+            loss,
+            model: out,
+        })
     }
 
     /// Every parameter by full HF key (with the checkpoint prefix).
     pub fn params(&self) -> ParamList<B> {
         let mut rel = ParamList::new();
         self.model.params(&mut rel);
-        ParamList { entries: rel.entries.into_iter().map(|(k, p)| (format!("{}{k}", self.prefix), p)).collect() }
+        ParamList {
+            entries: rel
+                .entries
+                .into_iter()
+                .map(|(k, p)| (format!("{}{k}", self.prefix), p))
+                .collect(),
+        }
     }
 
     /// Write `config.json` (a bare text config) and the weights in HF layout (single file, or
     /// shards of at most `max_shard_bytes` with an index), atomically.
-    pub fn save_pretrained(&self, dir: impl AsRef<Path>, max_shard_bytes: Option<usize>) -> Result<(), TextError> {
+    pub fn save_pretrained(
+        &self,
+        dir: impl AsRef<Path>,
+        max_shard_bytes: Option<usize>,
+    ) -> Result<(), TextError> {
         let dir = dir.as_ref();
         self.params().to_tensor_map("").save(dir, max_shard_bytes)?;
         let mut cfg = serde_json::to_value(&self.model.config).expect("serialisable");
         if let Some(o) = cfg.as_object_mut() {
             o.insert("model_type".into(), "gemma3n_text".into());
-            o.insert("architectures".into(), serde_json::json!(["Gemma3nForCausalLM"]));
+            o.insert(
+                "architectures".into(),
+                serde_json::json!(["Gemma3nForCausalLM"]),
+            );
         }
         let text = serde_json::to_string_pretty(&cfg).expect("serialisable");
         automodel_core::weights::write_atomic(&dir.join("config.json"), text.as_bytes())?;
@@ -460,7 +578,10 @@ fn ignored_key(rel: &str, reuse: &[usize]) -> bool {
         && let Ok(i) = idx.parse::<usize>()
     {
         return reuse.contains(&i)
-            && matches!(tail, "self_attn.k_proj.weight" | "self_attn.v_proj.weight" | "self_attn.k_norm.weight");
+            && matches!(
+                tail,
+                "self_attn.k_proj.weight" | "self_attn.v_proj.weight" | "self_attn.k_norm.weight"
+            );
     }
     false
 }

@@ -8,18 +8,30 @@ use automodel_core::weights::SafeTensorsFiles;
 /// A case folder of the golden reference.
 pub fn case(name: &str) -> PathBuf {
     let d = automodel_parity::golden_dir().join(name);
-    assert!(d.is_dir(), "golden case {} not found (set AUTOMODEL_GOLDEN_DIR)", d.display());
+    assert!(
+        d.is_dir(),
+        "golden case {} not found (set AUTOMODEL_GOLDEN_DIR)",
+        d.display()
+    );
     d
 }
 
 /// A 2-D integer tensor of a safetensors file as rows.
 pub fn rows(files: &SafeTensorsFiles, name: &str) -> Vec<Vec<i64>> {
     let shape = files.shape(name).unwrap().to_vec();
-    files.to_i64_vec(name).unwrap().chunks(shape[1]).map(|c| c.to_vec()).collect()
+    files
+        .to_i64_vec(name)
+        .unwrap()
+        .chunks(shape[1])
+        .map(|c| c.to_vec())
+        .collect()
 }
 
 /// Largest absolute difference.
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

@@ -19,15 +19,35 @@ pub struct Embedding<B: Backend> {
 
 impl<B: Backend> Embedding<B> {
     /// Load `{name}.weight`.
-    pub fn load(loader: &WeightLoader<'_, B>, name: &str, num: usize, dim: usize, padding_idx: Option<usize>) -> Self {
+    pub fn load(
+        loader: &WeightLoader<'_, B>,
+        name: &str,
+        num: usize,
+        dim: usize,
+        padding_idx: Option<usize>,
+    ) -> Self {
         let w = loader.tensor(&format!("{name}.weight"), [num, dim]);
-        Self { weight: Param::from_tensor(w), padding_idx }
+        Self {
+            weight: Param::from_tensor(w),
+            padding_idx,
+        }
     }
 
     /// Random normal init.
-    pub fn init(num: usize, dim: usize, std: f64, padding_idx: Option<usize>, device: &B::Device, dtype: DType) -> Self {
-        let w = Tensor::<B, 2>::random([num, dim], Distribution::Normal(0.0, std), device).cast(dtype);
-        Self { weight: Param::from_tensor(w), padding_idx }
+    pub fn init(
+        num: usize,
+        dim: usize,
+        std: f64,
+        padding_idx: Option<usize>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Self {
+        let w =
+            Tensor::<B, 2>::random([num, dim], Distribution::Normal(0.0, std), device).cast(dtype);
+        Self {
+            weight: Param::from_tensor(w),
+            padding_idx,
+        }
     }
 
     /// Number of rows.
@@ -45,13 +65,23 @@ impl<B: Backend> Embedding<B> {
         let [b, t] = ids.dims();
         let dim = self.dim();
         let w = self.weight.val();
-        let out = w.clone().select(0, ids.clone().reshape([b * t])).reshape([b, t, dim]);
+        let out = w
+            .clone()
+            .select(0, ids.clone().reshape([b * t]))
+            .reshape([b, t, dim]);
         match self.padding_idx {
             None => out,
             Some(p) => {
                 // Rows looked up at padding ids come from a detached copy of row p.
-                let pad_row = w.detach().slice([p..p + 1]).reshape([1, 1, dim]).expand([b, t, dim]);
-                let is_pad = ids.equal_elem(p as i64).unsqueeze_dim::<3>(2).expand([b, t, dim]);
+                let pad_row = w
+                    .detach()
+                    .narrow(0, p, 1)
+                    .reshape([1, 1, dim])
+                    .expand([b, t, dim]);
+                let is_pad = ids
+                    .equal_elem(p as i64)
+                    .unsqueeze_dim::<3>(2)
+                    .expand([b, t, dim]);
                 out.mask_where(is_pad, pad_row)
             }
         }

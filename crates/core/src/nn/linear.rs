@@ -28,13 +28,18 @@ impl<B: Backend> Linear<B> {
         let dtype = w.dtype();
         // Materialise the transpose so the forward matmul reads contiguous memory.
         let t = Tensor::from_data(w.transpose().into_data(), (&device, dtype));
-        Self { weight: Param::from_tensor(t) }
+        Self {
+            weight: Param::from_tensor(t),
+        }
     }
 
     /// Random normal init `N(0, std²)`.
     pub fn init(d_in: usize, d_out: usize, std: f64, device: &B::Device, dtype: DType) -> Self {
-        let w = Tensor::<B, 2>::random([d_in, d_out], Distribution::Normal(0.0, std), device).cast(dtype);
-        Self { weight: Param::from_tensor(w) }
+        let w = Tensor::<B, 2>::random([d_in, d_out], Distribution::Normal(0.0, std), device)
+            .cast(dtype);
+        Self {
+            weight: Param::from_tensor(w),
+        }
     }
 
     /// Input width.

@@ -24,9 +24,19 @@ pub struct RmsNorm<B: Backend> {
 
 impl<B: Backend> RmsNorm<B> {
     /// Load `{name}.weight` of width `dim`.
-    pub fn load(loader: &WeightLoader<'_, B>, name: &str, dim: usize, eps: f64, plus_one: bool) -> Self {
+    pub fn load(
+        loader: &WeightLoader<'_, B>,
+        name: &str,
+        dim: usize,
+        eps: f64,
+        plus_one: bool,
+    ) -> Self {
         let w = loader.tensor(&format!("{name}.weight"), [dim]);
-        Self { weight: Some(Param::from_tensor(w)), eps, plus_one }
+        Self {
+            weight: Some(Param::from_tensor(w)),
+            eps,
+            plus_one,
+        }
     }
 
     /// A norm with a weight of ones (`w` convention) or zeros (`1 + w`).
@@ -36,12 +46,20 @@ impl<B: Backend> RmsNorm<B> {
         } else {
             Tensor::ones([dim], (device, dtype))
         };
-        Self { weight: Some(Param::from_tensor(w)), eps, plus_one }
+        Self {
+            weight: Some(Param::from_tensor(w)),
+            eps,
+            plus_one,
+        }
     }
 
     /// A norm without a learned scale.
     pub fn without_scale(eps: f64) -> Self {
-        Self { weight: None, eps, plus_one: false }
+        Self {
+            weight: None,
+            eps,
+            plus_one: false,
+        }
     }
 
     /// Normalise over the last dimension.
@@ -82,7 +100,10 @@ mod tests {
         let x = Tensor::<B, 2>::from_floats([[1.0, 2.0, 3.0, 4.0]], &dev);
         let rms = ((1.0f64 + 4.0 + 9.0 + 16.0) / 4.0 + 1e-6).sqrt();
         let mut n = RmsNorm::<B>::init(4, 1e-6, false, &dev, DType::F32);
-        n.weight = Some(Param::from_tensor(Tensor::from_floats([1.0, 2.0, 0.5, 0.0], &dev)));
+        n.weight = Some(Param::from_tensor(Tensor::from_floats(
+            [1.0, 2.0, 0.5, 0.0],
+            &dev,
+        )));
         let got = n.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
         let want = [1.0 / rms, 4.0 / rms, 1.5 / rms, 0.0];
         for (g, w) in got.iter().zip(want) {

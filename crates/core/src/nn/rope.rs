@@ -53,7 +53,10 @@ impl RopeTables {
                 sin.extend_from_within(start..start + half);
             }
         }
-        let mk = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [b, t, 1, dim]), (device, DType::F32)).cast(dtype);
+        let mk = |v: Vec<f32>| {
+            Tensor::<B, 4>::from_data(TensorData::new(v, [b, t, 1, dim]), (device, DType::F32))
+                .cast(dtype)
+        };
         (mk(cos), mk(sin))
     }
 }
@@ -67,7 +70,11 @@ pub fn rotate_half<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> 
 }
 
 /// Apply RoPE to `x` `[B, T, H, D]` with tables `[B, T, 1, D]`.
-pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     x.clone() * cos.clone() + rotate_half(x) * sin.clone()
 }
 
@@ -81,8 +88,12 @@ mod tests {
         let dev = Default::default();
         let t = RopeTables::new(10_000.0, 4);
         let (cos, sin) = t.cos_sin::<B>(&[vec![0, 3]], &dev, DType::F32);
-        let x = Tensor::<B, 4>::from_floats([[[[1.0, 2.0, 3.0, 4.0]], [[1.0, 2.0, 3.0, 4.0]]]], &dev);
-        let y = apply_rope(x, &cos, &sin).into_data().to_vec::<f32>().unwrap();
+        let x =
+            Tensor::<B, 4>::from_floats([[[[1.0, 2.0, 3.0, 4.0]], [[1.0, 2.0, 3.0, 4.0]]]], &dev);
+        let y = apply_rope(x, &cos, &sin)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         // position 0 is the identity
         assert_eq!(&y[..4], &[1.0, 2.0, 3.0, 4.0]);
         // position 3: pairs (x0, x2) rotate by 3·1, (x1, x3) by 3·0.01
