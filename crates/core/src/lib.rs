@@ -11,6 +11,7 @@
 //! Everything is generic over the Burn backend; tests run on the `flex` CPU backend.
 
 pub mod error;
+pub mod init;
 pub mod loss;
 pub mod nn;
 pub mod params;

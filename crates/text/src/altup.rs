@@ -1,8 +1,8 @@
 //! AltUp: four residual streams, one of them active, with learned predict/correct mixing.
 
+use automodel_core::init::{Init, ParamSource};
 use automodel_core::nn::{Linear, RmsNorm};
 use automodel_core::params::{HfParam, ParamList, join};
-use automodel_core::weights::WeightLoader;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -28,32 +28,19 @@ pub struct AltUp<B: Backend> {
 }
 
 impl<B: Backend> AltUp<B> {
-    pub fn load(w: &WeightLoader<'_, B>, name: &str, cfg: &Gemma3nTextConfig) -> Self {
+    /// From a checkpoint, or HF's init (zero output scale, small random matrices).
+    pub fn new(src: &ParamSource<'_, B>, name: &str, cfg: &Gemma3nTextConfig) -> Self {
         let (k, h) = (cfg.altup_num_inputs, cfg.hidden_size);
         Self {
-            correct_output_scale: Param::from_tensor(
-                w.tensor(&join(name, "correct_output_scale"), [h]),
-            ),
-            correction_coefs: Linear::load(w, &join(name, "correction_coefs"), k, k),
-            prediction_coefs: Linear::load(w, &join(name, "prediction_coefs"), k, k * k),
-            modality_router: Linear::load(w, &join(name, "modality_router"), h, k),
-            router_norm: RmsNorm::load(w, &join(name, "router_norm"), h, cfg.rms_norm_eps, false),
-            num_inputs: k,
-            active_idx: cfg.altup_active_idx,
-            coef_clip: cfg.altup_coef_clip,
-            hidden_size: h,
-        }
-    }
-
-    /// HF init: zero output scale, small random coefficient/router matrices.
-    pub fn init(cfg: &Gemma3nTextConfig, device: &B::Device, dtype: DType) -> Self {
-        let (k, h, s) = (cfg.altup_num_inputs, cfg.hidden_size, cfg.initializer_range);
-        Self {
-            correct_output_scale: Param::from_tensor(Tensor::zeros([h], (device, dtype))),
-            correction_coefs: Linear::init(k, k, s, device, dtype),
-            prediction_coefs: Linear::init(k, k * k, s, device, dtype),
-            modality_router: Linear::init(h, k, s, device, dtype),
-            router_norm: RmsNorm::init(h, cfg.rms_norm_eps, false, device, dtype),
+            correct_output_scale: Param::from_tensor(src.tensor(
+                &join(name, "correct_output_scale"),
+                [h],
+                Init::Zeros,
+            )),
+            correction_coefs: Linear::new(src, &join(name, "correction_coefs"), k, k),
+            prediction_coefs: Linear::new(src, &join(name, "prediction_coefs"), k, k * k),
+            modality_router: Linear::new(src, &join(name, "modality_router"), h, k),
+            router_norm: RmsNorm::new(src, &join(name, "router_norm"), h, cfg.rms_norm_eps, false),
             num_inputs: k,
             active_idx: cfg.altup_active_idx,
             coef_clip: cfg.altup_coef_clip,

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
+use automodel_core::init::ParamSource;
 use automodel_core::nn::rope::apply_rope;
 use automodel_core::nn::{Linear, RmsNorm};
 use automodel_core::params::{ParamList, join};
-use automodel_core::weights::WeightLoader;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, TensorData};
@@ -52,8 +52,8 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    pub fn load(
-        w: &WeightLoader<'_, B>,
+    pub fn new(
+        src: &ParamSource<'_, B>,
         name: &str,
         cfg: &Gemma3nTextConfig,
         layer_idx: usize,
@@ -68,45 +68,12 @@ impl<B: Backend> Attention<B> {
         let sharing = cfg.kv_sharing().expect("validated")[layer_idx];
         let own = !matches!(sharing, KvSharing::Reuse { .. });
         Self {
-            q_proj: Linear::load(w, &join(name, "q_proj"), h, nh * d),
-            k_proj: own.then(|| Linear::load(w, &join(name, "k_proj"), h, nkv * d)),
-            v_proj: own.then(|| Linear::load(w, &join(name, "v_proj"), h, nkv * d)),
-            o_proj: Linear::load(w, &join(name, "o_proj"), nh * d, h),
-            q_norm: RmsNorm::load(w, &join(name, "q_norm"), d, eps, false),
-            k_norm: own.then(|| RmsNorm::load(w, &join(name, "k_norm"), d, eps, false)),
-            v_norm: RmsNorm::without_scale(eps),
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: d,
-            layer_idx,
-            layer_type: cfg.layer_types()[layer_idx],
-            sharing,
-        }
-    }
-
-    pub fn init(
-        cfg: &Gemma3nTextConfig,
-        layer_idx: usize,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Self {
-        let (h, nh, nkv, d, eps, s) = (
-            cfg.hidden_size,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-            cfg.rms_norm_eps,
-            cfg.initializer_range,
-        );
-        let sharing = cfg.kv_sharing().expect("validated")[layer_idx];
-        let own = !matches!(sharing, KvSharing::Reuse { .. });
-        Self {
-            q_proj: Linear::init(h, nh * d, s, device, dtype),
-            k_proj: own.then(|| Linear::init(h, nkv * d, s, device, dtype)),
-            v_proj: own.then(|| Linear::init(h, nkv * d, s, device, dtype)),
-            o_proj: Linear::init(nh * d, h, s, device, dtype),
-            q_norm: RmsNorm::init(d, eps, false, device, dtype),
-            k_norm: own.then(|| RmsNorm::init(d, eps, false, device, dtype)),
+            q_proj: Linear::new(src, &join(name, "q_proj"), h, nh * d),
+            k_proj: own.then(|| Linear::new(src, &join(name, "k_proj"), h, nkv * d)),
+            v_proj: own.then(|| Linear::new(src, &join(name, "v_proj"), h, nkv * d)),
+            o_proj: Linear::new(src, &join(name, "o_proj"), nh * d, h),
+            q_norm: RmsNorm::new(src, &join(name, "q_norm"), d, eps, false),
+            k_norm: own.then(|| RmsNorm::new(src, &join(name, "k_norm"), d, eps, false)),
             v_norm: RmsNorm::without_scale(eps),
             num_heads: nh,
             num_kv_heads: nkv,

@@ -1,10 +1,9 @@
 //! LAuReL: a low-rank residual branch beside attention.
 
+use automodel_core::init::ParamSource;
 use automodel_core::nn::{Linear, RmsNorm};
 use automodel_core::params::{ParamList, join};
-use automodel_core::weights::WeightLoader;
 use burn::prelude::*;
-use burn::tensor::DType;
 
 use crate::config::Gemma3nTextConfig;
 
@@ -17,27 +16,18 @@ pub struct Laurel<B: Backend> {
 }
 
 impl<B: Backend> Laurel<B> {
-    pub fn load(w: &WeightLoader<'_, B>, name: &str, cfg: &Gemma3nTextConfig) -> Self {
+    pub fn new(src: &ParamSource<'_, B>, name: &str, cfg: &Gemma3nTextConfig) -> Self {
         let (h, r) = (cfg.hidden_size, cfg.laurel_rank);
         Self {
-            linear_left: Linear::load(w, &join(name, "linear_left"), h, r),
-            linear_right: Linear::load(w, &join(name, "linear_right"), r, h),
-            post_laurel_norm: RmsNorm::load(
-                w,
+            linear_left: Linear::new(src, &join(name, "linear_left"), h, r),
+            linear_right: Linear::new(src, &join(name, "linear_right"), r, h),
+            post_laurel_norm: RmsNorm::new(
+                src,
                 &join(name, "post_laurel_norm"),
                 h,
                 cfg.rms_norm_eps,
                 false,
             ),
-        }
-    }
-
-    pub fn init(cfg: &Gemma3nTextConfig, device: &B::Device, dtype: DType) -> Self {
-        let (h, r, s) = (cfg.hidden_size, cfg.laurel_rank, cfg.initializer_range);
-        Self {
-            linear_left: Linear::init(h, r, s, device, dtype),
-            linear_right: Linear::init(r, h, s, device, dtype),
-            post_laurel_norm: RmsNorm::init(h, cfg.rms_norm_eps, false, device, dtype),
         }
     }
 

@@ -2,11 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use automodel_core::init::ParamSource;
 use automodel_core::nn::{Linear, RmsNorm, gelu_tanh};
 use automodel_core::params::{ParamList, join};
-use automodel_core::weights::WeightLoader;
 use burn::prelude::*;
-use burn::tensor::DType;
 
 use crate::altup::{AltUp, stream};
 use crate::attention::{Attention, AttentionInputs, SharedKv};
@@ -37,17 +36,17 @@ pub struct DecoderLayer<B: Backend> {
 pub type Traces<B> = BTreeMap<String, Tensor<B, 3>>;
 
 impl<B: Backend> DecoderLayer<B> {
-    pub fn load(w: &WeightLoader<'_, B>, name: &str, cfg: &Gemma3nTextConfig, idx: usize) -> Self {
+    pub fn new(src: &ParamSource<'_, B>, name: &str, cfg: &Gemma3nTextConfig, idx: usize) -> Self {
         let (h, p, eps) = (
             cfg.hidden_size,
             cfg.hidden_size_per_layer_input,
             cfg.rms_norm_eps,
         );
-        let norm = |n: &str| RmsNorm::load(w, &join(name, n), h, eps, false);
+        let norm = |n: &str| RmsNorm::new(src, &join(name, n), h, eps, false);
         Self {
-            self_attn: Attention::load(w, &join(name, "self_attn"), cfg, idx),
-            mlp: Mlp::load(
-                w,
+            self_attn: Attention::new(src, &join(name, "self_attn"), cfg, idx),
+            mlp: Mlp::new(
+                src,
                 &join(name, "mlp"),
                 h,
                 cfg.intermediate_sizes()[idx],
@@ -57,41 +56,11 @@ impl<B: Backend> DecoderLayer<B> {
             post_attention_layernorm: norm("post_attention_layernorm"),
             pre_feedforward_layernorm: norm("pre_feedforward_layernorm"),
             post_feedforward_layernorm: norm("post_feedforward_layernorm"),
-            altup: AltUp::load(w, &join(name, "altup"), cfg),
-            laurel: Laurel::load(w, &join(name, "laurel"), cfg),
-            per_layer_input_gate: Linear::load(w, &join(name, "per_layer_input_gate"), h, p),
-            per_layer_projection: Linear::load(w, &join(name, "per_layer_projection"), p, h),
+            altup: AltUp::new(src, &join(name, "altup"), cfg),
+            laurel: Laurel::new(src, &join(name, "laurel"), cfg),
+            per_layer_input_gate: Linear::new(src, &join(name, "per_layer_input_gate"), h, p),
+            per_layer_projection: Linear::new(src, &join(name, "per_layer_projection"), p, h),
             post_per_layer_input_norm: norm("post_per_layer_input_norm"),
-            altup_correct_scale: cfg.altup_correct_scale,
-        }
-    }
-
-    pub fn init(cfg: &Gemma3nTextConfig, idx: usize, device: &B::Device, dtype: DType) -> Self {
-        let (h, p, eps, s) = (
-            cfg.hidden_size,
-            cfg.hidden_size_per_layer_input,
-            cfg.rms_norm_eps,
-            cfg.initializer_range,
-        );
-        let norm = || RmsNorm::init(h, eps, false, device, dtype);
-        Self {
-            self_attn: Attention::init(cfg, idx, device, dtype),
-            mlp: Mlp::init(
-                cfg,
-                cfg.intermediate_sizes()[idx],
-                cfg.activation_sparsity()[idx],
-                device,
-                dtype,
-            ),
-            input_layernorm: norm(),
-            post_attention_layernorm: norm(),
-            pre_feedforward_layernorm: norm(),
-            post_feedforward_layernorm: norm(),
-            altup: AltUp::init(cfg, device, dtype),
-            laurel: Laurel::init(cfg, device, dtype),
-            per_layer_input_gate: Linear::init(h, p, s, device, dtype),
-            per_layer_projection: Linear::init(p, h, s, device, dtype),
-            post_per_layer_input_norm: norm(),
             altup_correct_scale: cfg.altup_correct_scale,
         }
     }

@@ -1,13 +1,10 @@
 //! Gated feed-forward network with optional gaussian top-k activation sparsity.
 
+use automodel_core::init::ParamSource;
 use automodel_core::nn::{Linear, gelu_tanh, normal_icdf};
 use automodel_core::params::{ParamList, join};
-use automodel_core::weights::WeightLoader;
 use burn::prelude::*;
-use burn::tensor::DType;
 use burn::tensor::activation::relu;
-
-use crate::config::Gemma3nTextConfig;
 
 /// `down(gelu_tanh(sparsify(gate(x))) ⊙ up(x))` (HF `Gemma3nTextMLP`). The width is per layer
 /// (MatFormer).
@@ -22,33 +19,17 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn load(
-        w: &WeightLoader<'_, B>,
+    pub fn new(
+        src: &ParamSource<'_, B>,
         name: &str,
         hidden: usize,
         width: usize,
         sparsity: f64,
     ) -> Self {
         Self {
-            gate_proj: Linear::load(w, &join(name, "gate_proj"), hidden, width),
-            up_proj: Linear::load(w, &join(name, "up_proj"), hidden, width),
-            down_proj: Linear::load(w, &join(name, "down_proj"), width, hidden),
-            activation_sparsity: sparsity,
-        }
-    }
-
-    pub fn init(
-        cfg: &Gemma3nTextConfig,
-        width: usize,
-        sparsity: f64,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Self {
-        let (h, s) = (cfg.hidden_size, cfg.initializer_range);
-        Self {
-            gate_proj: Linear::init(h, width, s, device, dtype),
-            up_proj: Linear::init(h, width, s, device, dtype),
-            down_proj: Linear::init(width, h, s, device, dtype),
+            gate_proj: Linear::new(src, &join(name, "gate_proj"), hidden, width),
+            up_proj: Linear::new(src, &join(name, "up_proj"), hidden, width),
+            down_proj: Linear::new(src, &join(name, "down_proj"), width, hidden),
             activation_sparsity: sparsity,
         }
     }

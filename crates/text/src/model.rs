@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use automodel_core::init::ParamSource;
 use automodel_core::loss::causal_lm_loss;
 use automodel_core::nn::rope::RopeTables;
 use automodel_core::nn::{Embedding, Linear, RmsNorm, softcap};
@@ -62,8 +63,8 @@ pub struct Gemma3nTextModel<B: Backend> {
 }
 
 impl<B: Backend> Gemma3nTextModel<B> {
-    /// Build from checkpoint tensors under the loader's prefix.
-    pub fn load(w: &WeightLoader<'_, B>, cfg: &Gemma3nTextConfig) -> Self {
+    /// Build from a checkpoint (keys under the loader's prefix) or a random initialisation.
+    pub fn new(src: &ParamSource<'_, B>, cfg: &Gemma3nTextConfig) -> Self {
         let (h, l, p, eps) = (
             cfg.hidden_size,
             cfg.num_hidden_layers,
@@ -71,70 +72,34 @@ impl<B: Backend> Gemma3nTextModel<B> {
             cfg.rms_norm_eps,
         );
         let k = cfg.altup_num_inputs;
+        let pad = cfg.pad_token_id.map(|p| p as usize);
         Self {
-            embed_tokens: Embedding::load(
-                w,
-                "embed_tokens",
-                cfg.vocab_size,
-                h,
-                cfg.pad_token_id.map(|p| p as usize),
-            ),
-            embed_tokens_per_layer: Embedding::load(
-                w,
+            embed_tokens: Embedding::new(src, "embed_tokens", cfg.vocab_size, h, pad),
+            embed_tokens_per_layer: Embedding::new(
+                src,
                 "embed_tokens_per_layer",
                 cfg.vocab_size_per_layer_input,
                 l * p,
-                cfg.pad_token_id.map(|p| p as usize),
-            ),
-            per_layer_model_projection: Linear::load(w, "per_layer_model_projection", h, l * p),
-            per_layer_projection_norm: RmsNorm::load(w, "per_layer_projection_norm", p, eps, false),
-            altup_projections: (0..k - 1)
-                .map(|i| Linear::load(w, &format!("altup_projections.{i}"), h, h))
-                .collect(),
-            altup_unembed_projections: (0..k - 1)
-                .map(|i| Linear::load(w, &format!("altup_unembed_projections.{i}"), h, h))
-                .collect(),
-            layers: (0..l)
-                .map(|i| DecoderLayer::load(w, &format!("layers.{i}"), cfg, i))
-                .collect(),
-            norm: RmsNorm::load(w, "norm", h, eps, false),
-            config: cfg.clone(),
-        }
-    }
-
-    /// Random initialisation (HF-style: normal(0, initializer_range) matrices, unit norms).
-    pub fn init(cfg: &Gemma3nTextConfig, device: &B::Device, dtype: DType) -> Self {
-        let (h, l, p, eps, s) = (
-            cfg.hidden_size,
-            cfg.num_hidden_layers,
-            cfg.hidden_size_per_layer_input,
-            cfg.rms_norm_eps,
-            cfg.initializer_range,
-        );
-        let k = cfg.altup_num_inputs;
-        let pad = cfg.pad_token_id.map(|p| p as usize);
-        Self {
-            embed_tokens: Embedding::init(cfg.vocab_size, h, s, pad, device, dtype),
-            embed_tokens_per_layer: Embedding::init(
-                cfg.vocab_size_per_layer_input,
-                l * p,
-                s,
                 pad,
-                device,
-                dtype,
             ),
-            per_layer_model_projection: Linear::init(h, l * p, s, device, dtype),
-            per_layer_projection_norm: RmsNorm::init(p, eps, false, device, dtype),
+            per_layer_model_projection: Linear::new(src, "per_layer_model_projection", h, l * p),
+            per_layer_projection_norm: RmsNorm::new(
+                src,
+                "per_layer_projection_norm",
+                p,
+                eps,
+                false,
+            ),
             altup_projections: (0..k - 1)
-                .map(|_| Linear::init(h, h, s, device, dtype))
+                .map(|i| Linear::new(src, &format!("altup_projections.{i}"), h, h))
                 .collect(),
             altup_unembed_projections: (0..k - 1)
-                .map(|_| Linear::init(h, h, s, device, dtype))
+                .map(|i| Linear::new(src, &format!("altup_unembed_projections.{i}"), h, h))
                 .collect(),
             layers: (0..l)
-                .map(|i| DecoderLayer::init(cfg, i, device, dtype))
+                .map(|i| DecoderLayer::new(src, &format!("layers.{i}"), cfg, i))
                 .collect(),
-            norm: RmsNorm::init(h, eps, false, device, dtype),
+            norm: RmsNorm::new(src, "norm", h, eps, false),
             config: cfg.clone(),
         }
     }
@@ -471,7 +436,7 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
     ) -> Result<Self, TextError> {
         let prefix = detect_prefix(files);
         let loader = WeightLoader::<B>::new(files, prefix.clone(), device, dtype);
-        let model = Gemma3nTextModel::load(&loader, cfg);
+        let model = Gemma3nTextModel::new(&ParamSource::Checkpoint(&loader), cfg);
         let reuse: Vec<usize> = cfg
             .kv_sharing()?
             .iter()
@@ -485,8 +450,9 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
 
     /// Random initialisation.
     pub fn init(cfg: &Gemma3nTextConfig, device: &B::Device, dtype: DType) -> Self {
+        let src = ParamSource::random(device, dtype, cfg.initializer_range);
         Self {
-            model: Gemma3nTextModel::init(cfg, device, dtype),
+            model: Gemma3nTextModel::new(&src, cfg),
             prefix: CONDITIONAL_PREFIX.to_string(),
         }
     }

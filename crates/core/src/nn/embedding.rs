@@ -2,10 +2,10 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::{DType, Distribution, Int};
+use burn::tensor::Int;
 
+use crate::init::{Init, ParamSource};
 use crate::params::{HfParam, ParamList};
-use crate::weights::WeightLoader;
 
 /// An `[num, dim]` lookup table. Like `nn.Embedding(padding_idx=p)`, the row `p` receives no
 /// gradient through the lookup (it still does through any other use of the table, such as a
@@ -18,32 +18,15 @@ pub struct Embedding<B: Backend> {
 }
 
 impl<B: Backend> Embedding<B> {
-    /// Load `{name}.weight`.
-    pub fn load(
-        loader: &WeightLoader<'_, B>,
+    /// `{name}.weight`, or a random `N(0, std²)` table.
+    pub fn new(
+        src: &ParamSource<'_, B>,
         name: &str,
         num: usize,
         dim: usize,
         padding_idx: Option<usize>,
     ) -> Self {
-        let w = loader.tensor(&format!("{name}.weight"), [num, dim]);
-        Self {
-            weight: Param::from_tensor(w),
-            padding_idx,
-        }
-    }
-
-    /// Random normal init.
-    pub fn init(
-        num: usize,
-        dim: usize,
-        std: f64,
-        padding_idx: Option<usize>,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Self {
-        let w =
-            Tensor::<B, 2>::random([num, dim], Distribution::Normal(0.0, std), device).cast(dtype);
+        let w = src.tensor(&format!("{name}.weight"), [num, dim], Init::Normal);
         Self {
             weight: Param::from_tensor(w),
             padding_idx,

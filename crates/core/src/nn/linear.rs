@@ -2,10 +2,9 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::{DType, Distribution};
 
+use crate::init::{Init, ParamSource};
 use crate::params::{HfParam, ParamList};
-use crate::weights::WeightLoader;
 
 /// `y = x·Wᵀ` with `W` stored by HF as `[out, in]`; kept here as `[in, out]` so the forward is a
 /// plain matmul.
@@ -16,10 +15,18 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    /// Load `{name}.weight` (`[d_out, d_in]` in the file).
-    pub fn load(loader: &WeightLoader<'_, B>, name: &str, d_in: usize, d_out: usize) -> Self {
-        let w = loader.tensor(&format!("{name}.weight"), [d_out, d_in]);
-        Self::from_hf_weight(w)
+    /// `{name}.weight` (`[d_out, d_in]` in a checkpoint), or a random `N(0, std²)` matrix.
+    pub fn new(src: &ParamSource<'_, B>, name: &str, d_in: usize, d_out: usize) -> Self {
+        match src {
+            ParamSource::Checkpoint(_) => Self::from_hf_weight(src.tensor(
+                &format!("{name}.weight"),
+                [d_out, d_in],
+                Init::Normal,
+            )),
+            ParamSource::Random { .. } => Self {
+                weight: Param::from_tensor(src.tensor(name, [d_in, d_out], Init::Normal)),
+            },
+        }
     }
 
     /// From an HF-layout `[out, in]` weight.
@@ -30,15 +37,6 @@ impl<B: Backend> Linear<B> {
         let t = Tensor::from_data(w.transpose().into_data(), (&device, dtype));
         Self {
             weight: Param::from_tensor(t),
-        }
-    }
-
-    /// Random normal init `N(0, std²)`.
-    pub fn init(d_in: usize, d_out: usize, std: f64, device: &B::Device, dtype: DType) -> Self {
-        let w = Tensor::<B, 2>::random([d_in, d_out], Distribution::Normal(0.0, std), device)
-            .cast(dtype);
-        Self {
-            weight: Param::from_tensor(w),
         }
     }
 

@@ -4,8 +4,8 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;
 
+use crate::init::{Init, ParamSource};
 use crate::params::{HfParam, ParamList};
-use crate::weights::WeightLoader;
 
 /// `y = x · (mean(x²) + eps)^-½ · scale`, computed in float32 and cast back to the input dtype
 /// (HF `Gemma3nRMSNorm` / `Gemma3RMSNorm`).
@@ -23,29 +23,10 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    /// Load `{name}.weight` of width `dim`.
-    pub fn load(
-        loader: &WeightLoader<'_, B>,
-        name: &str,
-        dim: usize,
-        eps: f64,
-        plus_one: bool,
-    ) -> Self {
-        let w = loader.tensor(&format!("{name}.weight"), [dim]);
-        Self {
-            weight: Some(Param::from_tensor(w)),
-            eps,
-            plus_one,
-        }
-    }
-
-    /// A norm with a weight of ones (`w` convention) or zeros (`1 + w`).
-    pub fn init(dim: usize, eps: f64, plus_one: bool, device: &B::Device, dtype: DType) -> Self {
-        let w = if plus_one {
-            Tensor::zeros([dim], (device, dtype))
-        } else {
-            Tensor::ones([dim], (device, dtype))
-        };
+    /// `{name}.weight` of width `dim`, or a fresh scale: ones (`w` convention) or zeros (`1 + w`).
+    pub fn new(src: &ParamSource<'_, B>, name: &str, dim: usize, eps: f64, plus_one: bool) -> Self {
+        let init = if plus_one { Init::Zeros } else { Init::Ones };
+        let w = src.tensor(&format!("{name}.weight"), [dim], init);
         Self {
             weight: Some(Param::from_tensor(w)),
             eps,
@@ -99,7 +80,8 @@ mod tests {
         let dev = Default::default();
         let x = Tensor::<B, 2>::from_floats([[1.0, 2.0, 3.0, 4.0]], &dev);
         let rms = ((1.0f64 + 4.0 + 9.0 + 16.0) / 4.0 + 1e-6).sqrt();
-        let mut n = RmsNorm::<B>::init(4, 1e-6, false, &dev, DType::F32);
+        let src = ParamSource::<B>::random(&dev, DType::F32, 0.02);
+        let mut n = RmsNorm::<B>::new(&src, "n", 4, 1e-6, false);
         n.weight = Some(Param::from_tensor(Tensor::from_floats(
             [1.0, 2.0, 0.5, 0.0],
             &dev,
@@ -109,7 +91,7 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((*g as f64 - w).abs() < 1e-6);
         }
-        let p1 = RmsNorm::<B>::init(4, 1e-6, true, &dev, DType::F32);
+        let p1 = RmsNorm::<B>::new(&src, "p", 4, 1e-6, true);
         let got = p1.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
         assert!((got[3] as f64 - 4.0 / rms).abs() < 1e-6);
         let bf = RmsNorm::<B>::without_scale(1e-6).forward(x.cast(DType::BF16));
