@@ -9,6 +9,12 @@ use automodel_text::{ForwardOptions, Gemma3nForCausalLM, Gemma3nTextConfig};
 use burn::tensor::{DType, TensorData};
 use common::{case, max_diff};
 
+/// Load a checkpoint folder with its own config.json.
+fn load(dir: impl AsRef<std::path::Path>, dtype: DType) -> Gemma3nForCausalLM<B> {
+    Gemma3nForCausalLM::<B>::from_pretrained(dir.as_ref(), None, &Default::default(), dtype)
+        .unwrap()
+}
+
 fn cfg() -> Gemma3nTextConfig {
     Gemma3nTextConfig::from_file(case("text").join("config.json")).unwrap()
 }
@@ -34,13 +40,7 @@ fn logits(model: &Gemma3nForCausalLM<B>) -> Vec<f32> {
 
 #[test]
 fn save_and_reload_round_trip_single_and_sharded() {
-    let model = Gemma3nForCausalLM::<B>::from_pretrained(
-        case("text"),
-        None,
-        &Default::default(),
-        DType::F32,
-    )
-    .unwrap();
+    let model = load(case("text"), DType::F32);
     let src = SafeTensorsFiles::open(case("text")).unwrap();
     let want_keys: Vec<&str> = src
         .names()
@@ -68,13 +68,7 @@ fn save_and_reload_round_trip_single_and_sharded() {
                 "{k} changed on the way"
             );
         }
-        let again = Gemma3nForCausalLM::<B>::from_pretrained(
-            dir.path(),
-            None,
-            &Default::default(),
-            DType::F32,
-        )
-        .unwrap();
+        let again = load(dir.path(), DType::F32);
         assert_eq!(logits(&again), reference);
     }
 }
@@ -82,17 +76,9 @@ fn save_and_reload_round_trip_single_and_sharded() {
 #[test]
 fn any_stored_float_dtype_loads_into_the_requested_one() {
     let bf16_dir = case("text_bf16");
-    let as_f32 =
-        Gemma3nForCausalLM::<B>::from_pretrained(&bf16_dir, None, &Default::default(), DType::F32)
-            .unwrap();
+    let as_f32 = load(&bf16_dir, DType::F32);
     assert_eq!(as_f32.model.embed_tokens.weight.val().dtype(), DType::F32);
-    let as_bf16 = Gemma3nForCausalLM::<B>::from_pretrained(
-        case("text"),
-        None,
-        &Default::default(),
-        DType::BF16,
-    )
-    .unwrap();
+    let as_bf16 = load(case("text"), DType::BF16);
     assert_eq!(
         as_bf16.model.layers[0].mlp.gate_proj.weight.val().dtype(),
         DType::BF16
@@ -198,16 +184,8 @@ fn zero_kv_weights_of_reusing_layers_are_accepted_and_ignored() {
             ));
         }
     });
-    let model =
-        Gemma3nForCausalLM::<B>::from_pretrained(dir.path(), None, &Default::default(), DType::F32)
-            .unwrap();
-    let reference = Gemma3nForCausalLM::<B>::from_pretrained(
-        case("text"),
-        None,
-        &Default::default(),
-        DType::F32,
-    )
-    .unwrap();
+    let model = load(dir.path(), DType::F32);
+    let reference = load(case("text"), DType::F32);
     assert!(model.model.layers[4].self_attn.k_proj.is_none());
     assert_eq!(logits(&model), logits(&reference));
 }
@@ -223,16 +201,8 @@ fn text_only_checkpoints_with_model_prefix_load() {
     });
     let text_cfg = serde_json::to_string(&cfg()).unwrap();
     std::fs::write(dir.path().join("config.json"), text_cfg).unwrap();
-    let model =
-        Gemma3nForCausalLM::<B>::from_pretrained(dir.path(), None, &Default::default(), DType::F32)
-            .unwrap();
+    let model = load(dir.path(), DType::F32);
     assert_eq!(model.prefix, "model.");
-    let reference = Gemma3nForCausalLM::<B>::from_pretrained(
-        case("text"),
-        None,
-        &Default::default(),
-        DType::F32,
-    )
-    .unwrap();
+    let reference = load(case("text"), DType::F32);
     assert_eq!(logits(&model), logits(&reference));
 }

@@ -539,6 +539,9 @@ pub fn detect_prefix(files: &SafeTensorsFiles) -> String {
 /// Keys a checkpoint may hold that the model deliberately does not use: the (zero) K/V weights
 /// released checkpoints keep for KV-reusing layers, and a duplicated tied `lm_head`.
 fn ignored_key(rel: &str, reuse: &[usize]) -> bool {
+    if rel == "lm_head.weight" {
+        return true;
+    }
     if let Some(rest) = rel.strip_prefix("layers.")
         && let Some((idx, tail)) = rest.split_once('.')
         && let Ok(i) = idx.parse::<usize>()
