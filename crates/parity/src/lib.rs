@@ -8,6 +8,7 @@
 
 mod compare;
 mod text;
+mod vision;
 
 use std::path::{Path, PathBuf};
 
@@ -35,10 +36,12 @@ pub struct CaseReport {
     /// `None` when the case type is not supported yet (with the reason in `skipped`).
     pub checks: Vec<Check>,
     pub skipped: Option<String>,
+    /// Outputs of the case this build does not check yet (with the reason).
+    pub unchecked: Option<String>,
 }
 
 /// Case types this build can check.
-pub const SUPPORTED_CASES: &[&str] = &["text", "generate", "text_bf16"];
+pub const SUPPORTED_CASES: &[&str] = &["text", "generate", "text_bf16", "image_processor", "image"];
 
 /// Run one case folder, or every case folder directly inside `dir`.
 pub fn run<B: AutodiffBackend>(
@@ -75,21 +78,23 @@ pub fn run<B: AutodiffBackend>(
         {
             continue;
         }
+        let mut unchecked = None;
         let (checks, skipped) = match case.as_str() {
             "text" => (text::forward_backward::<B>(&f, device)?, None),
             "generate" => (text::generate::<B::InnerBackend>(&f, device)?, None),
             "text_bf16" => (text::bf16::<B::InnerBackend>(&f, device)?, None),
-            other => (
-                Vec::new(),
-                Some(format!("case type `{other}` is not supported yet")),
-            ),
+            "image_processor" => (vision::processor(&f)?, None),
+            "image" => {
+                let (checks, rest) = vision::tower::<B::InnerBackend>(&f, device)?;
+                unchecked = Some(format!(
+                    "{} outputs need the multimodal model, not built yet (vision tower parts checked)",
+                    rest.len()
+                ));
+                (checks, None)
+            }
+            other => (Vec::new(), Some(format!("case type `{other}` is not supported yet"))),
         };
-        reports.push(CaseReport {
-            case,
-            dir: f,
-            checks,
-            skipped,
-        });
+        reports.push(CaseReport { case, dir: f, checks, skipped, unchecked });
     }
     Ok(reports)
 }

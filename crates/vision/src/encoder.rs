@@ -1,0 +1,149 @@
+//! `MobileNetV5Encoder`: stem → stages of blocks → multi-scale fusion adapter.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use automodel_core::init::ParamSource;
+use automodel_core::params::{ParamList, join};
+use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use crate::blocks::Block;
+use crate::config::{EncoderArgs, Gemma3nVisionConfig, NUM_FEATURES};
+use crate::conv::{Conv2d, ConvNormAct, RmsNorm2d};
+use crate::error::VisionError;
+use crate::msfa::Msfa;
+
+/// Key prefix of the tower inside a `Gemma3nForConditionalGeneration` checkpoint.
+pub const VISION_PREFIX: &str = "model.vision_tower.timm_model.";
+
+/// Output of [`MobileNetV5Encoder::forward_traced`].
+#[derive(Debug, Clone)]
+pub struct VisionOutput<B: Backend> {
+    /// The MSFA output `[N, 2048, r, r]`.
+    pub features: Tensor<B, 4>,
+    /// `trace.vision.stem` and `trace.vision.stage{i}`.
+    pub traces: BTreeMap<String, Tensor<B, 4>>,
+}
+
+/// The Gemma 3n vision tower (timm `mobilenetv5_300m_enc`, `forward_features`).
+#[derive(Module, Debug)]
+pub struct MobileNetV5Encoder<B: Backend> {
+    pub conv_stem: ConvNormAct<B>,
+    pub blocks: Vec<Vec<Block<B>>>,
+    pub msfa: Msfa<B>,
+    /// Feature indices fed to the MSFA (0 = stem, i = output of stage i−1).
+    #[module(skip)]
+    pub msfa_indices: Vec<usize>,
+}
+
+impl<B: Backend> MobileNetV5Encoder<B> {
+    /// Build from a checkpoint or randomly (keys relative to `timm_model.`).
+    pub fn new(src: &ParamSource<'_, B>, args: &EncoderArgs) -> Result<Self, VisionError> {
+        let eps = args.eps;
+        // The stem conv has a bias; its norm is followed by GELU.
+        let conv_stem = ConvNormAct {
+            conv: Conv2d::new(src, "conv_stem.conv", 3, args.stem_size, 3, 2, 1, true),
+            bn: RmsNorm2d::new(src, "conv_stem.bn", args.stem_size, eps),
+            act: true,
+        };
+        let mut chs = args.stem_size;
+        let mut feature_chs = vec![chs];
+        let mut blocks = Vec::new();
+        for (si, stage) in args.stages.iter().enumerate() {
+            let mut st = Vec::new();
+            for (bi, b) in stage.iter().enumerate() {
+                st.push(Block::new(src, &format!("blocks.{si}.{bi}"), chs, b, args.layer_scale, eps));
+                chs = b.out_chs();
+            }
+            feature_chs.push(chs);
+            blocks.push(st);
+        }
+        let n = feature_chs.len() as i64;
+        let mut msfa_indices = Vec::new();
+        for &i in &args.msfa_indices {
+            let j = if i < 0 { n + i } else { i };
+            if !(0..n).contains(&j) {
+                return Err(VisionError::config("model_args.msfa_indices", format!("index {i} is outside the {n} feature maps")));
+            }
+            msfa_indices.push(j as usize);
+        }
+        let msfa_in: usize = msfa_indices.iter().map(|&i| feature_chs[i]).sum();
+        let msfa = Msfa::new(src, "msfa", msfa_in, NUM_FEATURES, args.msfa_output_resolution, eps);
+        Ok(Self { conv_stem, blocks, msfa, msfa_indices })
+    }
+
+    /// Load the tower from a checkpoint (full Gemma 3n keys `model.vision_tower.timm_model.*`, or
+    /// bare timm keys). Every missing, unexpected or mis-shaped key is reported at once.
+    pub fn from_files(files: &SafeTensorsFiles, cfg: &Gemma3nVisionConfig, device: &B::Device, dtype: DType) -> Result<Self, VisionError> {
+        let prefix = if files.contains(&format!("{VISION_PREFIX}conv_stem.conv.weight")) { VISION_PREFIX } else { "" };
+        let loader = WeightLoader::<B>::new(files, prefix, device, dtype);
+        let model = Self::new(&ParamSource::Checkpoint(&loader), &cfg.encoder_args()?)?;
+        // Under the Gemma 3n prefix only tower keys are checked; a bare timm file holds only
+        // the tower, so anything unused there is unexpected.
+        loader.finish(|_| false)?;
+        Ok(model)
+    }
+
+    /// Load from a checkpoint folder or file; the config comes from `config.json` beside it.
+    pub fn from_pretrained(path: impl AsRef<Path>, device: &B::Device, dtype: DType) -> Result<Self, VisionError> {
+        let path = path.as_ref();
+        let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+        let cfg = Gemma3nVisionConfig::from_file(dir.join("config.json"))?;
+        let files = SafeTensorsFiles::open(path)?;
+        Self::from_files(&files, &cfg, device, dtype)
+    }
+
+    /// Random initialisation of the architecture `cfg` describes.
+    pub fn init(cfg: &Gemma3nVisionConfig, device: &B::Device, dtype: DType) -> Result<Self, VisionError> {
+        Self::new(&ParamSource::random(device, dtype, cfg.initializer_range), &cfg.encoder_args()?)
+    }
+
+    /// `pixel_values` `[N, 3, H, W]` → `[N, 2048, r, r]`.
+    pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.run(pixel_values, None)
+    }
+
+    /// Like [`Self::forward`], also returning the stem and stage outputs.
+    pub fn forward_traced(&self, pixel_values: Tensor<B, 4>) -> VisionOutput<B> {
+        let mut traces = BTreeMap::new();
+        let features = self.run(pixel_values, Some(&mut traces));
+        VisionOutput { features, traces }
+    }
+
+    fn run(&self, x: Tensor<B, 4>, mut traces: Option<&mut BTreeMap<String, Tensor<B, 4>>>) -> Tensor<B, 4> {
+        let dtype = self.conv_stem.bn.weight.val().dtype();
+        let mut x = self.conv_stem.forward(x.cast(dtype));
+        let mut feats = Vec::new();
+        if self.msfa_indices.contains(&0) {
+            feats.push(x.clone());
+        }
+        if let Some(t) = traces.as_deref_mut() {
+            t.insert("trace.vision.stem".into(), x.clone());
+        }
+        for (si, stage) in self.blocks.iter().enumerate() {
+            for b in stage {
+                x = b.forward(x);
+            }
+            if self.msfa_indices.contains(&(si + 1)) {
+                feats.push(x.clone());
+            }
+            if let Some(t) = traces.as_deref_mut() {
+                t.insert(format!("trace.vision.stage{si}"), x.clone());
+            }
+        }
+        self.msfa.forward(feats)
+    }
+
+    /// Every parameter by timm key (relative to `timm_model.`).
+    pub fn params(&self, out: &mut ParamList<B>) {
+        self.conv_stem.params("conv_stem", out);
+        for (si, stage) in self.blocks.iter().enumerate() {
+            for (bi, b) in stage.iter().enumerate() {
+                b.params(&join("blocks", &format!("{si}.{bi}")), out);
+            }
+        }
+        self.msfa.params("msfa", out);
+    }
+}
