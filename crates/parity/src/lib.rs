@@ -92,9 +92,18 @@ pub fn run<B: AutodiffBackend>(
                 ));
                 (checks, None)
             }
-            other => (Vec::new(), Some(format!("case type `{other}` is not supported yet"))),
+            other => (
+                Vec::new(),
+                Some(format!("case type `{other}` is not supported yet")),
+            ),
         };
-        reports.push(CaseReport { case, dir: f, checks, skipped, unchecked });
+        reports.push(CaseReport {
+            case,
+            dir: f,
+            checks,
+            skipped,
+            unchecked,
+        });
     }
     Ok(reports)
 }

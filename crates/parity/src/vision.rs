@@ -11,12 +11,23 @@ use burn::tensor::{DType, TensorData};
 use crate::compare::{Check, Tolerance, compare};
 use crate::{ParityError, open};
 
-const TOWER: Tolerance = Tolerance::Elementwise { atol: 1e-4, rtol: 1e-4 };
+const TOWER: Tolerance = Tolerance::Elementwise {
+    atol: 1e-4,
+    rtol: 1e-4,
+};
 
 fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<f64>, Vec<usize>) {
     let d = t.into_data();
     let shape = d.shape.to_vec();
-    (d.convert_dtype(DType::F32).to_vec::<f32>().expect("f32").into_iter().map(f64::from).collect(), shape)
+    (
+        d.convert_dtype(DType::F32)
+            .to_vec::<f32>()
+            .expect("f32")
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        shape,
+    )
 }
 
 fn reference(files: &SafeTensorsFiles, name: &str) -> Result<(Vec<f64>, Vec<usize>), ParityError> {
@@ -31,16 +42,26 @@ fn reference(files: &SafeTensorsFiles, name: &str) -> Result<(Vec<f64>, Vec<usiz
 
 /// The tower outputs of a forward case: `vision_tower_output` and every `trace.vision.*`.
 /// Returns the checks and the names of the outputs it did not check.
-pub fn tower<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Vec<Check>, Vec<String>), ParityError> {
+pub fn tower<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(Vec<Check>, Vec<String>), ParityError> {
     let inputs = open(dir, "inputs.safetensors")?;
     let outputs = open(dir, "outputs.safetensors")?;
     let cfg = Gemma3nVisionConfig::from_file(dir.join("config.json")).map_err(vision_err(dir))?;
     let files = open(dir, "model.safetensors")?;
-    let tower = MobileNetV5Encoder::<B>::from_files(&files, &cfg, device, DType::F32).map_err(vision_err(dir))?;
+    let tower = MobileNetV5Encoder::<B>::from_files(&files, &cfg, device, DType::F32)
+        .map_err(vision_err(dir))?;
     let (pv, shape) = reference(&inputs, "pixel_values")?;
     let pv: Vec<f32> = pv.into_iter().map(|x| x as f32).collect();
-    let dims: [usize; 4] = shape.try_into().map_err(|s| ParityError::Case { path: dir.into(), message: format!("pixel_values must be 4-D, is {s:?}") })?;
-    let out = tower.forward_traced(Tensor::from_data(TensorData::new(pv, dims), (device, DType::F32)));
+    let dims: [usize; 4] = shape.try_into().map_err(|s| ParityError::Case {
+        path: dir.into(),
+        message: format!("pixel_values must be 4-D, is {s:?}"),
+    })?;
+    let out = tower.forward_traced(Tensor::from_data(
+        TensorData::new(pv, dims),
+        (device, DType::F32),
+    ));
     let mut checks = Vec::new();
     let mut unchecked = Vec::new();
     for name in outputs.names() {
@@ -57,7 +78,11 @@ pub fn tower<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Vec<Check>, 
                 let (want, ws) = reference(&outputs, name)?;
                 checks.push(compare(name, &g.0, &g.1, &want, &ws, TOWER));
             }
-            None => checks.push(Check::failed(name, TOWER, "the tower produced no such tensor")),
+            None => checks.push(Check::failed(
+                name,
+                TOWER,
+                "the tower produced no such tensor",
+            )),
         }
     }
     Ok((checks, unchecked))
@@ -67,16 +92,24 @@ pub fn tower<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Vec<Check>, 
 pub fn processor(dir: &Path) -> Result<Vec<Check>, ParityError> {
     let inputs = open(dir, "inputs.safetensors")?;
     let outputs = open(dir, "outputs.safetensors")?;
-    let cfg = ImageProcessorConfig::from_file(dir.join("preprocessor_config.json")).map_err(vision_err(dir))?;
+    let cfg = ImageProcessorConfig::from_file(dir.join("preprocessor_config.json"))
+        .map_err(vision_err(dir))?;
     let mut images = Vec::new();
     let mut names: Vec<&str> = inputs.names().filter(|n| n.starts_with("image_")).collect();
     names.sort_by_key(|n| n["image_".len()..].parse::<usize>().unwrap_or(usize::MAX));
     for n in names {
         let raw = inputs.raw(n)?;
         if raw.shape.len() != 3 || raw.shape[2] != 3 {
-            return Err(ParityError::Case { path: dir.into(), message: format!("`{n}` must be [h, w, 3] uint8") });
+            return Err(ParityError::Case {
+                path: dir.into(),
+                message: format!("`{n}` must be [h, w, 3] uint8"),
+            });
         }
-        images.push(RgbImage { height: raw.shape[0], width: raw.shape[1], data: raw.bytes.to_vec() });
+        images.push(RgbImage {
+            height: raw.shape[0],
+            width: raw.shape[1],
+            data: raw.bytes.to_vec(),
+        });
     }
     let mut checks = Vec::new();
     let (h, w) = (cfg.size.height, cfg.size.width);
@@ -90,15 +123,34 @@ pub fn processor(dir: &Path) -> Result<Vec<Check>, ParityError> {
     }
     if outputs.contains("resized_uint8") {
         let (want, ws) = reference(&outputs, "resized_uint8")?;
-        checks.push(compare("resized_uint8", &resized, &[images.len(), 3, h, w], &want, &ws, Tolerance::Exact));
+        checks.push(compare(
+            "resized_uint8",
+            &resized,
+            &[images.len(), 3, h, w],
+            &want,
+            &ws,
+            Tolerance::Exact,
+        ));
     }
-    let pv = cfg.preprocess::<burn::backend::Flex>(&images, &Default::default()).map_err(vision_err(dir))?;
+    let pv = cfg
+        .preprocess::<burn::backend::Flex>(&images, &Default::default())
+        .map_err(vision_err(dir))?;
     let (want, ws) = reference(&outputs, "pixel_values")?;
     let got = values(pv);
-    checks.push(compare("pixel_values", &got.0, &got.1, &want, &ws, Tolerance::Exact));
+    checks.push(compare(
+        "pixel_values",
+        &got.0,
+        &got.1,
+        &want,
+        &ws,
+        Tolerance::Exact,
+    ));
     Ok(checks)
 }
 
 fn vision_err(dir: &Path) -> impl Fn(automodel_vision::VisionError) -> ParityError + '_ {
-    move |e| ParityError::Case { path: dir.to_path_buf(), message: e.to_string() }
+    move |e| ParityError::Case {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    }
 }

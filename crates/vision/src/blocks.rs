@@ -71,13 +71,47 @@ pub enum Block<B: Backend> {
 
 impl<B: Backend> EdgeResidual<B> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(src: &ParamSource<'_, B>, name: &str, in_chs: usize, out_chs: usize, exp_kernel: usize, exp_ratio: f64, pw_kernel: usize, stride: usize, force_in_chs: usize, noskip: bool, eps: f64) -> Self {
-        let base = if force_in_chs > 0 { force_in_chs } else { in_chs };
+    pub fn new(
+        src: &ParamSource<'_, B>,
+        name: &str,
+        in_chs: usize,
+        out_chs: usize,
+        exp_kernel: usize,
+        exp_ratio: f64,
+        pw_kernel: usize,
+        stride: usize,
+        force_in_chs: usize,
+        noskip: bool,
+        eps: f64,
+    ) -> Self {
+        let base = if force_in_chs > 0 {
+            force_in_chs
+        } else {
+            in_chs
+        };
         let mid = make_divisible(base as f64 * exp_ratio);
         Self {
-            conv_exp: Conv2d::new(src, &join(name, "conv_exp"), in_chs, mid, exp_kernel, stride, 1, false),
+            conv_exp: Conv2d::new(
+                src,
+                &join(name, "conv_exp"),
+                in_chs,
+                mid,
+                exp_kernel,
+                stride,
+                1,
+                false,
+            ),
             bn1: RmsNorm2d::new(src, &join(name, "bn1"), mid, eps),
-            conv_pwl: Conv2d::new(src, &join(name, "conv_pwl"), mid, out_chs, pw_kernel, 1, 1, false),
+            conv_pwl: Conv2d::new(
+                src,
+                &join(name, "conv_pwl"),
+                mid,
+                out_chs,
+                pw_kernel,
+                1,
+                1,
+                false,
+            ),
             bn2: RmsNorm2d::new(src, &join(name, "bn2"), out_chs, eps),
             has_skip: in_chs == out_chs && stride == 1 && !noskip,
         }
@@ -99,17 +133,48 @@ impl<B: Backend> EdgeResidual<B> {
 
 impl<B: Backend> Uir<B> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(src: &ParamSource<'_, B>, name: &str, in_chs: usize, out_chs: usize, start: usize, mid_k: usize, end: usize, exp_ratio: f64, stride: usize, noskip: bool, layer_scale: bool, eps: f64) -> Self {
+    pub fn new(
+        src: &ParamSource<'_, B>,
+        name: &str,
+        in_chs: usize,
+        out_chs: usize,
+        start: usize,
+        mid_k: usize,
+        end: usize,
+        exp_ratio: f64,
+        stride: usize,
+        noskip: bool,
+        layer_scale: bool,
+        eps: f64,
+    ) -> Self {
         let mid = make_divisible(in_chs as f64 * exp_ratio);
-        let cna = |n: &str, i, o, k, s, g, act| ConvNormAct::new(src, &join(name, n), i, o, k, s, g, act, eps);
+        let cna = |n: &str, i, o, k, s, g, act| {
+            ConvNormAct::new(src, &join(name, n), i, o, k, s, g, act, eps)
+        };
         Self {
             // The start depthwise conv only takes the stride when there is no mid conv.
-            dw_start: (start > 0).then(|| cna("dw_start", in_chs, in_chs, start, if mid_k > 0 { 1 } else { stride }, in_chs, false)),
+            dw_start: (start > 0).then(|| {
+                cna(
+                    "dw_start",
+                    in_chs,
+                    in_chs,
+                    start,
+                    if mid_k > 0 { 1 } else { stride },
+                    in_chs,
+                    false,
+                )
+            }),
             pw_exp: cna("pw_exp", in_chs, mid, 1, 1, 1, true),
             dw_mid: (mid_k > 0).then(|| cna("dw_mid", mid, mid, mid_k, stride, mid, true)),
             pw_proj: cna("pw_proj", mid, out_chs, 1, 1, 1, false),
             dw_end: (end > 0).then(|| cna("dw_end", out_chs, out_chs, end, 1, out_chs, false)),
-            layer_scale: layer_scale.then(|| Param::from_tensor(src.tensor(&join(name, "layer_scale.gamma"), [out_chs], Init::Ones))),
+            layer_scale: layer_scale.then(|| {
+                Param::from_tensor(src.tensor(
+                    &join(name, "layer_scale.gamma"),
+                    [out_chs],
+                    Init::Ones,
+                ))
+            }),
             has_skip: in_chs == out_chs && stride == 1 && !noskip,
         }
     }
@@ -153,20 +218,79 @@ impl<B: Backend> Uir<B> {
 
 impl<B: Backend> MobileAttention<B> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(src: &ParamSource<'_, B>, name: &str, chs: usize, out_chs: usize, num_heads: usize, key_dim: usize, value_dim: usize, kv_stride: usize, dw_kernel: usize, noskip: bool, layer_scale: bool, eps: f64) -> Self {
+    pub fn new(
+        src: &ParamSource<'_, B>,
+        name: &str,
+        chs: usize,
+        out_chs: usize,
+        num_heads: usize,
+        key_dim: usize,
+        value_dim: usize,
+        kv_stride: usize,
+        dw_kernel: usize,
+        noskip: bool,
+        layer_scale: bool,
+        eps: f64,
+    ) -> Self {
         let a = |n: &str| join(name, &format!("attn.{n}"));
         let down = kv_stride > 1;
         Self {
             norm: RmsNorm2d::new(src, &join(name, "norm"), chs, eps),
-            query_proj: Conv2d::new(src, &a("query.proj"), chs, num_heads * key_dim, 1, 1, 1, false),
-            key_down: down.then(|| Conv2d::new(src, &a("key.down_conv"), chs, chs, dw_kernel, kv_stride, chs, false)),
+            query_proj: Conv2d::new(
+                src,
+                &a("query.proj"),
+                chs,
+                num_heads * key_dim,
+                1,
+                1,
+                1,
+                false,
+            ),
+            key_down: down.then(|| {
+                Conv2d::new(
+                    src,
+                    &a("key.down_conv"),
+                    chs,
+                    chs,
+                    dw_kernel,
+                    kv_stride,
+                    chs,
+                    false,
+                )
+            }),
             key_norm: down.then(|| RmsNorm2d::new(src, &a("key.norm"), chs, eps)),
             key_proj: Conv2d::new(src, &a("key.proj"), chs, key_dim, 1, 1, 1, false),
-            value_down: down.then(|| Conv2d::new(src, &a("value.down_conv"), chs, chs, dw_kernel, kv_stride, chs, false)),
+            value_down: down.then(|| {
+                Conv2d::new(
+                    src,
+                    &a("value.down_conv"),
+                    chs,
+                    chs,
+                    dw_kernel,
+                    kv_stride,
+                    chs,
+                    false,
+                )
+            }),
             value_norm: down.then(|| RmsNorm2d::new(src, &a("value.norm"), chs, eps)),
             value_proj: Conv2d::new(src, &a("value.proj"), chs, value_dim, 1, 1, 1, false),
-            output_proj: Conv2d::new(src, &a("output.proj"), num_heads * value_dim, out_chs, 1, 1, 1, false),
-            layer_scale: layer_scale.then(|| Param::from_tensor(src.tensor(&join(name, "layer_scale.gamma"), [out_chs], Init::Ones))),
+            output_proj: Conv2d::new(
+                src,
+                &a("output.proj"),
+                num_heads * value_dim,
+                out_chs,
+                1,
+                1,
+                1,
+                false,
+            ),
+            layer_scale: layer_scale.then(|| {
+                Param::from_tensor(src.tensor(
+                    &join(name, "layer_scale.gamma"),
+                    [out_chs],
+                    Init::Ones,
+                ))
+            }),
             num_heads,
             key_dim,
             value_dim,
@@ -179,7 +303,11 @@ impl<B: Backend> MobileAttention<B> {
         let (nh, kd, vd) = (self.num_heads, self.key_dim, self.value_dim);
         let xn = self.norm.forward(x.clone());
         // q: [N, nh·kd, H, W] → [N, nh, H·W, kd] (channel = head·kd + d)
-        let q = self.query_proj.forward(xn.clone()).reshape([n, nh, kd, h * w]).swap_dims(2, 3);
+        let q = self
+            .query_proj
+            .forward(xn.clone())
+            .reshape([n, nh, kd, h * w])
+            .swap_dims(2, 3);
         let kv = |down: &Option<Conv2d<B>>, norm: &Option<RmsNorm2d<B>>, proj: &Conv2d<B>| {
             let mut t = xn.clone();
             if let (Some(d), Some(nm)) = (down, norm) {
@@ -196,7 +324,10 @@ impl<B: Backend> MobileAttention<B> {
         let scores = q.matmul(k.swap_dims(2, 3).expand([n, nh, kd, m])) * (kd as f64).powf(-0.5);
         let probs = softmax(scores.cast(DType::F32), 3).cast(dtype);
         let o = probs.matmul(v.expand([n, nh, m, vd])); // [N, nh, H·W, vd]
-        let o = o.swap_dims(1, 2).reshape([n, h, w, nh * vd]).permute([0, 3, 1, 2]);
+        let o = o
+            .swap_dims(1, 2)
+            .reshape([n, h, w, nh * vd])
+            .permute([0, 3, 1, 2]);
         let mut y = self.output_proj.forward(o);
         if let Some(g) = &self.layer_scale {
             y = layer_scale(y, g);
@@ -227,16 +358,80 @@ impl<B: Backend> MobileAttention<B> {
 
 impl<B: Backend> Block<B> {
     /// Build block `name` from its arguments, given its input channels.
-    pub fn new(src: &ParamSource<'_, B>, name: &str, in_chs: usize, args: &BlockArgs, layer_scale: bool, eps: f64) -> Self {
+    pub fn new(
+        src: &ParamSource<'_, B>,
+        name: &str,
+        in_chs: usize,
+        args: &BlockArgs,
+        layer_scale: bool,
+        eps: f64,
+    ) -> Self {
         match *args {
-            BlockArgs::EdgeResidual { exp_kernel_size, exp_ratio, pw_kernel_size, stride, out_chs, force_in_chs, noskip } => Block::EdgeResidual(
-                EdgeResidual::new(src, name, in_chs, out_chs, exp_kernel_size, exp_ratio, pw_kernel_size, stride, force_in_chs, noskip, eps),
-            ),
-            BlockArgs::Uir { dw_kernel_size_start, dw_kernel_size_mid, dw_kernel_size_end, exp_ratio, stride, out_chs, noskip } => Block::Uir(Uir::new(
-                src, name, in_chs, out_chs, dw_kernel_size_start, dw_kernel_size_mid, dw_kernel_size_end, exp_ratio, stride, noskip, layer_scale, eps,
+            BlockArgs::EdgeResidual {
+                exp_kernel_size,
+                exp_ratio,
+                pw_kernel_size,
+                stride,
+                out_chs,
+                force_in_chs,
+                noskip,
+            } => Block::EdgeResidual(EdgeResidual::new(
+                src,
+                name,
+                in_chs,
+                out_chs,
+                exp_kernel_size,
+                exp_ratio,
+                pw_kernel_size,
+                stride,
+                force_in_chs,
+                noskip,
+                eps,
             )),
-            BlockArgs::Mqa { num_heads, key_dim, value_dim, kv_stride, dw_kernel_size, out_chs, noskip, .. } => Block::Attention(MobileAttention::new(
-                src, name, in_chs, out_chs, num_heads, key_dim, value_dim, kv_stride, dw_kernel_size, noskip, layer_scale, eps,
+            BlockArgs::Uir {
+                dw_kernel_size_start,
+                dw_kernel_size_mid,
+                dw_kernel_size_end,
+                exp_ratio,
+                stride,
+                out_chs,
+                noskip,
+            } => Block::Uir(Uir::new(
+                src,
+                name,
+                in_chs,
+                out_chs,
+                dw_kernel_size_start,
+                dw_kernel_size_mid,
+                dw_kernel_size_end,
+                exp_ratio,
+                stride,
+                noskip,
+                layer_scale,
+                eps,
+            )),
+            BlockArgs::Mqa {
+                num_heads,
+                key_dim,
+                value_dim,
+                kv_stride,
+                dw_kernel_size,
+                out_chs,
+                noskip,
+                ..
+            } => Block::Attention(MobileAttention::new(
+                src,
+                name,
+                in_chs,
+                out_chs,
+                num_heads,
+                key_dim,
+                value_dim,
+                kv_stride,
+                dw_kernel_size,
+                noskip,
+                layer_scale,
+                eps,
             )),
         }
     }

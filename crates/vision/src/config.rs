@@ -45,25 +45,54 @@ impl Default for Gemma3nVisionConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum BlockArgs {
     /// `er`: EdgeResidual (FusedMBConv).
-    EdgeResidual { exp_kernel_size: usize, exp_ratio: f64, pw_kernel_size: usize, stride: usize, out_chs: usize, force_in_chs: usize, noskip: bool },
+    EdgeResidual {
+        exp_kernel_size: usize,
+        exp_ratio: f64,
+        pw_kernel_size: usize,
+        stride: usize,
+        out_chs: usize,
+        force_in_chs: usize,
+        noskip: bool,
+    },
     /// `uir`: Universal Inverted Residual.
-    Uir { dw_kernel_size_start: usize, dw_kernel_size_mid: usize, dw_kernel_size_end: usize, exp_ratio: f64, stride: usize, out_chs: usize, noskip: bool },
+    Uir {
+        dw_kernel_size_start: usize,
+        dw_kernel_size_mid: usize,
+        dw_kernel_size_end: usize,
+        exp_ratio: f64,
+        stride: usize,
+        out_chs: usize,
+        noskip: bool,
+    },
     /// `mqa`: Mobile multi-query attention.
-    Mqa { num_heads: usize, key_dim: usize, value_dim: usize, kv_stride: usize, dw_kernel_size: usize, stride: usize, out_chs: usize, noskip: bool },
+    Mqa {
+        num_heads: usize,
+        key_dim: usize,
+        value_dim: usize,
+        kv_stride: usize,
+        dw_kernel_size: usize,
+        stride: usize,
+        out_chs: usize,
+        noskip: bool,
+    },
 }
 
 impl BlockArgs {
     /// Output channels.
     pub fn out_chs(&self) -> usize {
         match self {
-            BlockArgs::EdgeResidual { out_chs, .. } | BlockArgs::Uir { out_chs, .. } | BlockArgs::Mqa { out_chs, .. } => *out_chs,
+            BlockArgs::EdgeResidual { out_chs, .. }
+            | BlockArgs::Uir { out_chs, .. }
+            | BlockArgs::Mqa { out_chs, .. } => *out_chs,
         }
     }
 
     /// Stride of the block.
     pub fn stride(&self) -> usize {
         match self {
-            BlockArgs::EdgeResidual { stride, .. } | BlockArgs::Uir { stride, .. } | BlockArgs::Mqa { stride, .. } => *stride,
+            BlockArgs::EdgeResidual { stride, .. }
+            | BlockArgs::Uir { stride, .. }
+            | BlockArgs::Mqa { stride, .. } => *stride,
         }
     }
 }
@@ -83,7 +112,10 @@ pub struct EncoderArgs {
 /// The released `mobilenetv5_300m_enc` block list (timm arch strings).
 pub fn mobilenetv5_300m_arch() -> Vec<Vec<String>> {
     let mut s2 = vec!["uir_r1_a5_k5_s2_e6_c640".to_string()];
-    s2.extend(std::iter::repeat_n("uir_r1_a5_k0_s1_e4_c640".to_string(), 7));
+    s2.extend(std::iter::repeat_n(
+        "uir_r1_a5_k0_s1_e4_c640".to_string(),
+        7,
+    ));
     s2.push("uir_r1_a0_k0_s1_e1_c640".into());
     for _ in 0..14 {
         s2.push("mqa_r1_k3_h12_v2_s1_d64_c640".into());
@@ -95,10 +127,22 @@ pub fn mobilenetv5_300m_arch() -> Vec<Vec<String>> {
         s3.push("uir_r1_a0_k0_s1_e2_c1280".into());
     }
     vec![
-        ["er_r1_k3_s2_e4_c128", "er_r1_k3_s1_e4_c128", "er_r1_k3_s1_e4_c128"].map(String::from).to_vec(),
-        ["uir_r1_a3_k5_s2_e6_c256", "uir_r1_a5_k0_s1_e4_c256", "uir_r1_a3_k0_s1_e4_c256", "uir_r1_a5_k0_s1_e4_c256", "uir_r1_a3_k0_s1_e4_c256"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "er_r1_k3_s2_e4_c128",
+            "er_r1_k3_s1_e4_c128",
+            "er_r1_k3_s1_e4_c128",
+        ]
+        .map(String::from)
+        .to_vec(),
+        [
+            "uir_r1_a3_k5_s2_e6_c256",
+            "uir_r1_a5_k0_s1_e4_c256",
+            "uir_r1_a3_k0_s1_e4_c256",
+            "uir_r1_a5_k0_s1_e4_c256",
+            "uir_r1_a3_k0_s1_e4_c256",
+        ]
+        .map(String::from)
+        .to_vec(),
         s2,
         s3,
     ]
@@ -122,12 +166,17 @@ pub fn decode_block(s: &str) -> Result<BlockArgs, VisionError> {
     }
     let int = |k: &str, default: Option<usize>| -> Result<usize, VisionError> {
         match opt.get(k) {
-            Some(v) => v.parse().map_err(|_| bad(format!("`{k}{v}` is not a number"))),
+            Some(v) => v
+                .parse()
+                .map_err(|_| bad(format!("`{k}{v}` is not a number"))),
             None => default.ok_or_else(|| bad(format!("option `{k}` is missing"))),
         }
     };
     let float = |k: &str, default: f64| -> Result<f64, VisionError> {
-        opt.get(k).map_or(Ok(default), |v| v.parse().map_err(|_| bad(format!("`{k}{v}` is not a number"))))
+        opt.get(k).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| bad(format!("`{k}{v}` is not a number")))
+        })
     };
     if int("r", Some(1))? != 1 {
         return Err(bad("repeats other than r1 are not supported".into()));
@@ -164,7 +213,11 @@ pub fn decode_block(s: &str) -> Result<BlockArgs, VisionError> {
                 noskip,
             }
         }
-        other => return Err(bad(format!("block type `{other}` is not supported (er, uir, mqa)"))),
+        other => {
+            return Err(bad(format!(
+                "block type `{other}` is not supported (er, uir, mqa)"
+            )));
+        }
     })
 }
 
@@ -182,7 +235,9 @@ pub fn block_from_json(v: &Value, at: &str) -> Result<BlockArgs, VisionError> {
     };
     let float = |k: &str, default: f64| -> Result<f64, VisionError> {
         match v.get(k) {
-            Some(x) if !x.is_null() => x.as_f64().ok_or_else(|| VisionError::config(field(k), "must be a number")),
+            Some(x) if !x.is_null() => x
+                .as_f64()
+                .ok_or_else(|| VisionError::config(field(k), "must be a number")),
             _ => Ok(default),
         }
     };
@@ -190,9 +245,15 @@ pub fn block_from_json(v: &Value, at: &str) -> Result<BlockArgs, VisionError> {
     if let Some(se) = v.get("se_ratio").and_then(|x| x.as_f64())
         && se != 0.0
     {
-        return Err(VisionError::config(field("se_ratio"), "squeeze-excite is not supported (expected 0)"));
+        return Err(VisionError::config(
+            field("se_ratio"),
+            "squeeze-excite is not supported (expected 0)",
+        ));
     }
-    let kind = v.get("block_type").and_then(|x| x.as_str()).ok_or_else(|| VisionError::config(field("block_type"), "is missing"))?;
+    let kind = v
+        .get("block_type")
+        .and_then(|x| x.as_str())
+        .ok_or_else(|| VisionError::config(field("block_type"), "is missing"))?;
     Ok(match kind {
         "er" => BlockArgs::EdgeResidual {
             exp_kernel_size: int("exp_kernel_size", None)?,
@@ -222,7 +283,12 @@ pub fn block_from_json(v: &Value, at: &str) -> Result<BlockArgs, VisionError> {
             out_chs: int("out_chs", None)?,
             noskip,
         },
-        other => return Err(VisionError::config(field("block_type"), format!("`{other}` is not supported (er, uir, mqa)"))),
+        other => {
+            return Err(VisionError::config(
+                field("block_type"),
+                format!("`{other}` is not supported (er, uir, mqa)"),
+            ));
+        }
     })
 }
 
@@ -230,8 +296,14 @@ impl Gemma3nVisionConfig {
     /// Read `vision_config` from a full Gemma 3n `config.json` (or a bare vision config).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, VisionError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| VisionError::Json { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| VisionError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         Self::from_value(&v)
     }
 
@@ -241,9 +313,13 @@ impl Gemma3nVisionConfig {
             Some(x) => (x, "vision_config."),
             None => (v, ""),
         };
-        let cfg: Self = serde_json::from_value(inner.clone()).map_err(|e| VisionError::config(prefix.trim_end_matches('.'), e.to_string()))?;
+        let cfg: Self = serde_json::from_value(inner.clone())
+            .map_err(|e| VisionError::config(prefix.trim_end_matches('.'), e.to_string()))?;
         cfg.encoder_args().map_err(|e| match e {
-            VisionError::Config { field, message } => VisionError::Config { field: format!("{prefix}{field}"), message },
+            VisionError::Config { field, message } => VisionError::Config {
+                field: format!("{prefix}{field}"),
+                message,
+            },
             other => other,
         })?;
         Ok(cfg)
@@ -254,56 +330,89 @@ impl Gemma3nVisionConfig {
         if self.architecture != "mobilenetv5_300m_enc" {
             return Err(VisionError::config(
                 "architecture",
-                format!("`{}` is not supported (only \"mobilenetv5_300m_enc\")", self.architecture),
+                format!(
+                    "`{}` is not supported (only \"mobilenetv5_300m_enc\")",
+                    self.architecture
+                ),
             ));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(VisionError::config("rms_norm_eps", "must be positive"));
         }
         let args = self.model_args.as_ref().filter(|a| !a.is_null());
         let get_usize = |k: &str, default: usize| -> Result<usize, VisionError> {
             match args.and_then(|a| a.get(k)) {
-                Some(x) => x.as_u64().map(|x| x as usize).ok_or_else(|| VisionError::config(format!("model_args.{k}"), "must be a positive integer")),
+                Some(x) => x.as_u64().map(|x| x as usize).ok_or_else(|| {
+                    VisionError::config(format!("model_args.{k}"), "must be a positive integer")
+                }),
                 None => Ok(default),
             }
         };
         let stages = match args.and_then(|a| a.get("block_args")) {
             Some(b) => {
-                let stages = b.as_array().ok_or_else(|| VisionError::config("model_args.block_args", "must be a list of stages"))?;
+                let stages = b.as_array().ok_or_else(|| {
+                    VisionError::config("model_args.block_args", "must be a list of stages")
+                })?;
                 stages
                     .iter()
                     .enumerate()
                     .map(|(si, st)| {
-                        let blocks = st.as_array().ok_or_else(|| VisionError::config(format!("model_args.block_args[{si}]"), "must be a list of blocks"))?;
+                        let blocks = st.as_array().ok_or_else(|| {
+                            VisionError::config(
+                                format!("model_args.block_args[{si}]"),
+                                "must be a list of blocks",
+                            )
+                        })?;
                         blocks
                             .iter()
                             .enumerate()
-                            .map(|(bi, blk)| block_from_json(blk, &format!("model_args.block_args[{si}][{bi}]")))
+                            .map(|(bi, blk)| {
+                                block_from_json(blk, &format!("model_args.block_args[{si}][{bi}]"))
+                            })
                             .collect::<Result<Vec<_>, _>>()
                     })
                     .collect::<Result<Vec<_>, _>>()?
             }
             None => mobilenetv5_300m_arch()
                 .iter()
-                .map(|st| st.iter().map(|s| decode_block(s)).collect::<Result<Vec<_>, _>>())
+                .map(|st| {
+                    st.iter()
+                        .map(|s| decode_block(s))
+                        .collect::<Result<Vec<_>, _>>()
+                })
                 .collect::<Result<Vec<_>, _>>()?,
         };
         if stages.is_empty() || stages.iter().any(|s| s.is_empty()) {
-            return Err(VisionError::config("model_args.block_args", "needs at least one non-empty stage"));
+            return Err(VisionError::config(
+                "model_args.block_args",
+                "needs at least one non-empty stage",
+            ));
         }
         let msfa_indices = match args.and_then(|a| a.get("msfa_indices")) {
             Some(x) => x
                 .as_array()
                 .and_then(|a| a.iter().map(|i| i.as_i64()).collect::<Option<Vec<_>>>())
-                .ok_or_else(|| VisionError::config("model_args.msfa_indices", "must be a list of integers"))?,
+                .ok_or_else(|| {
+                    VisionError::config("model_args.msfa_indices", "must be a list of integers")
+                })?,
             None => vec![-2, -1],
         };
         let stem_size = get_usize("stem_size", 64)?;
         let msfa_output_resolution = get_usize("msfa_output_resolution", 16)?;
         if stem_size == 0 || msfa_output_resolution == 0 {
-            return Err(VisionError::config("model_args", "stem_size and msfa_output_resolution must be positive"));
+            return Err(VisionError::config(
+                "model_args",
+                "stem_size and msfa_output_resolution must be positive",
+            ));
         }
-        Ok(EncoderArgs { stem_size, stages, msfa_output_resolution, msfa_indices, layer_scale: true, eps: self.rms_norm_eps })
+        Ok(EncoderArgs {
+            stem_size,
+            stages,
+            msfa_output_resolution,
+            msfa_indices,
+            layer_scale: true,
+            eps: self.rms_norm_eps,
+        })
     }
 }
 
@@ -325,10 +434,27 @@ mod tests {
     fn arch_strings_decode() {
         assert_eq!(
             decode_block("mqa_r1_k3_h12_v2_s1_d64_c640").unwrap(),
-            BlockArgs::Mqa { num_heads: 12, key_dim: 64, value_dim: 64, kv_stride: 2, dw_kernel_size: 3, stride: 1, out_chs: 640, noskip: false }
+            BlockArgs::Mqa {
+                num_heads: 12,
+                key_dim: 64,
+                value_dim: 64,
+                kv_stride: 2,
+                dw_kernel_size: 3,
+                stride: 1,
+                out_chs: 640,
+                noskip: false
+            }
         );
-        assert!(matches!(decode_block("uir_r1_a3_k5_s2_e6_c256").unwrap(),
-            BlockArgs::Uir { dw_kernel_size_start: 3, dw_kernel_size_mid: 5, stride: 2, out_chs: 256, .. }));
+        assert!(matches!(
+            decode_block("uir_r1_a3_k5_s2_e6_c256").unwrap(),
+            BlockArgs::Uir {
+                dw_kernel_size_start: 3,
+                dw_kernel_size_mid: 5,
+                stride: 2,
+                out_chs: 256,
+                ..
+            }
+        ));
         assert!(decode_block("xx_r1").is_err());
         let arch = mobilenetv5_300m_arch();
         assert_eq!(arch.iter().map(|s| s.len()).sum::<usize>(), 84);
@@ -340,7 +466,9 @@ mod tests {
     fn bad_block_args_name_the_field() {
         let v = serde_json::json!({"vision_config": {"model_args": {"block_args": [[{"block_type": "uir", "stride": 1}]]}}});
         match Gemma3nVisionConfig::from_value(&v) {
-            Err(VisionError::Config { field, .. }) => assert_eq!(field, "vision_config.model_args.block_args[0][0].out_chs"),
+            Err(VisionError::Config { field, .. }) => {
+                assert_eq!(field, "vision_config.model_args.block_args[0][0].out_chs")
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -36,9 +36,19 @@ impl<B: Backend> Conv2d<B> {
         groups: usize,
         bias: bool,
     ) -> Self {
-        let weight = src.tensor(&join(name, "weight"), [out_chs, in_chs / groups, kernel, kernel], Init::Normal);
-        let bias = bias.then(|| Param::from_tensor(src.tensor(&join(name, "bias"), [out_chs], Init::Zeros)));
-        Self { weight: Param::from_tensor(weight), bias, stride, groups }
+        let weight = src.tensor(
+            &join(name, "weight"),
+            [out_chs, in_chs / groups, kernel, kernel],
+            Init::Normal,
+        );
+        let bias = bias
+            .then(|| Param::from_tensor(src.tensor(&join(name, "bias"), [out_chs], Init::Zeros)));
+        Self {
+            weight: Param::from_tensor(weight),
+            bias,
+            stride,
+            groups,
+        }
     }
 
     /// Kernel size.
@@ -49,6 +59,8 @@ impl<B: Backend> Conv2d<B> {
     /// `[N, C, H, W]` → `[N, out, H', W']`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let dtype = x.dtype();
+        // Pad in f32 too: Burn 0.21's `pad` on a bf16 flex tensor builds f32 storage and panics.
+        let x = x.cast(DType::F32);
         let k = self.kernel();
         let [_, _, h, w] = x.dims();
         let (x, pad) = if self.stride == 1 && k % 2 == 1 {
@@ -61,7 +73,7 @@ impl<B: Backend> Conv2d<B> {
         let weight = self.weight.val().cast(DType::F32);
         let bias = self.bias.as_ref().map(|b| b.val().cast(DType::F32));
         let options = ConvOptions::new([self.stride, self.stride], [pad, pad], [1, 1], self.groups);
-        conv2d(x.cast(DType::F32), weight, bias, options).cast(dtype)
+        conv2d(x, weight, bias, options).cast(dtype)
     }
 
     pub fn params(&self, name: &str, out: &mut ParamList<B>) {
@@ -89,7 +101,10 @@ pub struct RmsNorm2d<B: Backend> {
 
 impl<B: Backend> RmsNorm2d<B> {
     pub fn new(src: &ParamSource<'_, B>, name: &str, chs: usize, eps: f64) -> Self {
-        Self { weight: Param::from_tensor(src.tensor(&join(name, "weight"), [chs], Init::Ones)), eps }
+        Self {
+            weight: Param::from_tensor(src.tensor(&join(name, "weight"), [chs], Init::Ones)),
+            eps,
+        }
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -127,7 +142,16 @@ impl<B: Backend> ConvNormAct<B> {
         eps: f64,
     ) -> Self {
         Self {
-            conv: Conv2d::new(src, &join(name, "conv"), in_chs, out_chs, kernel, stride, groups, false),
+            conv: Conv2d::new(
+                src,
+                &join(name, "conv"),
+                in_chs,
+                out_chs,
+                kernel,
+                stride,
+                groups,
+                false,
+            ),
             bn: RmsNorm2d::new(src, &join(name, "bn"), out_chs, eps),
             act,
         }

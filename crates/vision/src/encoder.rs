@@ -54,7 +54,14 @@ impl<B: Backend> MobileNetV5Encoder<B> {
         for (si, stage) in args.stages.iter().enumerate() {
             let mut st = Vec::new();
             for (bi, b) in stage.iter().enumerate() {
-                st.push(Block::new(src, &format!("blocks.{si}.{bi}"), chs, b, args.layer_scale, eps));
+                st.push(Block::new(
+                    src,
+                    &format!("blocks.{si}.{bi}"),
+                    chs,
+                    b,
+                    args.layer_scale,
+                    eps,
+                ));
                 chs = b.out_chs();
             }
             feature_chs.push(chs);
@@ -65,19 +72,43 @@ impl<B: Backend> MobileNetV5Encoder<B> {
         for &i in &args.msfa_indices {
             let j = if i < 0 { n + i } else { i };
             if !(0..n).contains(&j) {
-                return Err(VisionError::config("model_args.msfa_indices", format!("index {i} is outside the {n} feature maps")));
+                return Err(VisionError::config(
+                    "model_args.msfa_indices",
+                    format!("index {i} is outside the {n} feature maps"),
+                ));
             }
             msfa_indices.push(j as usize);
         }
         let msfa_in: usize = msfa_indices.iter().map(|&i| feature_chs[i]).sum();
-        let msfa = Msfa::new(src, "msfa", msfa_in, NUM_FEATURES, args.msfa_output_resolution, eps);
-        Ok(Self { conv_stem, blocks, msfa, msfa_indices })
+        let msfa = Msfa::new(
+            src,
+            "msfa",
+            msfa_in,
+            NUM_FEATURES,
+            args.msfa_output_resolution,
+            eps,
+        );
+        Ok(Self {
+            conv_stem,
+            blocks,
+            msfa,
+            msfa_indices,
+        })
     }
 
     /// Load the tower from a checkpoint (full Gemma 3n keys `model.vision_tower.timm_model.*`, or
     /// bare timm keys). Every missing, unexpected or mis-shaped key is reported at once.
-    pub fn from_files(files: &SafeTensorsFiles, cfg: &Gemma3nVisionConfig, device: &B::Device, dtype: DType) -> Result<Self, VisionError> {
-        let prefix = if files.contains(&format!("{VISION_PREFIX}conv_stem.conv.weight")) { VISION_PREFIX } else { "" };
+    pub fn from_files(
+        files: &SafeTensorsFiles,
+        cfg: &Gemma3nVisionConfig,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, VisionError> {
+        let prefix = if files.contains(&format!("{VISION_PREFIX}conv_stem.conv.weight")) {
+            VISION_PREFIX
+        } else {
+            ""
+        };
         let loader = WeightLoader::<B>::new(files, prefix, device, dtype);
         let model = Self::new(&ParamSource::Checkpoint(&loader), &cfg.encoder_args()?)?;
         // Under the Gemma 3n prefix only tower keys are checked; a bare timm file holds only
@@ -87,17 +118,32 @@ impl<B: Backend> MobileNetV5Encoder<B> {
     }
 
     /// Load from a checkpoint folder or file; the config comes from `config.json` beside it.
-    pub fn from_pretrained(path: impl AsRef<Path>, device: &B::Device, dtype: DType) -> Result<Self, VisionError> {
+    pub fn from_pretrained(
+        path: impl AsRef<Path>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, VisionError> {
         let path = path.as_ref();
-        let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+        let dir = if path.is_dir() {
+            path.to_path_buf()
+        } else {
+            path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        };
         let cfg = Gemma3nVisionConfig::from_file(dir.join("config.json"))?;
         let files = SafeTensorsFiles::open(path)?;
         Self::from_files(&files, &cfg, device, dtype)
     }
 
     /// Random initialisation of the architecture `cfg` describes.
-    pub fn init(cfg: &Gemma3nVisionConfig, device: &B::Device, dtype: DType) -> Result<Self, VisionError> {
-        Self::new(&ParamSource::random(device, dtype, cfg.initializer_range), &cfg.encoder_args()?)
+    pub fn init(
+        cfg: &Gemma3nVisionConfig,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, VisionError> {
+        Self::new(
+            &ParamSource::random(device, dtype, cfg.initializer_range),
+            &cfg.encoder_args()?,
+        )
     }
 
     /// `pixel_values` `[N, 3, H, W]` → `[N, 2048, r, r]`.
@@ -112,7 +158,11 @@ impl<B: Backend> MobileNetV5Encoder<B> {
         VisionOutput { features, traces }
     }
 
-    fn run(&self, x: Tensor<B, 4>, mut traces: Option<&mut BTreeMap<String, Tensor<B, 4>>>) -> Tensor<B, 4> {
+    fn run(
+        &self,
+        x: Tensor<B, 4>,
+        mut traces: Option<&mut BTreeMap<String, Tensor<B, 4>>>,
+    ) -> Tensor<B, 4> {
         let dtype = self.conv_stem.bn.weight.val().dtype();
         let mut x = self.conv_stem.forward(x.cast(dtype));
         let mut feats = Vec::new();

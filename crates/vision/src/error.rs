@@ -8,7 +8,10 @@ use automodel_core::WeightError;
 #[derive(Debug, thiserror::Error)]
 pub enum VisionError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid JSON: {message}")]
     Json { path: PathBuf, message: String },
     #[error("config field `{field}`: {message}")]
@@ -23,6 +26,9 @@ pub enum VisionError {
 
 impl VisionError {
     pub(crate) fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
-        VisionError::Config { field: field.into(), message: message.into() }
+        VisionError::Config {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }

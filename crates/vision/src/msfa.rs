@@ -20,10 +20,30 @@ pub struct Msfa<B: Backend> {
 }
 
 impl<B: Backend> Msfa<B> {
-    pub fn new(src: &ParamSource<'_, B>, name: &str, in_chs: usize, out_chs: usize, output_resolution: usize, eps: f64) -> Self {
+    pub fn new(
+        src: &ParamSource<'_, B>,
+        name: &str,
+        in_chs: usize,
+        out_chs: usize,
+        output_resolution: usize,
+        eps: f64,
+    ) -> Self {
         Self {
             // expansion 2, no depthwise convs, no layer scale, no skip
-            ffn: Uir::new(src, &join(name, "ffn"), in_chs, out_chs, 0, 0, 0, 2.0, 1, true, false, eps),
+            ffn: Uir::new(
+                src,
+                &join(name, "ffn"),
+                in_chs,
+                out_chs,
+                0,
+                0,
+                0,
+                2.0,
+                1,
+                true,
+                false,
+                eps,
+            ),
             norm: RmsNorm2d::new(src, &join(name, "norm"), out_chs, eps),
             output_resolution,
         }
@@ -36,7 +56,11 @@ impl<B: Backend> Msfa<B> {
             .into_iter()
             .map(|x| {
                 let [_, _, h, w] = x.dims();
-                if h < hh || w < hw { resize(x, hh, hw, Interpolation::Nearest) } else { x }
+                if h < hh || w < hw {
+                    resize(x, hh, hw, Interpolation::Nearest)
+                } else {
+                    x
+                }
             })
             .collect();
         let mut y = self.ffn.forward(Tensor::cat(resized, 1));
@@ -69,12 +93,23 @@ pub enum Interpolation {
 
 /// Resize `[N, C, H, W]` to `[N, C, oh, ow]` as `F.interpolate` does, written as two small
 /// interpolation matrices so that it is exact, differentiable and backend-independent.
-pub fn resize<B: Backend>(x: Tensor<B, 4>, oh: usize, ow: usize, mode: Interpolation) -> Tensor<B, 4> {
+pub fn resize<B: Backend>(
+    x: Tensor<B, 4>,
+    oh: usize,
+    ow: usize,
+    mode: Interpolation,
+) -> Tensor<B, 4> {
     let [_, _, h, w] = x.dims();
     let device = x.device();
     let dtype = x.dtype();
-    let mh = Tensor::<B, 2>::from_data(TensorData::new(interp_matrix(h, oh, mode), [oh, h]), (&device, dtype));
-    let mw = Tensor::<B, 2>::from_data(TensorData::new(interp_matrix(w, ow, mode), [ow, w]), (&device, dtype));
+    let mh = Tensor::<B, 2>::from_data(
+        TensorData::new(interp_matrix(h, oh, mode), [oh, h]),
+        (&device, dtype),
+    );
+    let mw = Tensor::<B, 2>::from_data(
+        TensorData::new(interp_matrix(w, ow, mode), [ow, w]),
+        (&device, dtype),
+    );
     // y = Mh · x · Mwᵀ over the two spatial dimensions
     let y = mh.unsqueeze::<4>().matmul(x);
     y.matmul(mw.transpose().unsqueeze::<4>())
@@ -112,9 +147,15 @@ mod tests {
     fn nearest_doubles_and_bilinear_interpolates() {
         let dev = Default::default();
         let x = Tensor::<B, 4>::from_floats([[[[1.0, 2.0], [3.0, 4.0]]]], &dev);
-        let y = resize(x.clone(), 4, 4, Interpolation::Nearest).into_data().to_vec::<f32>().unwrap();
+        let y = resize(x.clone(), 4, 4, Interpolation::Nearest)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         assert_eq!(&y[..8], &[1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0]);
-        let y = resize(x, 4, 4, Interpolation::Bilinear).into_data().to_vec::<f32>().unwrap();
+        let y = resize(x, 4, 4, Interpolation::Bilinear)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         // torch: F.interpolate([[1,2],[3,4]], size=4, mode="bilinear") first row
         assert_eq!(&y[..4], &[1.0, 1.25, 1.75, 2.0]);
         assert_eq!(&y[12..], &[3.0, 3.25, 3.75, 4.0]);

@@ -39,7 +39,10 @@ impl Default for ImageProcessorConfig {
         Self {
             do_convert_rgb: true,
             do_resize: true,
-            size: ImageSize { height: 768, width: 768 },
+            size: ImageSize {
+                height: 768,
+                width: 768,
+            },
             resample: 2,
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
@@ -62,8 +65,14 @@ impl ImageProcessorConfig {
     /// Read `preprocessor_config.json` (other processors' fields in the file are ignored).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, VisionError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| VisionError::Json { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| VisionError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -71,16 +80,25 @@ impl ImageProcessorConfig {
     /// Check the settings.
     pub fn validate(&self) -> Result<(), VisionError> {
         if self.do_resize && self.resample != 2 {
-            return Err(VisionError::config("resample", format!("{} is not supported (only 2 = bilinear)", self.resample)));
+            return Err(VisionError::config(
+                "resample",
+                format!("{} is not supported (only 2 = bilinear)", self.resample),
+            ));
         }
         if self.do_resize && (self.size.height == 0 || self.size.width == 0) {
-            return Err(VisionError::config("size", "height and width must be positive"));
+            return Err(VisionError::config(
+                "size",
+                "height and width must be positive",
+            ));
         }
         if self.do_normalize {
             if self.image_mean.len() != 3 || self.image_std.len() != 3 {
-                return Err(VisionError::config("image_mean", "image_mean and image_std need 3 values"));
+                return Err(VisionError::config(
+                    "image_mean",
+                    "image_mean and image_std need 3 values",
+                ));
             }
-            if self.image_std.iter().any(|s| *s == 0.0) {
+            if self.image_std.contains(&0.0) {
                 return Err(VisionError::config("image_std", "must not contain 0"));
             }
         }
@@ -88,21 +106,34 @@ impl ImageProcessorConfig {
     }
 
     /// Pixel values `[N, 3, H, W]` (float32) for images of equal output size.
-    pub fn preprocess<B: Backend>(&self, images: &[RgbImage], device: &B::Device) -> Result<Tensor<B, 4>, VisionError> {
+    pub fn preprocess<B: Backend>(
+        &self,
+        images: &[RgbImage],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 4>, VisionError> {
         if images.is_empty() {
             return Err(VisionError::Input("no images given".into()));
         }
         let mut planes = Vec::new();
         let mut shape = None;
         for img in images {
-            let img = if self.do_resize { resize_bilinear_aa(img, self.size.height, self.size.width) } else { img.clone() };
+            let img = if self.do_resize {
+                resize_bilinear_aa(img, self.size.height, self.size.width)
+            } else {
+                img.clone()
+            };
             if *shape.get_or_insert((img.height, img.width)) != (img.height, img.width) {
-                return Err(VisionError::Input("images of different sizes cannot be batched without do_resize".into()));
+                return Err(VisionError::Input(
+                    "images of different sizes cannot be batched without do_resize".into(),
+                ));
             }
             planes.extend(self.to_chw(&img));
         }
         let (h, w) = shape.unwrap();
-        Ok(Tensor::from_data(TensorData::new(planes, [images.len(), 3, h, w]), (device, DType::F32)))
+        Ok(Tensor::from_data(
+            TensorData::new(planes, [images.len(), 3, h, w]),
+            (device, DType::F32),
+        ))
     }
 
     /// Rescale and normalise one HWC image into CHW floats.
@@ -129,24 +160,44 @@ impl ImageProcessorConfig {
 /// Decode a PNG, JPEG or WebP file into RGB (alpha dropped, grey replicated).
 pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage, VisionError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| VisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     decode_image(&bytes, &path.display().to_string())
 }
 
 /// Decode image bytes; `name` appears in errors.
 pub fn decode_image(bytes: &[u8], name: &str) -> Result<RgbImage, VisionError> {
-    let err = |message: String| VisionError::Image { name: name.to_string(), message };
-    let format = image::guess_format(bytes).map_err(|e| err(format!("unrecognised image format ({e}); expected PNG, JPEG or WebP")))?;
-    if !matches!(format, image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP) {
-        return Err(err(format!("{format:?} images are not supported; expected PNG, JPEG or WebP")));
+    let err = |message: String| VisionError::Image {
+        name: name.to_string(),
+        message,
+    };
+    let format = image::guess_format(bytes).map_err(|e| {
+        err(format!(
+            "unrecognised image format ({e}); expected PNG, JPEG or WebP"
+        ))
+    })?;
+    if !matches!(
+        format,
+        image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP
+    ) {
+        return Err(err(format!(
+            "{format:?} images are not supported; expected PNG, JPEG or WebP"
+        )));
     }
-    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| err(format!("cannot decode: {e}")))?;
+    let img = image::load_from_memory_with_format(bytes, format)
+        .map_err(|e| err(format!("cannot decode: {e}")))?;
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
     if w == 0 || h == 0 {
         return Err(err("the image is empty".into()));
     }
-    Ok(RgbImage { height: h as usize, width: w as usize, data: rgb.into_raw() })
+    Ok(RgbImage {
+        height: h as usize,
+        width: w as usize,
+        data: rgb.into_raw(),
+    })
 }
 
 /// Antialiased bilinear resize of a uint8 image, as torch's uint8 CPU kernel computes it
@@ -189,7 +240,11 @@ pub fn resize_bilinear_aa(img: &RgbImage, out_h: usize, out_w: usize) -> RgbImag
         }
         data = next;
     }
-    RgbImage { height: out_h, width: cur_w, data }
+    RgbImage {
+        height: out_h,
+        width: cur_w,
+        data,
+    }
 }
 
 /// The input window and fixed-point weights of one output pixel.
@@ -256,24 +311,40 @@ mod tests {
 
     #[test]
     fn identity_size_is_a_copy_and_constant_images_stay_constant() {
-        let img = RgbImage { height: 5, width: 7, data: (0..105).map(|i| (i * 7 % 256) as u8).collect() };
+        let img = RgbImage {
+            height: 5,
+            width: 7,
+            data: (0..105).map(|i| (i * 7 % 256) as u8).collect(),
+        };
         assert_eq!(resize_bilinear_aa(&img, 5, 7), img);
-        let flat = RgbImage { height: 9, width: 13, data: vec![200; 9 * 13 * 3] };
+        let flat = RgbImage {
+            height: 9,
+            width: 13,
+            data: vec![200; 9 * 13 * 3],
+        };
         let r = resize_bilinear_aa(&flat, 4, 20);
         assert!(r.data.iter().all(|&v| v == 200));
     }
 
     #[test]
     fn corrupt_images_name_the_file() {
-        let err = decode_image(b"\x89PNG\r\n\x1a\nbroken", "cat.png").unwrap_err().to_string();
+        let err = decode_image(b"\x89PNG\r\n\x1a\nbroken", "cat.png")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cat.png"), "{err}");
         let err = decode_image(b"hello", "notes.txt").unwrap_err().to_string();
-        assert!(err.contains("notes.txt") && err.contains("PNG, JPEG or WebP"), "{err}");
+        assert!(
+            err.contains("notes.txt") && err.contains("PNG, JPEG or WebP"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_settings_are_refused() {
-        let cfg = ImageProcessorConfig { resample: 3, ..Default::default() };
+        let cfg = ImageProcessorConfig {
+            resample: 3,
+            ..Default::default()
+        };
         assert!(cfg.validate().unwrap_err().to_string().contains("resample"));
     }
 }
