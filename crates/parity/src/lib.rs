@@ -6,6 +6,7 @@
 //! comparison becomes a [`Check`]; nothing about the tiny model is hard-coded, so folders written
 //! with other seeds, layer counts, windows or KV-sharing settings work the same way.
 
+mod audio;
 mod compare;
 mod text;
 mod vision;
@@ -41,7 +42,15 @@ pub struct CaseReport {
 }
 
 /// Case types this build can check.
-pub const SUPPORTED_CASES: &[&str] = &["text", "generate", "text_bf16", "image_processor", "image"];
+pub const SUPPORTED_CASES: &[&str] = &[
+    "text",
+    "generate",
+    "text_bf16",
+    "image_processor",
+    "image",
+    "audio_feature_extractor",
+    "audio",
+];
 
 /// Run one case folder, or every case folder directly inside `dir`.
 pub fn run<B: AutodiffBackend>(
@@ -84,6 +93,15 @@ pub fn run<B: AutodiffBackend>(
             "generate" => (text::generate::<B::InnerBackend>(&f, device)?, None),
             "text_bf16" => (text::bf16::<B::InnerBackend>(&f, device)?, None),
             "image_processor" => (vision::processor(&f)?, None),
+            "audio_feature_extractor" => (audio::feature_extractor(&f)?, None),
+            "audio" => {
+                let (checks, rest) = audio::tower::<B::InnerBackend>(&f, device)?;
+                unchecked = Some(format!(
+                    "{} outputs need the multimodal model, not built yet (audio tower parts checked)",
+                    rest.len()
+                ));
+                (checks, None)
+            }
             "image" => {
                 let (checks, rest) = vision::tower::<B::InnerBackend>(&f, device)?;
                 unchecked = Some(format!(

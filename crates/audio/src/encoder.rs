@@ -1,0 +1,199 @@
+//! `Gemma3nAudioEncoder`: SSCP → conformer blocks → time reduction → zero the padded steps.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use automodel_core::init::ParamSource;
+use automodel_core::params::{ParamList, join};
+use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
+use burn::prelude::*;
+use burn::tensor::{DType, Int, TensorData};
+
+use crate::config::Gemma3nAudioConfig;
+use crate::conformer::ConformerBlock;
+use crate::error::AudioError;
+use crate::sscp::SubSampleConvProjection;
+
+/// Key prefix of the tower inside a `Gemma3nForConditionalGeneration` checkpoint.
+pub const AUDIO_PREFIX: &str = "model.audio_tower.";
+
+/// Output of the audio tower.
+#[derive(Debug, Clone)]
+pub struct AudioOutput<B: Backend> {
+    /// `[B, T_audio, hidden]`, padded steps zeroed.
+    pub encodings: Tensor<B, 3>,
+    /// `[B][T_audio]`, true = padded step (the tower's own convention).
+    pub padding: Vec<Vec<bool>>,
+    /// `trace.audio.subsample`, `trace.audio.conformer{i}` (before the reduction).
+    pub traces: BTreeMap<String, Tensor<B, 3>>,
+}
+
+/// The Gemma 3n USM-style conformer audio encoder.
+#[derive(Module, Debug)]
+pub struct AudioEncoder<B: Backend> {
+    pub subsample_conv_projection: SubSampleConvProjection<B>,
+    pub conformer: Vec<ConformerBlock<B>>,
+    #[module(skip)]
+    pub config: Gemma3nAudioConfig,
+}
+
+impl<B: Backend> AudioEncoder<B> {
+    pub fn new(src: &ParamSource<'_, B>, cfg: &Gemma3nAudioConfig) -> Self {
+        Self {
+            subsample_conv_projection: SubSampleConvProjection::new(
+                src,
+                "subsample_conv_projection",
+                cfg,
+            ),
+            conformer: (0..cfg.conf_num_hidden_layers)
+                .map(|i| ConformerBlock::new(src, &format!("conformer.{i}"), cfg))
+                .collect(),
+            config: cfg.clone(),
+        }
+    }
+
+    /// Load from checkpoint files (`model.audio_tower.*` or bare keys), reporting every mismatch.
+    pub fn from_files(
+        files: &SafeTensorsFiles,
+        cfg: &Gemma3nAudioConfig,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, AudioError> {
+        cfg.validate()?;
+        let prefix = if files.contains(&format!(
+            "{AUDIO_PREFIX}subsample_conv_projection.input_proj_linear.weight"
+        )) {
+            AUDIO_PREFIX
+        } else {
+            ""
+        };
+        let loader = WeightLoader::<B>::new(files, prefix, device, dtype);
+        let model = Self::new(&ParamSource::Checkpoint(&loader), cfg);
+        loader.finish(|_| false)?;
+        Ok(model)
+    }
+
+    /// Load from a checkpoint folder or file; the config comes from `config.json` beside it.
+    pub fn from_pretrained(
+        path: impl AsRef<Path>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, AudioError> {
+        let path = path.as_ref();
+        let dir = if path.is_dir() {
+            path.to_path_buf()
+        } else {
+            path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        };
+        let cfg = Gemma3nAudioConfig::from_file(dir.join("config.json"))?;
+        let files = SafeTensorsFiles::open(path)?;
+        Self::from_files(&files, &cfg, device, dtype)
+    }
+
+    /// Random initialisation.
+    pub fn init(
+        cfg: &Gemma3nAudioConfig,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, AudioError> {
+        cfg.validate()?;
+        Ok(Self::new(
+            &ParamSource::random(device, dtype, cfg.initializer_range),
+            cfg,
+        ))
+    }
+
+    /// `mel` `[B, T, F]` with `valid` `[B][T]` (true = real frame, the feature extractor's mask).
+    pub fn forward(
+        &self,
+        mel: Tensor<B, 3>,
+        valid: &[Vec<bool>],
+    ) -> Result<AudioOutput<B>, AudioError> {
+        self.run(mel, valid, false)
+    }
+
+    /// Like [`Self::forward`], also keeping the SSCP and per-block outputs.
+    pub fn forward_traced(
+        &self,
+        mel: Tensor<B, 3>,
+        valid: &[Vec<bool>],
+    ) -> Result<AudioOutput<B>, AudioError> {
+        self.run(mel, valid, true)
+    }
+
+    fn run(
+        &self,
+        mel: Tensor<B, 3>,
+        valid: &[Vec<bool>],
+        trace: bool,
+    ) -> Result<AudioOutput<B>, AudioError> {
+        let [b, t_in, f] = mel.dims();
+        if f != self.config.input_feat_size {
+            return Err(AudioError::Input(format!(
+                "features have {f} mel bins, expected input_feat_size {}",
+                self.config.input_feat_size
+            )));
+        }
+        if valid.len() != b || valid.iter().any(|v| v.len() != t_in) {
+            return Err(AudioError::Input(format!(
+                "the mask must be [{b}, {t_in}] like the features"
+            )));
+        }
+        let dtype = self
+            .subsample_conv_projection
+            .input_proj_linear
+            .weight
+            .val()
+            .dtype();
+        let mut traces = BTreeMap::new();
+        let mut x = self.subsample_conv_projection.forward(mel.cast(dtype));
+        let t = x.dims()[1];
+        // Padding of sub-sampled step i: the input frame i · (product of time strides).
+        let stride: usize = self
+            .config
+            .sscp_conv_stride_size
+            .iter()
+            .map(|s| s[0])
+            .product();
+        let padding: Vec<Vec<bool>> = valid
+            .iter()
+            .map(|v| (0..t).map(|i| !v[(i * stride).min(t_in - 1)]).collect())
+            .collect();
+        if trace {
+            traces.insert("trace.audio.subsample".to_string(), x.clone());
+        }
+        for (i, block) in self.conformer.iter().enumerate() {
+            x = block.forward(x, &padding);
+            if trace {
+                traces.insert(format!("trace.audio.conformer{i}"), x.clone());
+            }
+        }
+        let r = self.config.conf_reduction_factor;
+        let keep: Vec<i64> = (0..t).step_by(r).map(|i| i as i64).collect();
+        let n = keep.len();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(keep, [n]), &x.device());
+        let x = x.select(1, idx);
+        let padding: Vec<Vec<bool>> = padding
+            .iter()
+            .map(|p| p.iter().step_by(r).copied().collect())
+            .collect();
+        let mask: Vec<bool> = padding.iter().flatten().copied().collect();
+        let mask = Tensor::<B, 3, Bool>::from_data(TensorData::new(mask, [b, n, 1]), &x.device());
+        let h = x.dims()[2];
+        let encodings = x.mask_fill(mask.expand([b, n, h]), 0.0);
+        Ok(AudioOutput {
+            encodings,
+            padding,
+            traces,
+        })
+    }
+
+    /// Every parameter by HF key (relative to `model.audio_tower.`).
+    pub fn params(&self, out: &mut ParamList<B>) {
+        self.subsample_conv_projection
+            .params("subsample_conv_projection", out);
+        for (i, c) in self.conformer.iter().enumerate() {
+            c.params(&join("conformer", &i.to_string()), out);
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The audio cases: `audio_feature_extractor`, and the tower outputs of `audio`.
+
+use std::path::Path;
+
+use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
+use automodel_audio::{AudioEncoder, Gemma3nAudioConfig};
+use automodel_core::weights::SafeTensorsFiles;
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+
+use crate::compare::{Check, Tolerance, compare};
+use crate::{ParityError, open};
+
+const TOWER: Tolerance = Tolerance::Elementwise {
+    atol: 1e-4,
+    rtol: 1e-4,
+};
+const LOG_MEL: Tolerance = Tolerance::Elementwise {
+    atol: 1e-3,
+    rtol: 0.0,
+};
+/// The window is float32 arithmetic; numpy's float32 cosine is not correctly rounded, so one ulp
+/// (of values up to 1) is allowed.
+const WINDOW: Tolerance = Tolerance::Elementwise {
+    atol: 1.2e-7,
+    rtol: 0.0,
+};
+/// The filterbank is float64 arithmetic on both sides; only the last bits may differ.
+const FILTERS: Tolerance = Tolerance::Elementwise {
+    atol: 1e-12,
+    rtol: 0.0,
+};
+
+fn reference(files: &SafeTensorsFiles, name: &str) -> Result<(Vec<f64>, Vec<usize>), ParityError> {
+    let shape = files.shape(name).map(|s| s.to_vec()).unwrap_or_default();
+    let raw = files.raw(name)?;
+    let v = match raw.dtype {
+        automodel_core::weights::Dtype::BOOL | automodel_core::weights::Dtype::I64 => files
+            .to_i64_vec(name)?
+            .into_iter()
+            .map(|x| x as f64)
+            .collect(),
+        automodel_core::weights::Dtype::F64 => raw
+            .bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        _ => files.to_f32_vec(name)?.into_iter().map(f64::from).collect(),
+    };
+    Ok((v, shape))
+}
+
+fn err(dir: &Path) -> impl Fn(automodel_audio::AudioError) -> ParityError + '_ {
+    move |e| ParityError::Case {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn flat_features(
+    f: &automodel_audio::features::AudioFeatures,
+) -> (Vec<f64>, Vec<usize>, Vec<f64>, Vec<usize>) {
+    let b = f.features.len();
+    let t = f.frames();
+    let m = f
+        .features
+        .first()
+        .and_then(|x| x.first())
+        .map_or(0, |r| r.len());
+    let feats = f
+        .features
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|&x| x as f64)
+        .collect();
+    let mask = f
+        .mask
+        .iter()
+        .flatten()
+        .map(|&x| if x { 1.0 } else { 0.0 })
+        .collect();
+    (feats, vec![b, t, m], mask, vec![b, t])
+}
+
+/// `audio_feature_extractor`: window, filterbank, batch features and mask, single-clip features.
+pub fn feature_extractor(dir: &Path) -> Result<Vec<Check>, ParityError> {
+    let inputs = open(dir, "inputs.safetensors")?;
+    let outputs = open(dir, "outputs.safetensors")?;
+    let cfg_path = dir.join("preprocessor_config.json");
+    let cfg = if cfg_path.is_file() {
+        FeatureExtractorConfig::from_file(&cfg_path).map_err(err(dir))?
+    } else {
+        FeatureExtractorConfig::default()
+    };
+    let fe = FeatureExtractor::new(cfg).map_err(err(dir))?;
+    let (wave, shape) = reference(&inputs, "raw_audio")?;
+    let (lens, _) = reference(&inputs, "raw_audio_lengths")?;
+    let clips: Vec<Vec<f32>> = (0..shape[0])
+        .map(|i| {
+            wave[i * shape[1]..i * shape[1] + lens[i] as usize]
+                .iter()
+                .map(|&x| x as f32)
+                .collect()
+        })
+        .collect();
+    let mut checks = Vec::new();
+    let check = |name: &str, got: &[f64], got_shape: &[usize], tol| -> Result<Check, ParityError> {
+        let (want, ws) = reference(&outputs, name)?;
+        Ok(compare(name, got, got_shape, &want, &ws, tol))
+    };
+    if outputs.contains("window") {
+        let w: Vec<f64> = fe.window().iter().map(|&x| x as f64).collect();
+        checks.push(check("window", &w, &[w.len()], WINDOW)?);
+    }
+    if outputs.contains("mel_filters") {
+        let m = fe.mel_filters().to_vec();
+        let mels = fe.config.feature_size;
+        checks.push(check("mel_filters", &m, &[m.len() / mels, mels], FILTERS)?);
+    }
+    let refs: Vec<&[f32]> = clips.iter().map(|c| c.as_slice()).collect();
+    let batch = fe.extract(&refs).map_err(err(dir))?;
+    let (f, fs, m, ms) = flat_features(&batch);
+    checks.push(check("input_features", &f, &fs, LOG_MEL)?);
+    checks.push(check("input_features_mask", &m, &ms, Tolerance::Exact)?);
+    if outputs.contains("single_input_features") {
+        let single = fe.extract(&refs[refs.len() - 1..]).map_err(err(dir))?;
+        let (f, fs, m, ms) = flat_features(&single);
+        checks.push(check("single_input_features", &f, &fs, LOG_MEL)?);
+        checks.push(check(
+            "single_input_features_mask",
+            &m,
+            &ms,
+            Tolerance::Exact,
+        )?);
+    }
+    Ok(checks)
+}
+
+/// The tower outputs of a forward case: `audio_tower_output`, `audio_tower_mask`, `trace.audio.*`.
+pub fn tower<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(Vec<Check>, Vec<String>), ParityError> {
+    let inputs = open(dir, "inputs.safetensors")?;
+    let outputs = open(dir, "outputs.safetensors")?;
+    let cfg = Gemma3nAudioConfig::from_file(dir.join("config.json")).map_err(err(dir))?;
+    let files = open(dir, "model.safetensors")?;
+    let enc = AudioEncoder::<B>::from_files(&files, &cfg, device, DType::F32).map_err(err(dir))?;
+    let (feats, fs) = reference(&inputs, "input_features")?;
+    let (mask, _) = reference(&inputs, "input_features_mask")?;
+    let valid: Vec<Vec<bool>> = mask
+        .chunks(fs[1])
+        .map(|r| r.iter().map(|&x| x != 0.0).collect())
+        .collect();
+    let mel = Tensor::<B, 3>::from_data(
+        TensorData::new(
+            feats.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            [fs[0], fs[1], fs[2]],
+        ),
+        (device, DType::F32),
+    );
+    let out = enc.forward_traced(mel, &valid).map_err(err(dir))?;
+    let vals = |t: Tensor<B, 3>| {
+        let d = t.into_data();
+        let s = d.shape.to_vec();
+        (
+            d.convert_dtype(DType::F32)
+                .to_vec::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect::<Vec<_>>(),
+            s,
+        )
+    };
+    let mut checks = Vec::new();
+    let mut unchecked = Vec::new();
+    for name in outputs.names() {
+        let (got, tol) = match name {
+            "audio_tower_output" => (Some(vals(out.encodings.clone())), TOWER),
+            "audio_tower_mask" => {
+                let m: Vec<f64> = out
+                    .padding
+                    .iter()
+                    .flatten()
+                    .map(|&p| if p { 1.0 } else { 0.0 })
+                    .collect();
+                (
+                    Some((m, vec![out.padding.len(), out.padding[0].len()])),
+                    Tolerance::Exact,
+                )
+            }
+            n if n.starts_with("trace.audio.") => (out.traces.get(n).cloned().map(vals), TOWER),
+            _ => {
+                unchecked.push(name.to_string());
+                continue;
+            }
+        };
+        match got {
+            Some((g, gs)) => {
+                let (want, ws) = reference(&outputs, name)?;
+                checks.push(compare(name, &g, &gs, &want, &ws, tol));
+            }
+            None => checks.push(Check::failed(
+                name,
+                tol,
+                "the tower produced no such tensor",
+            )),
+        }
+    }
+    Ok((checks, unchecked))
+}
