@@ -312,10 +312,12 @@ mod tests {
     fn frames_and_mask_follow_the_padding_rules() {
         let fe = FeatureExtractor::new(FeatureExtractorConfig::default()).unwrap();
         let a = vec![0.1f32; 12_000];
-        let f = fe.extract(&[&a]).unwrap();
-        // 12000 → 12032 samples → (12032 − 513) / 160 + 1 = 72 frames; frame t valid iff 160·t < 12000
+        let b = vec![0.1f32; 6_400];
+        let f = fe.extract(&[&a, &b]).unwrap();
+        // 12000 → 12032 samples → (12032 − 513) / 160 + 1 = 72 frames; frame t valid iff 160·t < len
         assert_eq!(f.frames(), 72);
-        assert_eq!(f.mask[0].iter().filter(|m| **m).count(), 75.min(72));
+        assert_eq!(f.mask[0].iter().filter(|m| **m).count(), 72);
+        assert_eq!(f.mask[1].iter().filter(|m| **m).count(), 40);
         assert!(f.features[0].iter().flatten().all(|x| x.is_finite()));
         assert!(fe.extract(&[&[0.0f32; 100]]).is_err());
     }
