@@ -25,6 +25,9 @@ pub enum ParamSource<'a, B: Backend> {
         dtype: DType,
         std: f64,
     },
+    /// Shapes only: every parameter is a broadcast view of one zero, so a full-size model can be
+    /// built to count or list its parameters without allocating them. Not for computing.
+    Shapes { device: B::Device, dtype: DType },
 }
 
 impl<'a, B: Backend> ParamSource<'a, B> {
@@ -41,7 +44,9 @@ impl<'a, B: Backend> ParamSource<'a, B> {
     pub fn device(&self) -> B::Device {
         match self {
             ParamSource::Checkpoint(l) => l.device().clone(),
-            ParamSource::Random { device, .. } => device.clone(),
+            ParamSource::Random { device, .. } | ParamSource::Shapes { device, .. } => {
+                device.clone()
+            }
         }
     }
 
@@ -49,7 +54,7 @@ impl<'a, B: Backend> ParamSource<'a, B> {
     pub fn dtype(&self) -> DType {
         match self {
             ParamSource::Checkpoint(l) => l.dtype(),
-            ParamSource::Random { dtype, .. } => *dtype,
+            ParamSource::Random { dtype, .. } | ParamSource::Shapes { dtype, .. } => *dtype,
         }
     }
 
@@ -70,6 +75,9 @@ impl<'a, B: Backend> ParamSource<'a, B> {
                         .cast(*dtype)
                 }
             },
+            ParamSource::Shapes { device, dtype } => {
+                Tensor::<B, D>::zeros([1; D], (device, *dtype)).expand(shape)
+            }
         }
     }
 }

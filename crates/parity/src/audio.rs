@@ -3,18 +3,11 @@
 use std::path::Path;
 
 use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
-use automodel_audio::{AudioEncoder, Gemma3nAudioConfig};
 use automodel_core::weights::SafeTensorsFiles;
-use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
 
 use crate::compare::{Check, Tolerance, compare};
 use crate::{ParityError, open};
 
-const TOWER: Tolerance = Tolerance::Elementwise {
-    atol: 1e-4,
-    rtol: 1e-4,
-};
 const LOG_MEL: Tolerance = Tolerance::Elementwise {
     atol: 1e-3,
     rtol: 0.0,
@@ -135,79 +128,4 @@ pub fn feature_extractor(dir: &Path) -> Result<Vec<Check>, ParityError> {
         )?);
     }
     Ok(checks)
-}
-
-/// The tower outputs of a forward case: `audio_tower_output`, `audio_tower_mask`, `trace.audio.*`.
-pub fn tower<B: Backend>(
-    dir: &Path,
-    device: &B::Device,
-) -> Result<(Vec<Check>, Vec<String>), ParityError> {
-    let inputs = open(dir, "inputs.safetensors")?;
-    let outputs = open(dir, "outputs.safetensors")?;
-    let cfg = Gemma3nAudioConfig::from_file(dir.join("config.json")).map_err(err(dir))?;
-    let files = open(dir, "model.safetensors")?;
-    let enc = AudioEncoder::<B>::from_files(&files, &cfg, device, DType::F32).map_err(err(dir))?;
-    let (feats, fs) = reference(&inputs, "input_features")?;
-    let (mask, _) = reference(&inputs, "input_features_mask")?;
-    let valid: Vec<Vec<bool>> = mask
-        .chunks(fs[1])
-        .map(|r| r.iter().map(|&x| x != 0.0).collect())
-        .collect();
-    let mel = Tensor::<B, 3>::from_data(
-        TensorData::new(
-            feats.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-            [fs[0], fs[1], fs[2]],
-        ),
-        (device, DType::F32),
-    );
-    let out = enc.forward_traced(mel, &valid).map_err(err(dir))?;
-    let vals = |t: Tensor<B, 3>| {
-        let d = t.into_data();
-        let s = d.shape.to_vec();
-        (
-            d.convert_dtype(DType::F32)
-                .to_vec::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(f64::from)
-                .collect::<Vec<_>>(),
-            s,
-        )
-    };
-    let mut checks = Vec::new();
-    let mut unchecked = Vec::new();
-    for name in outputs.names() {
-        let (got, tol) = match name {
-            "audio_tower_output" => (Some(vals(out.encodings.clone())), TOWER),
-            "audio_tower_mask" => {
-                let m: Vec<f64> = out
-                    .padding
-                    .iter()
-                    .flatten()
-                    .map(|&p| if p { 1.0 } else { 0.0 })
-                    .collect();
-                (
-                    Some((m, vec![out.padding.len(), out.padding[0].len()])),
-                    Tolerance::Exact,
-                )
-            }
-            n if n.starts_with("trace.audio.") => (out.traces.get(n).cloned().map(vals), TOWER),
-            _ => {
-                unchecked.push(name.to_string());
-                continue;
-            }
-        };
-        match got {
-            Some((g, gs)) => {
-                let (want, ws) = reference(&outputs, name)?;
-                checks.push(compare(name, &g, &gs, &want, &ws, tol));
-            }
-            None => checks.push(Check::failed(
-                name,
-                tol,
-                "the tower produced no such tensor",
-            )),
-        }
-    }
-    Ok((checks, unchecked))
 }

@@ -8,6 +8,7 @@
 
 mod audio;
 mod compare;
+mod multimodal;
 mod text;
 mod vision;
 
@@ -37,8 +38,6 @@ pub struct CaseReport {
     /// `None` when the case type is not supported yet (with the reason in `skipped`).
     pub checks: Vec<Check>,
     pub skipped: Option<String>,
-    /// Outputs of the case this build does not check yet (with the reason).
-    pub unchecked: Option<String>,
 }
 
 /// Case types this build can check.
@@ -47,9 +46,11 @@ pub const SUPPORTED_CASES: &[&str] = &[
     "generate",
     "text_bf16",
     "image_processor",
-    "image",
     "audio_feature_extractor",
+    "image",
     "audio",
+    "multimodal",
+    "generate_multimodal",
 ];
 
 /// Run one case folder, or every case folder directly inside `dir`.
@@ -87,29 +88,16 @@ pub fn run<B: AutodiffBackend>(
         {
             continue;
         }
-        let mut unchecked = None;
         let (checks, skipped) = match case.as_str() {
             "text" => (text::forward_backward::<B>(&f, device)?, None),
             "generate" => (text::generate::<B::InnerBackend>(&f, device)?, None),
             "text_bf16" => (text::bf16::<B::InnerBackend>(&f, device)?, None),
             "image_processor" => (vision::processor(&f)?, None),
             "audio_feature_extractor" => (audio::feature_extractor(&f)?, None),
-            "audio" => {
-                let (checks, rest) = audio::tower::<B::InnerBackend>(&f, device)?;
-                unchecked = Some(format!(
-                    "{} outputs need the multimodal model, not built yet (audio tower parts checked)",
-                    rest.len()
-                ));
-                (checks, None)
+            "image" | "audio" | "multimodal" => {
+                (multimodal::forward_backward::<B>(&f, device)?, None)
             }
-            "image" => {
-                let (checks, rest) = vision::tower::<B::InnerBackend>(&f, device)?;
-                unchecked = Some(format!(
-                    "{} outputs need the multimodal model, not built yet (vision tower parts checked)",
-                    rest.len()
-                ));
-                (checks, None)
-            }
+            "generate_multimodal" => (multimodal::generate::<B::InnerBackend>(&f, device)?, None),
             other => (
                 Vec::new(),
                 Some(format!("case type `{other}` is not supported yet")),
@@ -120,7 +108,6 @@ pub fn run<B: AutodiffBackend>(
             dir: f,
             checks,
             skipped,
-            unchecked,
         });
     }
     Ok(reports)

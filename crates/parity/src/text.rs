@@ -13,23 +13,23 @@ use burn::tensor::{DType, TensorData};
 use crate::compare::{Check, Tolerance, compare};
 use crate::{ParityError, open, read_meta};
 
-const EMBED: Tolerance = Tolerance::Elementwise {
+pub(crate) const EMBED: Tolerance = Tolerance::Elementwise {
     atol: 1e-4,
     rtol: 1e-4,
 };
-const HIDDEN: Tolerance = Tolerance::Elementwise {
+pub(crate) const HIDDEN: Tolerance = Tolerance::Elementwise {
     atol: 1e-3,
     rtol: 1e-3,
 };
-const LOGITS: Tolerance = Tolerance::Elementwise {
+pub(crate) const LOGITS: Tolerance = Tolerance::Elementwise {
     atol: 1e-3,
     rtol: 1e-3,
 };
-const LOSS: Tolerance = Tolerance::Elementwise {
+pub(crate) const LOSS: Tolerance = Tolerance::Elementwise {
     atol: 1e-4,
     rtol: 1e-5,
 };
-const GRAD: Tolerance = Tolerance::RelMax {
+pub(crate) const GRAD: Tolerance = Tolerance::RelMax {
     rel: 1e-3,
     abs: 1e-7,
 };
@@ -39,11 +39,11 @@ const BF16_LOGITS: Tolerance = Tolerance::Elementwise {
 };
 
 /// Values and shape of a tensor, as f64.
-fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<f64>, Vec<usize>) {
+pub(crate) fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<f64>, Vec<usize>) {
     data_values(t.into_data())
 }
 
-fn data_values(d: TensorData) -> (Vec<f64>, Vec<usize>) {
+pub(crate) fn data_values(d: TensorData) -> (Vec<f64>, Vec<usize>) {
     let shape = d.shape.to_vec();
     let v = d
         .convert_dtype(DType::F32)
@@ -55,7 +55,10 @@ fn data_values(d: TensorData) -> (Vec<f64>, Vec<usize>) {
     (v, shape)
 }
 
-fn reference(files: &SafeTensorsFiles, name: &str) -> Result<(Vec<f64>, Vec<usize>), ParityError> {
+pub(crate) fn reference(
+    files: &SafeTensorsFiles,
+    name: &str,
+) -> Result<(Vec<f64>, Vec<usize>), ParityError> {
     let shape = files.shape(name).map(|s| s.to_vec()).unwrap_or_default();
     let raw = files.raw(name)?;
     let v = match raw.dtype {
@@ -69,7 +72,7 @@ fn reference(files: &SafeTensorsFiles, name: &str) -> Result<(Vec<f64>, Vec<usiz
     Ok((v, shape))
 }
 
-fn check(
+pub(crate) fn check(
     name: &str,
     got: (Vec<f64>, Vec<usize>),
     files: &SafeTensorsFiles,
@@ -79,7 +82,7 @@ fn check(
     Ok(compare(name, &got.0, &got.1, &want, &want_shape, tol))
 }
 
-fn rows(files: &SafeTensorsFiles, name: &str) -> Result<Vec<Vec<i64>>, ParityError> {
+pub(crate) fn rows(files: &SafeTensorsFiles, name: &str) -> Result<Vec<Vec<i64>>, ParityError> {
     let shape = files.shape(name).map(|s| s.to_vec()).unwrap_or_default();
     let v = files.to_i64_vec(name)?;
     if shape.len() != 2 {
@@ -101,7 +104,7 @@ fn load_model<B: Backend>(
     Ok(Gemma3nForCausalLM::from_files(&files, &cfg, device, dtype)?)
 }
 
-fn string_list(meta: &serde_json::Value, key: &str) -> BTreeSet<String> {
+pub(crate) fn string_list(meta: &serde_json::Value, key: &str) -> BTreeSet<String> {
     meta.get(key)
         .and_then(|v| v.as_array())
         .map(|a| {
@@ -113,7 +116,7 @@ fn string_list(meta: &serde_json::Value, key: &str) -> BTreeSet<String> {
 }
 
 /// Tolerance class of a forward output.
-fn forward_tolerance(name: &str) -> Option<Tolerance> {
+pub(crate) fn forward_tolerance(name: &str) -> Option<Tolerance> {
     Some(match name {
         "logits" => LOGITS,
         "loss" => LOSS,

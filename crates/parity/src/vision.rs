@@ -4,17 +4,11 @@ use std::path::Path;
 
 use automodel_core::weights::SafeTensorsFiles;
 use automodel_vision::processor::{ImageProcessorConfig, RgbImage};
-use automodel_vision::{Gemma3nVisionConfig, MobileNetV5Encoder};
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::DType;
 
 use crate::compare::{Check, Tolerance, compare};
 use crate::{ParityError, open};
-
-const TOWER: Tolerance = Tolerance::Elementwise {
-    atol: 1e-4,
-    rtol: 1e-4,
-};
 
 fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<f64>, Vec<usize>) {
     let d = t.into_data();
@@ -38,54 +32,6 @@ fn reference(files: &SafeTensorsFiles, name: &str) -> Result<(Vec<f64>, Vec<usiz
         _ => files.to_f32_vec(name)?.into_iter().map(f64::from).collect(),
     };
     Ok((v, shape))
-}
-
-/// The tower outputs of a forward case: `vision_tower_output` and every `trace.vision.*`.
-/// Returns the checks and the names of the outputs it did not check.
-pub fn tower<B: Backend>(
-    dir: &Path,
-    device: &B::Device,
-) -> Result<(Vec<Check>, Vec<String>), ParityError> {
-    let inputs = open(dir, "inputs.safetensors")?;
-    let outputs = open(dir, "outputs.safetensors")?;
-    let cfg = Gemma3nVisionConfig::from_file(dir.join("config.json")).map_err(vision_err(dir))?;
-    let files = open(dir, "model.safetensors")?;
-    let tower = MobileNetV5Encoder::<B>::from_files(&files, &cfg, device, DType::F32)
-        .map_err(vision_err(dir))?;
-    let (pv, shape) = reference(&inputs, "pixel_values")?;
-    let pv: Vec<f32> = pv.into_iter().map(|x| x as f32).collect();
-    let dims: [usize; 4] = shape.try_into().map_err(|s| ParityError::Case {
-        path: dir.into(),
-        message: format!("pixel_values must be 4-D, is {s:?}"),
-    })?;
-    let out = tower.forward_traced(Tensor::from_data(
-        TensorData::new(pv, dims),
-        (device, DType::F32),
-    ));
-    let mut checks = Vec::new();
-    let mut unchecked = Vec::new();
-    for name in outputs.names() {
-        let got = if name == "vision_tower_output" {
-            Some(values(out.features.clone()))
-        } else if name.starts_with("trace.vision.") {
-            out.traces.get(name).cloned().map(values)
-        } else {
-            unchecked.push(name.to_string());
-            continue;
-        };
-        match got {
-            Some(g) => {
-                let (want, ws) = reference(&outputs, name)?;
-                checks.push(compare(name, &g.0, &g.1, &want, &ws, TOWER));
-            }
-            None => checks.push(Check::failed(
-                name,
-                TOWER,
-                "the tower produced no such tensor",
-            )),
-        }
-    }
-    Ok((checks, unchecked))
 }
 
 /// `image_processor`: the resize on uint8 and the final pixel values.

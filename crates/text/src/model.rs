@@ -197,6 +197,16 @@ impl<B: Backend> Gemma3nTextModel<B> {
         }
     }
 
+    /// The tied LM head: `softcap(h·Eᵀ)` with the embedding table.
+    pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let w = self.embed_tokens.weight.val();
+        let logits = hidden.matmul(w.transpose().unsqueeze::<3>());
+        match self.config.final_logit_softcapping {
+            Some(cap) => softcap(logits, cap),
+            None => logits,
+        }
+    }
+
     /// Forward from token ids (`[B, T]`). `attention_mask` (1 = real token) and `position_ids`
     /// default to all ones and to consecutive positions after whatever `cache` holds.
     pub fn forward(
@@ -464,12 +474,7 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
 
     /// Tied head: `softcap(h·Eᵀ)`.
     pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let w = self.model.embed_tokens.weight.val();
-        let logits = hidden.matmul(w.transpose().unsqueeze::<3>());
-        match self.model.config.final_logit_softcapping {
-            Some(cap) => softcap(logits, cap),
-            None => logits,
-        }
+        self.model.lm_logits(hidden)
     }
 
     /// Forward with optional labels (`[B, T]`, `-100` = ignored).
@@ -536,9 +541,9 @@ pub fn detect_prefix(files: &SafeTensorsFiles) -> String {
     CONDITIONAL_PREFIX.to_string()
 }
 
-/// Keys a checkpoint may hold that the model deliberately does not use: the (zero) K/V weights
+/// Keys (relative to the text prefix) a checkpoint may hold that the model deliberately does not use: the (zero) K/V weights
 /// released checkpoints keep for KV-reusing layers, and a duplicated tied `lm_head`.
-fn ignored_key(rel: &str, reuse: &[usize]) -> bool {
+pub fn ignored_key(rel: &str, reuse: &[usize]) -> bool {
     if rel == "lm_head.weight" {
         return true;
     }

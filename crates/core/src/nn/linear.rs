@@ -23,7 +23,7 @@ impl<B: Backend> Linear<B> {
                 [d_out, d_in],
                 Init::Normal,
             )),
-            ParamSource::Random { .. } => Self {
+            ParamSource::Random { .. } | ParamSource::Shapes { .. } => Self {
                 weight: Param::from_tensor(src.tensor(name, [d_in, d_out], Init::Normal)),
             },
         }

@@ -1,0 +1,121 @@
+//! The full `Gemma3nConfig`: text, vision and audio configs plus the multimodal token ids.
+
+use std::path::Path;
+
+use automodel_audio::Gemma3nAudioConfig;
+use automodel_text::Gemma3nTextConfig;
+use automodel_vision::Gemma3nVisionConfig;
+use serde_json::Value;
+
+use crate::error::ModelError;
+
+/// HF `Gemma3nConfig` (the fields the model uses).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gemma3nConfig {
+    pub text: Gemma3nTextConfig,
+    pub vision: Gemma3nVisionConfig,
+    pub audio: Gemma3nAudioConfig,
+    pub vision_soft_tokens_per_image: usize,
+    pub audio_soft_tokens_per_image: usize,
+    pub image_token_id: i64,
+    pub audio_token_id: i64,
+    pub boi_token_id: i64,
+    pub eoi_token_id: i64,
+    pub boa_token_id: i64,
+    pub eoa_token_id: i64,
+    /// The whole JSON, so that saving keeps every field.
+    pub raw: Value,
+}
+
+impl Gemma3nConfig {
+    /// The released configurations (spec §9.1): `"E2B"` or `"E4B"`.
+    pub fn released(name: &str) -> Result<Self, ModelError> {
+        let text = match name {
+            "E4B" => serde_json::json!({ "model_type": "gemma3n_text" }),
+            "E2B" => {
+                let sparsity: Vec<f64> = (0..30).map(|i| if i < 10 { 0.95 } else { 0.0 }).collect();
+                serde_json::json!({
+                    "model_type": "gemma3n_text", "num_hidden_layers": 30, "intermediate_size": vec![8192; 30],
+                    "num_kv_shared_layers": 10, "activation_sparsity_pattern": sparsity
+                })
+            }
+            other => {
+                return Err(ModelError::Config {
+                    field: "name".into(),
+                    message: format!("`{other}` is not a released Gemma 3n (E2B or E4B)"),
+                });
+            }
+        };
+        Self::from_value(serde_json::json!({
+            "architectures": ["Gemma3nForConditionalGeneration"], "model_type": "gemma3n",
+            "text_config": text, "vision_config": { "model_type": "gemma3n_vision" }, "audio_config": { "model_type": "gemma3n_audio" },
+            "audio_soft_tokens_per_image": 188, "vision_soft_tokens_per_image": 256,
+            "boi_token_id": 255_999, "eoi_token_id": 262_144, "image_token_id": 262_145,
+            "boa_token_id": 256_000, "eoa_token_id": 262_272, "audio_token_id": 262_273,
+            "eos_token_id": [1, 106], "tie_word_embeddings": true
+        }))
+    }
+
+    /// Read a full `config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::from_value(v)
+    }
+
+    /// From a parsed full config (`text_config`, `vision_config`, `audio_config`).
+    pub fn from_value(v: Value) -> Result<Self, ModelError> {
+        for k in ["text_config", "vision_config", "audio_config"] {
+            if !v.get(k).is_some_and(|x| x.is_object()) {
+                return Err(ModelError::Config {
+                    field: k.into(),
+                    message: "is missing (a full Gemma3nConfig is needed)".into(),
+                });
+            }
+        }
+        let int = |k: &str, default: i64| -> Result<i64, ModelError> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(default),
+                Some(x) => x.as_i64().ok_or_else(|| ModelError::Config {
+                    field: k.into(),
+                    message: "must be an integer".into(),
+                }),
+            }
+        };
+        let cfg = Self {
+            text: Gemma3nTextConfig::from_value(&v)?,
+            vision: Gemma3nVisionConfig::from_value(&v)?,
+            audio: Gemma3nAudioConfig::from_value(&v)?,
+            vision_soft_tokens_per_image: int("vision_soft_tokens_per_image", 256)? as usize,
+            audio_soft_tokens_per_image: int("audio_soft_tokens_per_image", 188)? as usize,
+            image_token_id: int("image_token_id", 262_145)?,
+            audio_token_id: int("audio_token_id", 262_273)?,
+            boi_token_id: int("boi_token_id", 255_999)?,
+            eoi_token_id: int("eoi_token_id", 262_144)?,
+            boa_token_id: int("boa_token_id", 256_000)?,
+            eoa_token_id: int("eoa_token_id", 262_272)?,
+            raw: v,
+        };
+        let (vo, vs) = (cfg.vision.vocab_offset, cfg.vision.vocab_size);
+        let (ao, asz) = (cfg.audio.vocab_offset, cfg.audio.vocab_size);
+        if vo + vs > ao || ao + asz > cfg.text.vocab_size {
+            return Err(ModelError::Config {
+                field: "audio_config.vocab_offset".into(),
+                message: format!(
+                    "vision ids [{vo}, {}) and audio ids [{ao}, {}) must be consecutive ranges inside the text vocabulary ({})",
+                    vo + vs,
+                    ao + asz,
+                    cfg.text.vocab_size
+                ),
+            });
+        }
+        Ok(cfg)
+    }
+}

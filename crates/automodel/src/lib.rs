@@ -1,0 +1,18 @@
+//! automodel: Gemma 3n for Rust.
+//!
+//! [`Gemma3nForConditionalGeneration`] composes the text decoder (`automodel-text`), the vision
+//! tower (`automodel-vision`) and the audio tower (`automodel-audio`) with the two multimodal
+//! embedders, merges image and audio soft tokens into the prompt, loads Hugging Face checkpoints
+//! and generates.
+
+pub mod config;
+pub mod embedder;
+pub mod error;
+pub mod generate;
+pub mod model;
+
+pub use automodel_text::ForwardOptions;
+pub use config::Gemma3nConfig;
+pub use error::ModelError;
+pub use generate::{GenerateOutput, GenerationConfig};
+pub use model::{AudioInput, ConditionalOutput, Gemma3nForConditionalGeneration, MultimodalInput};

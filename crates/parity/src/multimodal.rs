@@ -1,0 +1,283 @@
+//! The full-model cases: `image`, `audio`, `multimodal` (every output and every gradient) and
+//! `generate_multimodal`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use automodel::{
+    AudioInput, ForwardOptions, Gemma3nForConditionalGeneration, GenerationConfig, MultimodalInput,
+};
+use automodel_core::weights::SafeTensorsFiles;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, TensorData};
+
+use crate::compare::{Check, Tolerance, compare};
+use crate::text::{
+    EMBED, GRAD, HIDDEN, LOGITS, check, data_values, forward_tolerance, reference, rows,
+    string_list, values,
+};
+use crate::{ParityError, open, read_meta};
+
+fn model_err(dir: &Path) -> impl Fn(automodel::ModelError) -> ParityError + '_ {
+    move |e| ParityError::Case {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// The model inputs of a case folder (media included when present).
+fn inputs<B: Backend>(
+    files: &SafeTensorsFiles,
+    device: &B::Device,
+    with_labels: bool,
+) -> Result<MultimodalInput<B>, ParityError> {
+    let pixel_values = if files.contains("pixel_values") {
+        let (v, s) = reference(files, "pixel_values")?;
+        Some(Tensor::from_data(
+            TensorData::new(
+                v.into_iter().map(|x| x as f32).collect::<Vec<_>>(),
+                [s[0], s[1], s[2], s[3]],
+            ),
+            (device, DType::F32),
+        ))
+    } else {
+        None
+    };
+    let audio = if files.contains("input_features") {
+        let (v, s) = reference(files, "input_features")?;
+        let (m, _) = reference(files, "input_features_mask")?;
+        Some(AudioInput {
+            features: Tensor::from_data(
+                TensorData::new(
+                    v.into_iter().map(|x| x as f32).collect::<Vec<_>>(),
+                    [s[0], s[1], s[2]],
+                ),
+                (device, DType::F32),
+            ),
+            valid: m
+                .chunks(s[1])
+                .map(|r| r.iter().map(|&x| x != 0.0).collect())
+                .collect(),
+        })
+    } else {
+        None
+    };
+    Ok(MultimodalInput {
+        input_ids: rows(files, "input_ids")?,
+        attention_mask: Some(rows(files, "attention_mask")?),
+        pixel_values,
+        audio,
+        labels: if with_labels {
+            Some(rows(files, "labels")?)
+        } else {
+            None
+        },
+    })
+}
+
+/// `image`, `audio`, `multimodal`: every output tensor and every parameter's gradient.
+pub fn forward_backward<B: AutodiffBackend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<Vec<Check>, ParityError> {
+    let meta = read_meta(dir)?;
+    let outputs = open(dir, "outputs.safetensors")?;
+    let model = Gemma3nForConditionalGeneration::<B>::from_pretrained(dir, device, DType::F32)
+        .map_err(model_err(dir))?;
+    let input = inputs::<B>(&open(dir, "inputs.safetensors")?, device, true)?;
+    let opts = ForwardOptions {
+        output_hidden_states: true,
+        trace: true,
+        training: false,
+    };
+    let out = model.forward(&input, opts).map_err(model_err(dir))?;
+
+    let mut checks = Vec::new();
+    for name in outputs.names().filter(|n| !n.starts_with("grad.")) {
+        let tol = forward_tolerance(name).unwrap_or(match name {
+            "audio_tower_mask" => Tolerance::Exact,
+            _ => EMBED,
+        });
+        let got = match name {
+            "logits" => Some(values(out.logits.clone())),
+            "loss" => out.loss.clone().map(|l| (values(l).0, vec![])),
+            "last_hidden_state" => Some(values(out.text.last_hidden_state.clone())),
+            "inputs_embeds" => Some(values(out.text.inputs_embeds.clone())),
+            "per_layer_inputs" => Some(values(out.text.per_layer_inputs.clone())),
+            "per_layer_token_embeds" => Some(values(out.per_layer_token_embeds.clone())),
+            "image_features" => out.image_features.clone().map(values),
+            "audio_features" => out.audio_features.clone().map(values),
+            "vision_tower_output" => out.vision.as_ref().map(|v| values(v.features.clone())),
+            "audio_tower_output" => out.audio.as_ref().map(|a| values(a.encodings.clone())),
+            "audio_tower_mask" => out.audio.as_ref().map(|a| {
+                (
+                    a.padding
+                        .iter()
+                        .flatten()
+                        .map(|&p| if p { 1.0 } else { 0.0 })
+                        .collect(),
+                    vec![a.padding.len(), a.padding[0].len()],
+                )
+            }),
+            n if n.starts_with("hidden_states.") => n["hidden_states.".len()..]
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| out.text.hidden_states.get(i).cloned())
+                .map(values),
+            n if n.starts_with("trace.text.") => out.text.traces.get(n).cloned().map(values),
+            n if n.starts_with("trace.vision.") => out
+                .vision
+                .as_ref()
+                .and_then(|v| v.traces.get(n).cloned())
+                .map(values),
+            n if n.starts_with("trace.audio.") => out
+                .audio
+                .as_ref()
+                .and_then(|a| a.traces.get(n).cloned())
+                .map(values),
+            _ => None,
+        };
+        match got {
+            Some(g) => checks.push(check(name, g, &outputs, tol)?),
+            None => checks.push(Check::failed(
+                name,
+                tol,
+                "the model produced no such tensor",
+            )),
+        }
+    }
+
+    let loss = out.loss.ok_or_else(|| ParityError::Case {
+        path: dir.into(),
+        message: "no labelled token".into(),
+    })?;
+    let grads = loss.backward();
+    let zero_or_none: BTreeSet<String> = string_list(&meta, "grad_params_zero")
+        .union(&string_list(&meta, "grad_params_none"))
+        .cloned()
+        .collect();
+    let params = model.params();
+    let ours: BTreeSet<&str> = params.keys().into_iter().collect();
+    for (key, p) in &params.entries {
+        let name = format!("grad.{key}");
+        let g = p.hf_grad(&grads);
+        if outputs.contains(&name) {
+            match g {
+                Some(g) => checks.push(check(&name, data_values(g), &outputs, GRAD)?),
+                None => checks.push(Check::failed(
+                    &name,
+                    GRAD,
+                    "no gradient reached this parameter",
+                )),
+            }
+        } else if zero_or_none.contains(key.as_str()) {
+            let (v, shape) = g
+                .map(data_values)
+                .unwrap_or_else(|| (vec![0.0; p.numel()], p.hf_shape()));
+            let zeros = vec![0.0; v.len()];
+            checks.push(compare(
+                format!("{name} (zero in reference)"),
+                &v,
+                &shape,
+                &zeros,
+                &shape,
+                Tolerance::Exact,
+            ));
+        } else {
+            checks.push(Check::failed(
+                &name,
+                GRAD,
+                "the reference neither has this gradient nor lists it as zero",
+            ));
+        }
+    }
+    for name in outputs.names().filter(|n| n.starts_with("grad.")) {
+        if !ours.contains(&name["grad.".len()..]) {
+            checks.push(Check::failed(
+                name,
+                GRAD,
+                "the reference has a gradient for a parameter the model lacks",
+            ));
+        }
+    }
+    let _ = HIDDEN;
+    Ok(checks)
+}
+
+/// `generate_multimodal`: greedy ids exactly, cached step logits, and uncached recomputation.
+pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>, ParityError> {
+    let meta = read_meta(dir)?;
+    let outputs = open(dir, "outputs.safetensors")?;
+    let model = Gemma3nForConditionalGeneration::<B>::from_pretrained(dir, device, DType::F32)
+        .map_err(model_err(dir))?;
+    let prompt = inputs::<B>(&open(dir, "inputs.safetensors")?, device, false)?;
+    let want = rows(&outputs, "generated_ids")?;
+    let max_new = meta
+        .get("max_new_tokens")
+        .and_then(|v| v.as_u64())
+        .map_or(want[0].len(), |v| v as usize);
+    let stop_ids: Vec<i64> = match meta.pointer("/generate_kwargs/eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_i64()).collect(),
+        _ => vec![],
+    };
+    let cfg = GenerationConfig {
+        max_new_tokens: max_new,
+        do_sample: false,
+        stop_ids,
+        ..Default::default()
+    };
+    let greedy = model
+        .generate(&prompt, &cfg, |_| {})
+        .map_err(model_err(dir))?;
+    let as_f64 = |r: &Vec<Vec<i64>>| -> (Vec<f64>, Vec<usize>) {
+        (
+            r.iter().flatten().map(|&x| x as f64).collect(),
+            vec![r.len(), r[0].len()],
+        )
+    };
+    let mut checks = vec![
+        check(
+            "generated_ids",
+            as_f64(&greedy.generated),
+            &outputs,
+            Tolerance::Exact,
+        )?,
+        check(
+            "sequences",
+            as_f64(&greedy.sequences),
+            &outputs,
+            Tolerance::Exact,
+        )?,
+        check(
+            "step_logits",
+            values(Tensor::stack::<3>(greedy.step_logits.clone(), 1)),
+            &outputs,
+            LOGITS,
+        )?,
+    ];
+    let p = prompt.input_ids[0].len();
+    let seq: Vec<Vec<i64>> = greedy
+        .sequences
+        .iter()
+        .map(|r| r[..r.len() - 1].to_vec())
+        .collect();
+    let full = MultimodalInput {
+        input_ids: seq.clone(),
+        attention_mask: Some(vec![vec![1; seq[0].len()]; seq.len()]),
+        labels: None,
+        ..prompt
+    };
+    let out = model
+        .forward(&full, ForwardOptions::default())
+        .map_err(model_err(dir))?;
+    let n = seq[0].len() - (p - 1);
+    checks.push(check(
+        "nocache_logits",
+        values(out.logits.narrow(1, p - 1, n)),
+        &outputs,
+        LOGITS,
+    )?);
+    Ok(checks)
+}
