@@ -52,19 +52,28 @@ fn feature_extractor_matches() {
     );
 }
 
+/// The `audio` case through the full model: tower output and mask, every block, the audio
+/// features and the 202 gradients the reference lists.
 #[test]
-fn tower_output_mask_and_blocks_match() {
+fn audio_case_matches_including_every_gradient() {
     let names: Vec<String> = checks("audio").into_iter().map(|c| c.name).collect();
-    assert_eq!(
-        names,
-        [
-            "audio_tower_mask",
-            "audio_tower_output",
-            "trace.audio.conformer0",
-            "trace.audio.conformer1",
-            "trace.audio.subsample"
-        ]
-    );
+    for must in [
+        "audio_tower_output",
+        "audio_tower_mask",
+        "audio_features",
+        "trace.audio.subsample",
+        "trace.audio.conformer0",
+        "trace.audio.conformer1",
+        "logits",
+        "loss",
+    ] {
+        assert!(names.iter().any(|n| n == must), "{must} not checked");
+    }
+    let grads = names
+        .iter()
+        .filter(|n| n.starts_with("grad.") && !n.ends_with("(zero in reference)"))
+        .count();
+    assert_eq!(grads, 202);
 }
 
 /// Minimal float32 WAV writer for the round trip below.
