@@ -9,6 +9,7 @@ pub mod config;
 pub mod embedder;
 pub mod error;
 pub mod generate;
+pub mod hub;
 pub mod model;
 
 pub use automodel_text::ForwardOptions;

@@ -220,6 +220,17 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
         Self::from_files(&files, &cfg, device, dtype)
     }
 
+    /// Load a model by Hugging Face Hub repo id (`org/name`, revision default `main`): the local
+    /// Hub cache first, then a download with the `hub` feature (see [`crate::hub`]).
+    pub fn from_hub(
+        repo: &str,
+        revision: Option<&str>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        Self::from_pretrained(crate::hub::resolve(repo, revision)?, device, dtype)
+    }
+
     /// Load from opened checkpoint files; one error lists every missing, unexpected or
     /// mis-shaped key of every component.
     pub fn from_files(

@@ -1,0 +1,66 @@
+//! Loading by Hub repo id from the local Hugging Face cache (no network).
+
+mod common;
+
+use automodel::{ForwardOptions, Gemma3nForConditionalGeneration, MultimodalInput};
+use automodel_core::CpuBackend as B;
+use burn::tensor::DType;
+use common::case;
+
+#[test]
+fn repo_ids_resolve_through_the_local_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let base = cache.path().join("models--tiny-org--gemma-3n-tiny");
+    let snap = base.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(base.join("refs")).unwrap();
+    std::fs::write(base.join("refs/main"), "0123abcd").unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(case("multimodal").join(f), snap.join(f)).unwrap();
+    }
+    // SAFETY: this test binary has a single test; nothing else reads the environment concurrently.
+    unsafe {
+        std::env::set_var("HF_HUB_CACHE", cache.path());
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+    }
+    let dev = Default::default();
+    let m = Gemma3nForConditionalGeneration::<B>::from_hub(
+        "tiny-org/gemma-3n-tiny",
+        None,
+        &dev,
+        DType::F32,
+    )
+    .unwrap();
+    let local =
+        Gemma3nForConditionalGeneration::<B>::from_pretrained(case("multimodal"), &dev, DType::F32)
+            .unwrap();
+    let ids = vec![vec![2i64, 105, 130, 131, 107]];
+    let a = m
+        .forward(
+            &MultimodalInput::text(ids.clone()),
+            ForwardOptions::default(),
+        )
+        .unwrap()
+        .logits;
+    let b = local
+        .forward(&MultimodalInput::text(ids), ForwardOptions::default())
+        .unwrap()
+        .logits;
+    assert_eq!(
+        a.into_data().to_vec::<f32>().unwrap(),
+        b.into_data().to_vec::<f32>().unwrap()
+    );
+
+    let err =
+        Gemma3nForConditionalGeneration::<B>::from_hub("tiny-org/absent", None, &dev, DType::F32)
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("not in the local Hub cache") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+    let err = Gemma3nForConditionalGeneration::<B>::from_hub("not a repo", None, &dev, DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a Hub repo id"), "{err}");
+}
