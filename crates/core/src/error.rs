@@ -15,6 +15,8 @@ pub enum KeyProblem {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    /// The tensor exists but its data cannot be read.
+    Unreadable { key: String, message: String },
     /// The stored dtype is not a float type we can read.
     Dtype { key: String, found: String },
 }
@@ -33,6 +35,7 @@ impl std::fmt::Display for KeyProblem {
             } => {
                 write!(f, "`{key}` has shape {found:?}, expected {expected:?}")
             }
+            KeyProblem::Unreadable { key, message } => write!(f, "`{key}` cannot be read: {message}"),
             KeyProblem::Dtype { key, found } => {
                 write!(
                     f,

@@ -306,13 +306,37 @@ impl SafeTensorsFiles {
     }
 }
 
+/// Anything that holds named float tensors: safetensors files, a GGUF file, an in-memory map.
+pub trait TensorSource {
+    /// Every tensor name.
+    fn tensor_names(&self) -> Vec<String>;
+    /// Shape of `name`, if present.
+    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The values of `name` as float [`TensorData`] (any float dtype).
+    fn tensor_data(&self, name: &str) -> Result<TensorData, WeightError>;
+}
+
+impl TensorSource for SafeTensorsFiles {
+    fn tensor_names(&self) -> Vec<String> {
+        self.names().map(String::from).collect()
+    }
+
+    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.shape(name).map(|s| s.to_vec())
+    }
+
+    fn tensor_data(&self, name: &str) -> Result<TensorData, WeightError> {
+        self.float_data(name)
+    }
+}
+
 /// Hands checkpoint tensors to model constructors and collects every mismatch.
 ///
 /// Keys are given relative to a prefix (e.g. `model.language_model.`). Constructors ask for
 /// tensors with their expected shape; a problem is recorded and a zero tensor returned so that
 /// construction can continue and [`WeightLoader::finish`] can report everything at once.
 pub struct WeightLoader<'a, B: Backend> {
-    files: &'a SafeTensorsFiles,
+    files: &'a dyn TensorSource,
     prefix: String,
     device: B::Device,
     dtype: DType,
@@ -323,7 +347,7 @@ pub struct WeightLoader<'a, B: Backend> {
 impl<'a, B: Backend> WeightLoader<'a, B> {
     /// A loader that reads keys `{prefix}{name}` and creates tensors of `dtype` on `device`.
     pub fn new(
-        files: &'a SafeTensorsFiles,
+        files: &'a dyn TensorSource,
         prefix: impl Into<String>,
         device: &B::Device,
         dtype: DType,
@@ -355,7 +379,7 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
 
     /// Whether `{prefix}{name}` exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.files.contains(&format!("{}{name}", self.prefix))
+        self.files.tensor_shape(&format!("{}{name}", self.prefix)).is_some()
     }
 
     /// Mark `{prefix}{name}` as known (used or deliberately ignored).
@@ -375,7 +399,7 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
     fn try_tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Option<Tensor<B, D>> {
         let key = format!("{}{name}", self.prefix);
         self.used.borrow_mut().insert(key.clone());
-        let Some(found) = self.files.shape(&key) else {
+        let Some(found) = self.files.tensor_shape(&key) else {
             self.problems.borrow_mut().push(KeyProblem::Missing {
                 key,
                 expected: shape.to_vec(),
@@ -390,7 +414,7 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
             });
             return None;
         }
-        match self.files.float_data(&key) {
+        match self.files.tensor_data(&key) {
             Ok(data) => Some(Tensor::from_data(
                 data.convert_dtype(self.dtype),
                 (&self.device, self.dtype),
@@ -399,7 +423,10 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
                 self.problems.borrow_mut().extend(problems);
                 None
             }
-            Err(_) => unreachable!("the key exists"),
+            Err(e) => {
+                self.problems.borrow_mut().push(KeyProblem::Unreadable { key, message: e.to_string() });
+                None
+            }
         }
     }
 
@@ -413,7 +440,8 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
     pub fn finish(self, ignore: impl Fn(&str) -> bool) -> Result<(), WeightError> {
         let used = self.used.into_inner();
         let mut problems = self.problems.into_inner();
-        for name in self.files.names() {
+        for name in self.files.tensor_names() {
+            let name = name.as_str();
             if let Some(rel) = name.strip_prefix(&self.prefix)
                 && !used.contains(name)
                 && !ignore(rel)

@@ -1,0 +1,123 @@
+//! Gemma 3 in GGUF: llama.cpp names → Hugging Face names, the config from the metadata, and a
+//! [`TensorSource`] that serves dequantized tensors under HF names.
+
+use std::collections::BTreeMap;
+
+use automodel_core::WeightError;
+use automodel_core::error::KeyProblem;
+use automodel_core::weights::TensorSource;
+use burn::tensor::TensorData;
+
+use crate::reader::{GgufError, GgufFile};
+
+/// The HF name of a llama.cpp Gemma tensor, and whether it is a norm weight that the converter
+/// stored as `1 + w` (HF keeps `w`; Gemma 3 norms compute `x · (1 + w)`).
+pub fn hf_name(gguf: &str) -> Option<(String, bool)> {
+    if gguf == "token_embd.weight" {
+        return Some(("model.embed_tokens.weight".into(), false));
+    }
+    if gguf == "output_norm.weight" {
+        return Some(("model.norm.weight".into(), true));
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (idx, tail) = rest.split_once('.')?;
+    idx.parse::<usize>().ok()?;
+    let (name, norm) = match tail {
+        "attn_q.weight" => ("self_attn.q_proj.weight", false),
+        "attn_k.weight" => ("self_attn.k_proj.weight", false),
+        "attn_v.weight" => ("self_attn.v_proj.weight", false),
+        "attn_output.weight" => ("self_attn.o_proj.weight", false),
+        "attn_q_norm.weight" => ("self_attn.q_norm.weight", true),
+        "attn_k_norm.weight" => ("self_attn.k_norm.weight", true),
+        "attn_norm.weight" => ("input_layernorm.weight", true),
+        "post_attention_norm.weight" => ("post_attention_layernorm.weight", true),
+        "ffn_norm.weight" => ("pre_feedforward_layernorm.weight", true),
+        "post_ffw_norm.weight" => ("post_feedforward_layernorm.weight", true),
+        "ffn_gate.weight" => ("mlp.gate_proj.weight", false),
+        "ffn_up.weight" => ("mlp.up_proj.weight", false),
+        "ffn_down.weight" => ("mlp.down_proj.weight", false),
+        _ => return None,
+    };
+    Some((format!("model.layers.{idx}.{name}"), norm))
+}
+
+/// A Gemma 3 GGUF file seen as HF-named f32 tensors.
+#[derive(Debug)]
+pub struct Gemma3Gguf {
+    pub file: GgufFile,
+    /// HF name → (GGUF name, norm shift).
+    names: BTreeMap<String, (String, bool)>,
+}
+
+impl Gemma3Gguf {
+    /// Wrap a parsed file; every tensor must be a known Gemma 3 tensor.
+    pub fn new(file: GgufFile) -> Result<Self, GgufError> {
+        let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or_default();
+        if arch != "gemma3" {
+            return Err(GgufError::Format { path: file.path.clone(), message: format!("general.architecture is `{arch}`, expected `gemma3`") });
+        }
+        let mut names = BTreeMap::new();
+        for g in file.tensors.keys() {
+            let (hf, norm) = hf_name(g).ok_or_else(|| GgufError::Format { path: file.path.clone(), message: format!("unknown Gemma 3 tensor `{g}`") })?;
+            names.insert(hf, (g.clone(), norm));
+        }
+        Ok(Self { file, names })
+    }
+
+    /// The HF `Gemma3TextConfig` the metadata describes (HF field names).
+    pub fn hf_config(&self) -> Result<serde_json::Value, GgufError> {
+        let f = &self.file;
+        let err = |k: &str| GgufError::Format { path: f.path.clone(), message: format!("metadata `{k}` is missing or not a number") };
+        let u = |k: &str| f.get(k).and_then(|v| v.as_u64()).ok_or_else(|| err(k));
+        let fl = |k: &str| f.get(k).and_then(|v| v.as_f64()).ok_or_else(|| err(k));
+        let opt = |k: &str, default: u64| f.get(k).and_then(|v| v.as_u64()).unwrap_or(default);
+        let layers = u("gemma3.block_count")?;
+        let vocab = f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).ok_or_else(|| err("tokenizer.ggml.tokens"))?;
+        let head_dim = u("gemma3.attention.key_length")?;
+        // Gemma 3: every sixth layer is global.
+        let layer_types: Vec<&str> = (0..layers).map(|i| if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" }).collect();
+        Ok(serde_json::json!({
+            "model_type": "gemma3_text",
+            "vocab_size": vocab,
+            "hidden_size": u("gemma3.embedding_length")?,
+            "intermediate_size": u("gemma3.feed_forward_length")?,
+            "num_hidden_layers": layers,
+            "num_attention_heads": u("gemma3.attention.head_count")?,
+            "num_key_value_heads": u("gemma3.attention.head_count_kv")?,
+            "head_dim": head_dim,
+            "rms_norm_eps": fl("gemma3.attention.layer_norm_rms_epsilon")?,
+            "max_position_embeddings": u("gemma3.context_length")?,
+            "sliding_window": u("gemma3.attention.sliding_window")?,
+            "query_pre_attn_scalar": head_dim,
+            "rope_theta": fl("gemma3.rope.freq_base")?,
+            "rope_local_base_freq": 10000.0,
+            "layer_types": layer_types,
+            "bos_token_id": opt("tokenizer.ggml.bos_token_id", 2),
+            "eos_token_id": opt("tokenizer.ggml.eos_token_id", 1),
+            "pad_token_id": opt("tokenizer.ggml.padding_token_id", 0),
+        }))
+    }
+}
+
+impl TensorSource for Gemma3Gguf {
+    fn tensor_names(&self) -> Vec<String> {
+        self.names.keys().cloned().collect()
+    }
+
+    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        let (g, _) = self.names.get(name)?;
+        self.file.tensors.get(g).map(|t| t.shape())
+    }
+
+    fn tensor_data(&self, name: &str) -> Result<TensorData, WeightError> {
+        let (g, norm) = self.names.get(name).ok_or_else(|| WeightError::NoSuchTensor { key: name.to_string() })?;
+        let shape = self.file.tensors[g].shape();
+        let mut v = self.file.dequantize(g).map_err(|e| WeightError::Mismatch {
+            problems: vec![KeyProblem::Unreadable { key: name.to_string(), message: e.to_string() }],
+        })?;
+        if *norm {
+            v.iter_mut().for_each(|x| *x -= 1.0);
+        }
+        Ok(TensorData::new(v, shape))
+    }
+}
