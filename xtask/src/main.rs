@@ -33,15 +33,21 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask parity <golden-dir | case-dir> [--case NAME]...";
+const USAGE: &str = "usage: cargo xtask parity <golden-dir | case-dir> [--case NAME]...\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>";
 
 fn parity(args: &[String]) -> anyhow::Result<bool> {
     let mut dir: Option<PathBuf> = None;
     let mut only = Vec::new();
+    let mut model: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--case" => only.push(it.next().context("--case needs a case name")?.clone()),
+            "--model" => {
+                model = Some(PathBuf::from(
+                    it.next().context("--model needs a GGUF file")?,
+                ))
+            }
             s if s.starts_with("--") => bail!("unknown option `{s}`\n{USAGE}"),
             s => {
                 if dir.replace(PathBuf::from(s)).is_some() {
@@ -53,6 +59,23 @@ fn parity(args: &[String]) -> anyhow::Result<bool> {
     let dir = dir.context(USAGE)?;
     let device = Default::default();
     let only = (!only.is_empty()).then_some(only.as_slice());
+    if let Some(gguf) = model {
+        let checks = automodel_parity::gemma3::run::<CpuAutodiff>(&dir, &gguf, &device)
+            .with_context(|| {
+                format!(
+                    "Gemma 3 parity of {} against {}",
+                    gguf.display(),
+                    dir.display()
+                )
+            })?;
+        println!("== gemma3 ({} with {})", dir.display(), gguf.display());
+        let failed = checks.iter().filter(|c| !c.passed).count();
+        for c in &checks {
+            println!("{c}");
+        }
+        println!("{} passed, {failed} failed", checks.len() - failed);
+        return Ok(failed == 0);
+    }
     let reports = automodel_parity::run::<CpuAutodiff>(&dir, &device, only)
         .with_context(|| format!("parity run over {}", dir.display()))?;
     let (mut passed, mut failed) = (0usize, 0usize);

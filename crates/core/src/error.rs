@@ -35,7 +35,9 @@ impl std::fmt::Display for KeyProblem {
             } => {
                 write!(f, "`{key}` has shape {found:?}, expected {expected:?}")
             }
-            KeyProblem::Unreadable { key, message } => write!(f, "`{key}` cannot be read: {message}"),
+            KeyProblem::Unreadable { key, message } => {
+                write!(f, "`{key}` cannot be read: {message}")
+            }
             KeyProblem::Dtype { key, found } => {
                 write!(
                     f,

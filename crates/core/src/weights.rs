@@ -379,7 +379,9 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
 
     /// Whether `{prefix}{name}` exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.files.tensor_shape(&format!("{}{name}", self.prefix)).is_some()
+        self.files
+            .tensor_shape(&format!("{}{name}", self.prefix))
+            .is_some()
     }
 
     /// Mark `{prefix}{name}` as known (used or deliberately ignored).
@@ -424,7 +426,10 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
                 None
             }
             Err(e) => {
-                self.problems.borrow_mut().push(KeyProblem::Unreadable { key, message: e.to_string() });
+                self.problems.borrow_mut().push(KeyProblem::Unreadable {
+                    key,
+                    message: e.to_string(),
+                });
                 None
             }
         }

@@ -10,15 +10,32 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 
 /// Dequantize `n` values of type `ty` stored in `bytes`.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
-    let (per, size) = ty.block().ok_or_else(|| format!("ggml type {ty:?} is not supported"))?;
-    if n % per != 0 || bytes.len() != n / per * size {
-        return Err(format!("{} bytes do not hold {n} {ty:?} values", bytes.len()));
+    let (per, size) = ty
+        .block()
+        .ok_or_else(|| format!("ggml type {ty:?} is not supported"))?;
+    if !n.is_multiple_of(per) || bytes.len() != n / per * size {
+        return Err(format!(
+            "{} bytes do not hold {n} {ty:?} values",
+            bytes.len()
+        ));
     }
     let mut out = Vec::with_capacity(n);
     match ty {
-        GgmlType::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()))),
-        GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
-        GgmlType::Bf16 => out.extend(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        GgmlType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+        ),
+        GgmlType::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        GgmlType::Bf16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
         GgmlType::Q8_0 => {
             for b in bytes.chunks_exact(34) {
                 let d = f16_at(b, 0);
@@ -86,7 +103,11 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Stri
                 }
             }
         }
-        other => return Err(format!("ggml type {other:?} is not supported (F32, F16, BF16, Q8_0, Q5_0, Q4_K, Q6_K are)")),
+        other => {
+            return Err(format!(
+                "ggml type {other:?} is not supported (F32, F16, BF16, Q8_0, Q5_0, Q4_K, Q6_K are)"
+            ));
+        }
     }
     Ok(out)
 }
@@ -96,7 +117,10 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 

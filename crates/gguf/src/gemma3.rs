@@ -52,13 +52,22 @@ pub struct Gemma3Gguf {
 impl Gemma3Gguf {
     /// Wrap a parsed file; every tensor must be a known Gemma 3 tensor.
     pub fn new(file: GgufFile) -> Result<Self, GgufError> {
-        let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or_default();
+        let arch = file
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         if arch != "gemma3" {
-            return Err(GgufError::Format { path: file.path.clone(), message: format!("general.architecture is `{arch}`, expected `gemma3`") });
+            return Err(GgufError::Format {
+                path: file.path.clone(),
+                message: format!("general.architecture is `{arch}`, expected `gemma3`"),
+            });
         }
         let mut names = BTreeMap::new();
         for g in file.tensors.keys() {
-            let (hf, norm) = hf_name(g).ok_or_else(|| GgufError::Format { path: file.path.clone(), message: format!("unknown Gemma 3 tensor `{g}`") })?;
+            let (hf, norm) = hf_name(g).ok_or_else(|| GgufError::Format {
+                path: file.path.clone(),
+                message: format!("unknown Gemma 3 tensor `{g}`"),
+            })?;
             names.insert(hf, (g.clone(), norm));
         }
         Ok(Self { file, names })
@@ -67,15 +76,30 @@ impl Gemma3Gguf {
     /// The HF `Gemma3TextConfig` the metadata describes (HF field names).
     pub fn hf_config(&self) -> Result<serde_json::Value, GgufError> {
         let f = &self.file;
-        let err = |k: &str| GgufError::Format { path: f.path.clone(), message: format!("metadata `{k}` is missing or not a number") };
+        let err = |k: &str| GgufError::Format {
+            path: f.path.clone(),
+            message: format!("metadata `{k}` is missing or not a number"),
+        };
         let u = |k: &str| f.get(k).and_then(|v| v.as_u64()).ok_or_else(|| err(k));
         let fl = |k: &str| f.get(k).and_then(|v| v.as_f64()).ok_or_else(|| err(k));
         let opt = |k: &str, default: u64| f.get(k).and_then(|v| v.as_u64()).unwrap_or(default);
         let layers = u("gemma3.block_count")?;
-        let vocab = f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).ok_or_else(|| err("tokenizer.ggml.tokens"))?;
+        let vocab = f
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(|a| a.len())
+            .ok_or_else(|| err("tokenizer.ggml.tokens"))?;
         let head_dim = u("gemma3.attention.key_length")?;
         // Gemma 3: every sixth layer is global.
-        let layer_types: Vec<&str> = (0..layers).map(|i| if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" }).collect();
+        let layer_types: Vec<&str> = (0..layers)
+            .map(|i| {
+                if (i + 1) % 6 == 0 {
+                    "full_attention"
+                } else {
+                    "sliding_attention"
+                }
+            })
+            .collect();
         Ok(serde_json::json!({
             "model_type": "gemma3_text",
             "vocab_size": vocab,
@@ -110,10 +134,18 @@ impl TensorSource for Gemma3Gguf {
     }
 
     fn tensor_data(&self, name: &str) -> Result<TensorData, WeightError> {
-        let (g, norm) = self.names.get(name).ok_or_else(|| WeightError::NoSuchTensor { key: name.to_string() })?;
+        let (g, norm) = self
+            .names
+            .get(name)
+            .ok_or_else(|| WeightError::NoSuchTensor {
+                key: name.to_string(),
+            })?;
         let shape = self.file.tensors[g].shape();
         let mut v = self.file.dequantize(g).map_err(|e| WeightError::Mismatch {
-            problems: vec![KeyProblem::Unreadable { key: name.to_string(), message: e.to_string() }],
+            problems: vec![KeyProblem::Unreadable {
+                key: name.to_string(),
+                message: e.to_string(),
+            }],
         })?;
         if *norm {
             v.iter_mut().for_each(|x| *x -= 1.0);

@@ -10,7 +10,10 @@ use memmap2::Mmap;
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
 }
@@ -172,7 +175,10 @@ pub struct GgufFile {
 
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufFile").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("tensors", &self.tensors.len())
+            .finish()
     }
 }
 
@@ -184,11 +190,18 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn err(&self, message: impl Into<String>) -> GgufError {
-        GgufError::Format { path: self.path.to_path_buf(), message: format!("{} (at byte {})", message.into(), self.pos) }
+        GgufError::Format {
+            path: self.path.to_path_buf(),
+            message: format!("{} (at byte {})", message.into(), self.pos),
+        }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], GgufError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| self.err("the file is truncated"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| self.err("the file is truncated"))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -252,14 +265,30 @@ impl GgufFile {
     /// Open and parse a GGUF file (versions 2 and 3).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| GgufError::Io { path: path.clone(), source })?;
+        let file = File::open(&path).map_err(|source| GgufError::Io {
+            path: path.clone(),
+            source,
+        })?;
         // SAFETY: read-only map of a file we do not modify.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| GgufError::Io { path: path.clone(), source })?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| GgufError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let (version, metadata, tensors) = {
-            let mut c = Cursor { buf: &map, pos: 0, path: &path };
-            let magic = c.take(4).map_err(|_| GgufError::Format { path: path.clone(), message: "too short for a GGUF file".into() })?;
+            let mut c = Cursor {
+                buf: &map,
+                pos: 0,
+                path: &path,
+            };
+            let magic = c.take(4).map_err(|_| GgufError::Format {
+                path: path.clone(),
+                message: "too short for a GGUF file".into(),
+            })?;
             if magic != b"GGUF" {
-                return Err(GgufError::Format { path: path.clone(), message: format!("bad magic {magic:?}; not a GGUF file") });
+                return Err(GgufError::Format {
+                    path: path.clone(),
+                    message: format!("bad magic {magic:?}; not a GGUF file"),
+                });
             }
             let version = c.u32()?;
             if !(2..=3).contains(&version) {
@@ -274,16 +303,23 @@ impl GgufFile {
                 let v = c.value(ty, 0)?;
                 metadata.insert(k, v);
             }
-            let alignment = metadata.get("general.alignment").and_then(|v| v.as_u64()).unwrap_or(32) as usize;
+            let alignment = metadata
+                .get("general.alignment")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(32) as usize;
             if alignment == 0 || !alignment.is_power_of_two() {
-                return Err(c.err(format!("general.alignment {alignment} is not a power of two")));
+                return Err(c.err(format!(
+                    "general.alignment {alignment} is not a power of two"
+                )));
             }
             let mut raw = Vec::with_capacity(n_tensors.min(1 << 16));
             for _ in 0..n_tensors {
                 let name = c.string()?;
                 let nd = c.u32()? as usize;
                 if nd == 0 || nd > 4 {
-                    return Err(c.err(format!("tensor `{name}` has {nd} dimensions (1 to 4 expected)")));
+                    return Err(c.err(format!(
+                        "tensor `{name}` has {nd} dimensions (1 to 4 expected)"
+                    )));
                 }
                 let mut dims = Vec::with_capacity(nd);
                 for _ in 0..nd {
@@ -296,27 +332,55 @@ impl GgufFile {
             let data_start = c.pos.div_ceil(alignment) * alignment;
             let mut tensors = BTreeMap::new();
             for (name, dims, ty, offset) in raw {
-                let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| c.err(format!("tensor `{name}` is too large")))?;
+                let numel = dims
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .ok_or_else(|| c.err(format!("tensor `{name}` is too large")))?;
                 let bytes = match ty.block() {
                     Some((per, size)) => {
-                        if numel % per != 0 {
+                        if !numel.is_multiple_of(per) {
                             return Err(c.err(format!("tensor `{name}` has {numel} elements, not a multiple of the {ty:?} block")));
                         }
                         numel / per * size
                     }
                     None => 0,
                 };
-                let start = data_start.checked_add(offset as usize).ok_or_else(|| c.err("tensor offset overflows"))?;
-                let end = start.checked_add(bytes).filter(|&e| e <= map.len()).ok_or_else(|| {
-                    GgufError::Format { path: path.clone(), message: format!("tensor `{name}` points past the end of the file (truncated?)") }
-                })?;
-                if tensors.insert(name.clone(), TensorInfo { dims, ggml_type: ty, start, end }).is_some() {
+                let start = data_start
+                    .checked_add(offset as usize)
+                    .ok_or_else(|| c.err("tensor offset overflows"))?;
+                let end = start
+                    .checked_add(bytes)
+                    .filter(|&e| e <= map.len())
+                    .ok_or_else(|| GgufError::Format {
+                        path: path.clone(),
+                        message: format!(
+                            "tensor `{name}` points past the end of the file (truncated?)"
+                        ),
+                    })?;
+                if tensors
+                    .insert(
+                        name.clone(),
+                        TensorInfo {
+                            dims,
+                            ggml_type: ty,
+                            start,
+                            end,
+                        },
+                    )
+                    .is_some()
+                {
                     return Err(c.err(format!("tensor `{name}` appears twice")));
                 }
             }
             (version, metadata, tensors)
         };
-        Ok(Self { path, map, version, metadata, tensors })
+        Ok(Self {
+            path,
+            map,
+            version,
+            metadata,
+            tensors,
+        })
     }
 
     /// A metadata value.
@@ -331,8 +395,15 @@ impl GgufFile {
 
     /// Dequantize tensor `name` to f32 values in PyTorch (row-major) order.
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>, GgufError> {
-        let info = self.tensors.get(name).ok_or_else(|| GgufError::Format { path: self.path.clone(), message: format!("no tensor `{name}`") })?;
-        crate::dequant::dequantize(info.ggml_type, self.bytes(info), info.numel())
-            .map_err(|m| GgufError::Format { path: self.path.clone(), message: format!("tensor `{name}`: {m}") })
+        let info = self.tensors.get(name).ok_or_else(|| GgufError::Format {
+            path: self.path.clone(),
+            message: format!("no tensor `{name}`"),
+        })?;
+        crate::dequant::dequantize(info.ggml_type, self.bytes(info), info.numel()).map_err(|m| {
+            GgufError::Format {
+                path: self.path.clone(),
+                message: format!("tensor `{name}`: {m}"),
+            }
+        })
     }
 }

@@ -8,6 +8,7 @@
 
 mod audio;
 mod compare;
+pub mod gemma3;
 mod multimodal;
 mod text;
 mod vision;

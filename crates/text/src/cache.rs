@@ -23,9 +23,9 @@ pub struct KvCache<B: Backend> {
     windows: Vec<Option<usize>>,
     owners: Vec<bool>,
     /// Attention mask (1 = real token) of every position seen, per batch row.
-    pub(crate) mask: Vec<Vec<i64>>,
+    pub mask: Vec<Vec<i64>>,
     /// Position id of the last token seen, per batch row.
-    pub(crate) last_position: Vec<i64>,
+    pub last_position: Vec<i64>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -49,6 +49,18 @@ impl<B: Backend> KvCache<B> {
                 .iter()
                 .map(|m| !matches!(m, KvSharing::Reuse { .. }))
                 .collect(),
+            mask: Vec::new(),
+            last_position: Vec::new(),
+        }
+    }
+
+    /// An empty cache for a plain decoder: one entry per layer, `Some(window)` for sliding layers.
+    pub fn for_layers(windows: Vec<Option<usize>>) -> Self {
+        let n = windows.len();
+        Self {
+            layers: vec![None; n],
+            windows,
+            owners: vec![true; n],
             mask: Vec::new(),
             last_position: Vec::new(),
         }
@@ -80,7 +92,7 @@ impl<B: Backend> KvCache<B> {
 
     /// Append `k`, `v` `[B, NKV, T, D]` for `layer` and return all keys/values the current tokens
     /// attend over (cached ones first). Sliding layers then keep only the last `window − 1`.
-    pub(crate) fn update(
+    pub fn update(
         &mut self,
         layer: usize,
         k: Tensor<B, 4>,

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod gemma3;
 pub mod generate;
 pub mod laurel;
 pub mod layer;

@@ -1,0 +1,196 @@
+//! The real Gemma 3 270M (`golden-gemma3-270m`, made by `make_gemma3_270m_golden.py`): the GGUF
+//! file dequantized and run by [`Gemma3ForCausalLM`], against Hugging Face's outputs.
+
+use std::path::Path;
+
+use automodel_core::weights::SafeTensorsFiles;
+use automodel_gguf::GgufFile;
+use automodel_gguf::gemma3::Gemma3Gguf;
+use automodel_text::gemma3::{Gemma3ForCausalLM, Gemma3TextConfig};
+use automodel_text::generate::ids_tensor;
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::compare::{Check, Tolerance, compare};
+use crate::text::{data_values, reference, values};
+use crate::{ParityError, open, read_meta};
+
+/// "within 1e-3 of the reference's largest magnitude"
+const REL_MAX: Tolerance = Tolerance::RelMax {
+    rel: 1e-3,
+    abs: 0.0,
+};
+const LOSS: Tolerance = Tolerance::Elementwise {
+    atol: 0.0,
+    rtol: 1e-4,
+};
+
+fn ids_of(files: &SafeTensorsFiles, name: &str) -> Result<Vec<i64>, ParityError> {
+    Ok(files.to_i64_vec(name)?)
+}
+
+/// Load the GGUF as a Gemma 3 model.
+pub fn load<B: Backend>(
+    gguf: &Path,
+    device: &B::Device,
+) -> Result<Gemma3ForCausalLM<B>, ParityError> {
+    let err = |m: String| ParityError::Case {
+        path: gguf.to_path_buf(),
+        message: m,
+    };
+    let file = GgufFile::open(gguf).map_err(|e| err(e.to_string()))?;
+    let src = Gemma3Gguf::new(file).map_err(|e| err(e.to_string()))?;
+    let cfg = Gemma3TextConfig::from_value(&src.hf_config().map_err(|e| err(e.to_string()))?)?;
+    Ok(Gemma3ForCausalLM::from_source(
+        &src,
+        &cfg,
+        device,
+        DType::F32,
+    )?)
+}
+
+/// Every check of the folder against the model in `gguf`.
+pub fn run<B: AutodiffBackend>(
+    dir: &Path,
+    gguf: &Path,
+    device: &B::Device,
+) -> Result<Vec<Check>, ParityError> {
+    let meta = read_meta(dir)?;
+    let outputs = open(dir, "outputs.safetensors")?;
+    let model = load::<B>(gguf, device)?;
+    let mut checks = Vec::new();
+    let n_prompts = meta
+        .get("prompts")
+        .and_then(|p| p.as_array())
+        .map_or(0, |a| a.len());
+    for i in 0..n_prompts {
+        let p = format!("prompt{i}");
+        let ids = ids_of(&outputs, &format!("{p}.input_ids"))?;
+        let t = ids.len();
+        let out = model.forward(
+            ids_tensor::<B>(std::slice::from_ref(&ids), device),
+            None,
+            None,
+            None,
+            None,
+        )?;
+        let logits = out.logits.inner();
+        let v = logits.dims()[2];
+        let (all, _) = values(logits.clone());
+        // top-10 ids at every position, exactly
+        let (want_top, top_shape) = reference(&outputs, &format!("{p}.top10_ids"))?;
+        let mut got_top = Vec::with_capacity(t * 10);
+        let mut lse = Vec::with_capacity(t);
+        for pos in 0..t {
+            let row = &all[pos * v..(pos + 1) * v];
+            let mut idx: Vec<usize> = (0..v).collect();
+            idx.select_nth_unstable_by(10, |a, b| row[*b].partial_cmp(&row[*a]).unwrap());
+            let mut top: Vec<usize> = idx[..10].to_vec();
+            top.sort_by(|a, b| row[*b].partial_cmp(&row[*a]).unwrap().then(a.cmp(b)));
+            got_top.extend(top.iter().map(|&x| x as f64));
+            let m = row.iter().cloned().fold(f64::MIN, f64::max);
+            lse.push(m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln());
+        }
+        checks.push(compare(
+            format!("{p}.top10_ids"),
+            &got_top,
+            &[t, 10],
+            &want_top,
+            &top_shape,
+            Tolerance::Exact,
+        ));
+        let (want_lse, ls) = reference(&outputs, &format!("{p}.logsumexp"))?;
+        checks.push(compare(
+            format!("{p}.logsumexp"),
+            &lse,
+            &[t],
+            &want_lse,
+            &ls,
+            REL_MAX,
+        ));
+        let last = all[(t - 1) * v..t * v].to_vec();
+        let (want_last, ws) = reference(&outputs, &format!("{p}.last_logits"))?;
+        checks.push(compare(
+            format!("{p}.last_logits"),
+            &last,
+            &[v],
+            &want_last,
+            &ws,
+            REL_MAX,
+        ));
+        let want_greedy = ids_of(&outputs, &format!("{p}.greedy_ids"))?;
+        let inner = burn::module::AutodiffModule::valid(&model);
+        let greedy = inner.generate_greedy(&ids, want_greedy.len(), &[], |_| {})?;
+        let as_f = |v: &[i64]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        checks.push(compare(
+            format!("{p}.greedy_ids"),
+            &as_f(&greedy),
+            &[greedy.len()],
+            &as_f(&want_greedy),
+            &[want_greedy.len()],
+            Tolerance::Exact,
+        ));
+    }
+
+    // The paragraph: loss, hidden states and gradients.
+    let ids = ids_of(&outputs, "paragraph.input_ids")?;
+    let ids_t = ids_tensor::<B>(std::slice::from_ref(&ids), device);
+    let out = model.forward(ids_t.clone(), None, None, Some(ids_t), None)?;
+    let loss = out.loss.clone().ok_or_else(|| ParityError::Case {
+        path: dir.into(),
+        message: "no loss".into(),
+    })?;
+    let (want, ws) = reference(&outputs, "paragraph.loss")?;
+    checks.push(compare(
+        "paragraph.loss",
+        &values(loss.clone().inner()).0,
+        &[],
+        &want,
+        &ws,
+        LOSS,
+    ));
+    let h1 = values(out.layer_outputs[0].clone().inner().squeeze_dim::<2>(0));
+    let (want, ws) = reference(&outputs, "paragraph.hidden_state_layer1")?;
+    checks.push(compare(
+        "paragraph.hidden_state_layer1",
+        &h1.0,
+        &h1.1,
+        &want,
+        &ws,
+        REL_MAX,
+    ));
+    let last = values(out.last_hidden_state.clone().inner().squeeze_dim::<2>(0));
+    let (want, ws) = reference(&outputs, "paragraph.last_hidden_state")?;
+    checks.push(compare(
+        "paragraph.last_hidden_state",
+        &last.0,
+        &last.1,
+        &want,
+        &ws,
+        REL_MAX,
+    ));
+    let grads = loss.backward();
+    let params = model.params();
+    for name in outputs.names().filter(|n| n.starts_with("grad.")) {
+        let key = &name["grad.".len()..];
+        match params
+            .entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, p)| p.hf_grad(&grads))
+        {
+            Some(g) => {
+                let (want, ws) = reference(&outputs, name)?;
+                let (got, gs) = data_values(g);
+                checks.push(compare(name, &got, &gs, &want, &ws, REL_MAX));
+            }
+            None => checks.push(Check::failed(
+                name,
+                REL_MAX,
+                "no gradient for this parameter",
+            )),
+        }
+    }
+    Ok(checks)
+}
