@@ -50,6 +50,92 @@ pub fn load<B: Backend>(
     )?)
 }
 
+/// The tokenizer cases (`tokenizer_cases.json`): ids with and without `<bos>`, and decoding
+/// with special tokens skipped, all exact.
+pub fn tokenizer(dir: &Path, gguf: &Path) -> Result<Vec<Check>, ParityError> {
+    let err = |m: String| ParityError::Case {
+        path: gguf.to_path_buf(),
+        message: m,
+    };
+    let file = GgufFile::open(gguf).map_err(|e| err(e.to_string()))?;
+    let tok =
+        automodel_tokenizer::GemmaTokenizer::from_gguf(&file).map_err(|e| err(e.to_string()))?;
+    let path = dir.join("tokenizer_cases.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ParityError::Case {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let cases: serde_json::Value = serde_json::from_str(&text).map_err(|e| ParityError::Case {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let mut checks = Vec::new();
+    if let Some(v) = cases.get("vocab_size").and_then(|v| v.as_u64()) {
+        let got = tok.vocab_size() as f64;
+        checks.push(compare(
+            "tokenizer.vocab_size",
+            &[got],
+            &[1],
+            &[v as f64],
+            &[1],
+            Tolerance::Exact,
+        ));
+    }
+    let list = cases
+        .get("cases")
+        .and_then(|c| c.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for (i, c) in list.iter().enumerate() {
+        let text = c.get("text").and_then(|t| t.as_str()).unwrap_or_default();
+        let ids = |k: &str| -> Vec<f64> {
+            c.get(k)
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                .unwrap_or_default()
+        };
+        for (key, bos) in [("ids_with_bos", true), ("ids_no_special", false)] {
+            let want = ids(key);
+            let got: Vec<f64> = tok
+                .encode(text, bos)
+                .map_err(|e| err(e.to_string()))?
+                .into_iter()
+                .map(|x| x as f64)
+                .collect();
+            checks.push(compare(
+                format!("tokenizer.case{i}.{key}"),
+                &got,
+                &[got.len()],
+                &want,
+                &[want.len()],
+                Tolerance::Exact,
+            ));
+        }
+        let with_bos: Vec<u32> = ids("ids_with_bos").into_iter().map(|x| x as u32).collect();
+        let decoded = tok
+            .decode(&with_bos, true)
+            .map_err(|e| err(e.to_string()))?;
+        let want = c
+            .get("decoded")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default();
+        let mut chk = compare(
+            format!("tokenizer.case{i}.decoded"),
+            &[0.0],
+            &[1],
+            &[0.0],
+            &[1],
+            Tolerance::Exact,
+        );
+        if decoded != want {
+            chk.passed = false;
+            chk.note = Some(format!("decoded {decoded:?}, reference {want:?}"));
+        }
+        checks.push(chk);
+    }
+    Ok(checks)
+}
+
 /// Every check of the folder against the model in `gguf`.
 pub fn run<B: AutodiffBackend>(
     dir: &Path,
@@ -59,7 +145,7 @@ pub fn run<B: AutodiffBackend>(
     let meta = read_meta(dir)?;
     let outputs = open(dir, "outputs.safetensors")?;
     let model = load::<B>(gguf, device)?;
-    let mut checks = Vec::new();
+    let mut checks = tokenizer(dir, gguf)?;
     let n_prompts = meta
         .get("prompts")
         .and_then(|p| p.as_array())

@@ -1,0 +1,313 @@
+//! The Gemma tokenizer on the `tokenizers` crate.
+//!
+//! From a GGUF vocabulary it is assembled as Hugging Face assembles it (transformers'
+//! `GGUFGemmaConverter`): runs of spaces respelled as `▁`, BPE merges derived from the vocabulary
+//! (ranked by vocabulary order), byte fallback, `" " → "▁"` normalisation, and a
+//! `Replace("▁", " ") + ByteFallback + Fuse` decoder. Control tokens (`<bos>`, `<start_of_turn>`,
+//! …) are special tokens. A `tokenizer.json` can be loaded instead, and either can be saved.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use automodel_gguf::{GgufFile, GgufValue};
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::replace::Replace;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, DecoderWrapper, Tokenizer};
+
+/// Errors building, loading, saving or running the tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}
+
+fn tk(e: impl std::fmt::Display) -> TokenizerError {
+    TokenizerError::Tokenizer(e.to_string())
+}
+
+/// The Gemma tokenizer.
+#[derive(Clone)]
+pub struct GemmaTokenizer {
+    pub inner: Tokenizer,
+    pub bos_id: u32,
+    pub eos_id: u32,
+    pub pad_id: u32,
+}
+
+impl std::fmt::Debug for GemmaTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GemmaTokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .finish()
+    }
+}
+
+/// A run of spaces, as the vocabulary spells it: `▁` per space.
+fn respell(token: &str) -> String {
+    if !token.is_empty() && token.chars().all(|c| c == ' ') {
+        "▁".repeat(token.chars().count())
+    } else {
+        token.to_string()
+    }
+}
+
+/// BPE merges derived from a vocabulary, as `GGUFTokenizerSkeleton(merge_ranks_from_vocab_order=True)`
+/// derives them: every split of a token into two vocabulary pieces is a merge; merges are ordered
+/// by the token's position, and a token's own splits by the pieces' scores (higher first).
+pub fn derive_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
+    let index: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    // `vocab` in HF is a dict: a duplicated token keeps the score of its last occurrence.
+    let score = |t: &str| scores[index[t]];
+    let mut merges = Vec::new();
+    for token in tokens {
+        let mut local: Vec<(&str, &str)> = Vec::new();
+        for (i, _) in token.char_indices().skip(1) {
+            let (l, r) = token.split_at(i);
+            if index.contains_key(l) && index.contains_key(r) {
+                local.push((l, r));
+            }
+        }
+        local.sort_by(|a, b| {
+            (score(b.0), score(b.1))
+                .partial_cmp(&(score(a.0), score(a.1)))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        merges.extend(
+            local
+                .into_iter()
+                .map(|(l, r)| (l.to_string(), r.to_string())),
+        );
+    }
+    merges
+}
+
+impl GemmaTokenizer {
+    /// Build from a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
+        let path = file.path.display().to_string();
+        let bad = |m: &str| TokenizerError::File {
+            path: path.clone(),
+            message: m.to_string(),
+        };
+        match file.get("tokenizer.ggml.model").and_then(|v| v.as_str()) {
+            Some("llama") | Some("gemma4") => {}
+            other => {
+                return Err(bad(&format!(
+                    "tokenizer.ggml.model is {other:?}; expected a Gemma (sentencepiece) vocabulary"
+                )));
+            }
+        }
+        let arr = |k: &str| {
+            file.get(k)
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| bad(&format!("`{k}` is missing")))
+        };
+        let tokens: Vec<String> = arr("tokenizer.ggml.tokens")?
+            .iter()
+            .map(|v| v.as_str().map(respell))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("tokens must be strings"))?;
+        let scores: Vec<f32> = arr("tokenizer.ggml.scores")?
+            .iter()
+            .map(|v| v.as_f64().map(|x| x as f32))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("scores must be numbers"))?;
+        let types: Vec<u64> = match file.get("tokenizer.ggml.token_type") {
+            Some(GgufValue::Array(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        if scores.len() != tokens.len() || types.len() != tokens.len() {
+            return Err(bad("tokens, scores and token types differ in length"));
+        }
+        let id = |k: &str, d: u32| file.get(k).and_then(|v| v.as_u64()).map_or(d, |v| v as u32);
+        let (bos, eos, unk, pad) = (
+            id("tokenizer.ggml.bos_token_id", 2),
+            id("tokenizer.ggml.eos_token_id", 1),
+            id("tokenizer.ggml.unknown_token_id", 3),
+            id("tokenizer.ggml.padding_token_id", 0),
+        );
+        let merges = derive_merges(&tokens, &scores);
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .unk_token(
+                tokens
+                    .get(unk as usize)
+                    .cloned()
+                    .unwrap_or_else(|| "<unk>".into()),
+            )
+            .fuse_unk(true)
+            .byte_fallback(true)
+            .build()
+            .map_err(tk)?;
+        let mut inner = Tokenizer::new(bpe);
+        inner
+            .with_normalizer(Some(Replace::new(" ", "▁").map_err(tk)?))
+            .map_err(tk)?;
+        let decoder = DecoderSequence::new(vec![
+            DecoderWrapper::Replace(
+                tokenizers::normalizers::replace::Replace::new("▁", " ")
+                    .map_err(tk)?
+                    .into(),
+            ),
+            DecoderWrapper::ByteFallback(ByteFallback::default()),
+            DecoderWrapper::Fuse(Fuse::default()),
+        ]);
+        inner.with_decoder(Some(decoder));
+        // Control tokens (type 3) are special: matched whole, skipped when decoding.
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| **t == 3)
+            .map(|(s, _)| AddedToken::from(s.clone(), true))
+            .collect();
+        inner.add_special_tokens(special).map_err(tk)?;
+        let mut this = Self {
+            inner,
+            bos_id: bos,
+            eos_id: eos,
+            pad_id: pad,
+        };
+        this.set_bos_template(&tokens[bos as usize])?;
+        Ok(this)
+    }
+
+    fn set_bos_template(&mut self, bos: &str) -> Result<(), TokenizerError> {
+        let post = TemplateProcessing::builder()
+            .try_single(format!("{bos} $A"))
+            .map_err(tk)?
+            .try_pair(format!("{bos} $A $B"))
+            .map_err(tk)?
+            .special_tokens(vec![(bos.to_string(), self.bos_id)])
+            .build()
+            .map_err(tk)?;
+        self.inner.with_post_processor(Some(post));
+        Ok(())
+    }
+
+    /// Load a Hugging Face `tokenizer.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
+        let p = path.as_ref();
+        let inner = Tokenizer::from_file(p).map_err(|e| TokenizerError::File {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let id = |t: &str, d: u32| inner.token_to_id(t).unwrap_or(d);
+        let (bos_id, eos_id, pad_id) = (id("<bos>", 2), id("<eos>", 1), id("<pad>", 0));
+        Ok(Self {
+            inner,
+            bos_id,
+            eos_id,
+            pad_id,
+        })
+    }
+
+    /// Write `tokenizer.json`.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), TokenizerError> {
+        let p = path.as_ref();
+        self.inner.save(p, false).map_err(|e| TokenizerError::File {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Token ids of `text`; with `add_bos` the `<bos>` id first.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
+        Ok(self
+            .inner
+            .encode(text, add_bos)
+            .map_err(tk)?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Text of `ids` (special tokens dropped when `skip_special`).
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        self.inner.decode(ids, skip_special).map_err(tk)
+    }
+
+    /// Number of ids (base vocabulary plus added tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Gemma 3n extends the 262,144-piece Gemma vocabulary by 256 multimodal ids: 128 vision ids
+    /// from 262,144 (`<end_of_image>`, `<image_soft_token>`, then reserved) and 128 audio ids from
+    /// 262,272 (`<end_of_audio>`, `<audio_soft_token>`, then reserved). Adds them as special tokens
+    /// at exactly those ids.
+    pub fn with_gemma3n_multimodal_tokens(mut self) -> Result<Self, TokenizerError> {
+        let base = self.inner.get_vocab_size(true);
+        if base != 262_144 {
+            return Err(TokenizerError::Tokenizer(format!(
+                "expected the 262,144-id Gemma vocabulary, found {base} ids"
+            )));
+        }
+        let mut names = Vec::with_capacity(256);
+        for (offset, first, second, kind) in [
+            (0, "<end_of_image>", "<image_soft_token>", "vision"),
+            (128, "<end_of_audio>", "<audio_soft_token>", "audio"),
+        ] {
+            for i in 0..128 {
+                names.push(match i {
+                    0 => first.to_string(),
+                    1 => second.to_string(),
+                    _ => format!("<reserved_{kind}_{}>", offset + i),
+                });
+            }
+        }
+        let added: Vec<AddedToken> = names
+            .iter()
+            .map(|n| AddedToken::from(n.clone(), true))
+            .collect();
+        self.inner.add_special_tokens(added).map_err(tk)?;
+        for (i, n) in names.iter().enumerate() {
+            let want = 262_144 + i as u32;
+            if self.inner.token_to_id(n) != Some(want) {
+                return Err(TokenizerError::Tokenizer(format!(
+                    "`{n}` did not land at id {want}"
+                )));
+            }
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_follow_vocabulary_order_then_scores() {
+        let tokens: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let scores = [0.0, -1.0, -2.0, -3.0, -4.0, -5.0];
+        let m = derive_merges(&tokens, &scores);
+        assert_eq!(
+            m,
+            vec![
+                ("a".into(), "b".into()),
+                ("b".into(), "c".into()),
+                ("a".into(), "bc".into()),
+                ("ab".into(), "c".into())
+            ]
+        );
+        assert_eq!(respell("   "), "▁▁▁");
+        assert_eq!(respell("a b"), "a b");
+    }
+}
