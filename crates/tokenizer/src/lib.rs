@@ -159,11 +159,7 @@ impl GemmaTokenizer {
             .with_normalizer(Some(Replace::new(" ", "▁").map_err(tk)?))
             .map_err(tk)?;
         let decoder = DecoderSequence::new(vec![
-            DecoderWrapper::Replace(
-                tokenizers::normalizers::replace::Replace::new("▁", " ")
-                    .map_err(tk)?
-                    .into(),
-            ),
+            DecoderWrapper::Replace(Replace::new("▁", " ").map_err(tk)?),
             DecoderWrapper::ByteFallback(ByteFallback::default()),
             DecoderWrapper::Fuse(Fuse::default()),
         ]);
