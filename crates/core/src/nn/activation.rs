@@ -5,7 +5,12 @@ use burn::prelude::*;
 /// PyTorch's `gelu(approximate="tanh")` (HF `gelu_pytorch_tanh`):
 /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, in the input dtype.
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    burn::tensor::activation::gelu_approximate(x)
+    // PyTorch's kernel: kBeta·(x + kKappa·x·x·x), then 0.5·x·(1 + tanh(inner)); x³ as two
+    // multiplications (burn's `gelu_approximate` uses `powf`, which rounds differently).
+    const BETA: f64 = std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5;
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube * 0.044715) * BETA;
+    x * 0.5 * (inner.tanh() + 1.0)
 }
 
 /// Soft-capping `cap·tanh(x / cap)`, in the input dtype.
