@@ -1,7 +1,6 @@
 //! The full-model cases: `image`, `audio`, `multimodal` (every output and every gradient) and
 //! `generate_multimodal`.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use automodel::{
@@ -12,10 +11,9 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData};
 
-use crate::compare::{Check, Tolerance, compare};
+use crate::compare::{Check, Tolerance};
 use crate::text::{
-    EMBED, GRAD, HIDDEN, LOGITS, check, data_values, forward_tolerance, reference, rows,
-    string_list, values,
+    EMBED, LOGITS, check, forward_tolerance, gradient_checks, reference, rows, values,
 };
 use crate::{ParityError, open, read_meta};
 
@@ -153,55 +151,13 @@ pub fn forward_backward<B: AutodiffBackend>(
         message: "no labelled token".into(),
     })?;
     let grads = loss.backward();
-    let zero_or_none: BTreeSet<String> = string_list(&meta, "grad_params_zero")
-        .union(&string_list(&meta, "grad_params_none"))
-        .cloned()
-        .collect();
-    let params = model.params();
-    let ours: BTreeSet<&str> = params.keys().into_iter().collect();
-    for (key, p) in &params.entries {
-        let name = format!("grad.{key}");
-        let g = p.hf_grad(&grads);
-        if outputs.contains(&name) {
-            match g {
-                Some(g) => checks.push(check(&name, data_values(g), &outputs, GRAD)?),
-                None => checks.push(Check::failed(
-                    &name,
-                    GRAD,
-                    "no gradient reached this parameter",
-                )),
-            }
-        } else if zero_or_none.contains(key.as_str()) {
-            let (v, shape) = g
-                .map(data_values)
-                .unwrap_or_else(|| (vec![0.0; p.numel()], p.hf_shape()));
-            let zeros = vec![0.0; v.len()];
-            checks.push(compare(
-                format!("{name} (zero in reference)"),
-                &v,
-                &shape,
-                &zeros,
-                &shape,
-                Tolerance::Exact,
-            ));
-        } else {
-            checks.push(Check::failed(
-                &name,
-                GRAD,
-                "the reference neither has this gradient nor lists it as zero",
-            ));
-        }
-    }
-    for name in outputs.names().filter(|n| n.starts_with("grad.")) {
-        if !ours.contains(&name["grad.".len()..]) {
-            checks.push(Check::failed(
-                name,
-                GRAD,
-                "the reference has a gradient for a parameter the model lacks",
-            ));
-        }
-    }
-    let _ = HIDDEN;
+    checks.extend(gradient_checks::<B>(
+        &model.params(),
+        &grads,
+        &outputs,
+        &meta,
+        |_| true,
+    )?);
     Ok(checks)
 }
 

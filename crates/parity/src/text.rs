@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use automodel_core::params::ParamList;
 use automodel_core::weights::SafeTensorsFiles;
 use automodel_text::generate::ids_tensor;
 use automodel_text::{ForwardOptions, Gemma3nForCausalLM, Gemma3nTextConfig};
@@ -196,18 +197,38 @@ pub fn forward_backward<B: AutodiffBackend>(
         message: "no labelled token".into(),
     })?;
     let grads = loss.backward();
-    let zero_or_none: BTreeSet<String> = string_list(&meta, "grad_params_zero")
-        .union(&string_list(&meta, "grad_params_none"))
+    checks.extend(gradient_checks::<B>(
+        &model.params(),
+        &grads,
+        &outputs,
+        &meta,
+        |k| k.starts_with(&model.prefix),
+    )?);
+    Ok(checks)
+}
+
+/// Every parameter's gradient against `grad.<key>` (relative-max tolerance); parameters the
+/// reference lists as zero/None must have no or an all-zero gradient; reference gradients of
+/// parameters (selected by `ours_prefix`) the model lacks are failures.
+pub(crate) fn gradient_checks<B: AutodiffBackend>(
+    params: &ParamList<B>,
+    grads: &B::Gradients,
+    outputs: &SafeTensorsFiles,
+    meta: &serde_json::Value,
+    ours_prefix: impl Fn(&str) -> bool,
+) -> Result<Vec<Check>, ParityError> {
+    let mut checks = Vec::new();
+    let zero_or_none: BTreeSet<String> = string_list(meta, "grad_params_zero")
+        .union(&string_list(meta, "grad_params_none"))
         .cloned()
         .collect();
-    let params = model.params();
     let ours: BTreeSet<&str> = params.keys().into_iter().collect();
     for (key, p) in &params.entries {
         let name = format!("grad.{key}");
-        let g = p.hf_grad(&grads);
+        let g = p.hf_grad(grads);
         if outputs.contains(&name) {
             match g {
-                Some(g) => checks.push(check(&name, data_values(g), &outputs, GRAD)?),
+                Some(g) => checks.push(check(&name, data_values(g), outputs, GRAD)?),
                 None => checks.push(Check::failed(
                     &name,
                     GRAD,
@@ -237,7 +258,7 @@ pub fn forward_backward<B: AutodiffBackend>(
     }
     for name in outputs.names().filter(|n| n.starts_with("grad.")) {
         let key = &name["grad.".len()..];
-        if key.starts_with(&model.prefix) && !ours.contains(key) {
+        if ours_prefix(key) && !ours.contains(key) {
             checks.push(Check::failed(
                 name,
                 GRAD,
