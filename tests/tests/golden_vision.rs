@@ -4,7 +4,6 @@ mod common;
 
 use automodel_core::weights::SafeTensorsFiles;
 use automodel_core::{CpuAutodiff, CpuBackend};
-use automodel_parity::{golden_dir, run};
 use automodel_vision::processor::{ImageProcessorConfig, load_image};
 use automodel_vision::{Gemma3nVisionConfig, MobileNetV5Encoder};
 use burn::prelude::*;
@@ -12,22 +11,7 @@ use burn::tensor::{DType, TensorData};
 use common::{case, max_diff};
 
 fn checks(name: &str) -> Vec<automodel_parity::Check> {
-    let mut reports = run::<CpuAutodiff>(
-        &golden_dir(),
-        &Default::default(),
-        Some(&[name.to_string()]),
-    )
-    .unwrap();
-    assert_eq!(reports.len(), 1);
-    let r = reports.pop().unwrap();
-    let failed: Vec<String> = r
-        .checks
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| c.to_string())
-        .collect();
-    assert!(failed.is_empty(), "{name}: {}", failed.join("\n"));
-    r.checks
+    common::passing_checks(name)
 }
 
 /// The `image` case through the full model: tower output, every stage, the image features and

@@ -8,30 +8,18 @@ use automodel::{
     ForwardOptions, Gemma3nConfig, Gemma3nForConditionalGeneration, GenerationConfig,
     MultimodalInput,
 };
+use automodel_core::CpuBackend as B;
 use automodel_core::weights::{SafeTensorsFiles, TensorMap};
-use automodel_core::{CpuAutodiff, CpuBackend as B};
-use automodel_parity::{golden_dir, run};
 use automodel_text::matformer::{MatformerSpec, extract_checkpoint};
 use automodel_vision::config::{BlockArgs, decode_block, mobilenetv5_300m_arch};
 use burn::tensor::{DType, TensorData};
 use common::{case, max_diff, rows};
 
 fn passes(name: &str) -> Vec<String> {
-    let mut reports = run::<CpuAutodiff>(
-        &golden_dir(),
-        &Default::default(),
-        Some(&[name.to_string()]),
-    )
-    .unwrap();
-    let r = reports.pop().unwrap();
-    let failed: Vec<String> = r
-        .checks
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| c.to_string())
-        .collect();
-    assert!(failed.is_empty(), "{name}: {}", failed.join("\n"));
-    r.checks.into_iter().map(|c| c.name).collect()
+    common::passing_checks(name)
+        .into_iter()
+        .map(|c| c.name)
+        .collect()
 }
 
 #[test]

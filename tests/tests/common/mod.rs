@@ -35,3 +35,30 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Run one golden case through the parity runner; every check must pass. Returns the checks.
+pub fn passing_checks(name: &str) -> Vec<automodel_parity::Check> {
+    let dir = automodel_parity::golden_dir();
+    let mut reports = automodel_parity::run::<automodel_core::CpuAutodiff>(
+        &dir,
+        &Default::default(),
+        Some(&[name.to_string()]),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(reports.len(), 1, "exactly one `{name}` folder");
+    let r = reports.pop().unwrap();
+    assert!(r.skipped.is_none(), "{name} skipped: {:?}", r.skipped);
+    let failed: Vec<String> = r
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.to_string())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{name}: {} failed checks:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    r.checks
+}
