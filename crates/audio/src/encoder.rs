@@ -80,11 +80,7 @@ impl<B: Backend> AudioEncoder<B> {
         dtype: DType,
     ) -> Result<Self, AudioError> {
         let path = path.as_ref();
-        let dir = if path.is_dir() {
-            path.to_path_buf()
-        } else {
-            path.parent().unwrap_or(Path::new(".")).to_path_buf()
-        };
+        let dir = automodel_core::weights::checkpoint_dir(path);
         let cfg = Gemma3nAudioConfig::from_file(dir.join("config.json"))?;
         let files = SafeTensorsFiles::open(path)?;
         Self::from_files(&files, &cfg, device, dtype)

@@ -637,6 +637,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightError> {
     })
 }
 
+/// The folder a checkpoint path belongs to (the path itself, or a file's parent), where
+/// `config.json` lives.
+pub fn checkpoint_dir(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().unwrap_or(Path::new(".")).to_path_buf()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -425,11 +425,7 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
                 c
             }
             None => {
-                let dir = if path.is_dir() {
-                    path.to_path_buf()
-                } else {
-                    path.parent().unwrap_or(Path::new(".")).to_path_buf()
-                };
+                let dir = automodel_core::weights::checkpoint_dir(path);
                 Gemma3nTextConfig::from_file(dir.join("config.json"))?
             }
         };

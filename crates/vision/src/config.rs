@@ -397,6 +397,12 @@ impl Gemma3nVisionConfig {
                 })?,
             None => vec![-2, -1],
         };
+        if msfa_indices.is_empty() {
+            return Err(VisionError::config(
+                "model_args.msfa_indices",
+                "needs at least one feature map",
+            ));
+        }
         let stem_size = get_usize("stem_size", 64)?;
         let msfa_output_resolution = get_usize("msfa_output_resolution", 16)?;
         if stem_size == 0 || msfa_output_resolution == 0 {
