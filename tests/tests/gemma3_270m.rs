@@ -37,17 +37,16 @@ fn tokenizer_model_and_gradients_match_hugging_face() {
     ] {
         assert!(names.contains(&must), "{must} not checked");
     }
-    // Known gap (see the issue notes): the gradient of layer 17's o_proj differs from HF by
-    // 2.5e-3 of its largest value, above the 1e-3 the reference suggests; every other check passes.
-    let known = "grad.model.layers.17.self_attn.o_proj.weight";
     let failed: Vec<String> = checks
         .iter()
-        .filter(|c| !c.passed && c.name != known)
+        .filter(|c| !c.passed)
         .map(|c| c.to_string())
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
-    let o_proj = checks.iter().find(|c| c.name == known).expect("checked");
-    assert!(o_proj.max_abs_err <= 3e-3 * o_proj.max_ref, "{o_proj}");
+    // All four gradients are checked. Layer 17's o_proj is the most sensitive to how accurately
+    // the loss sums over the 262k-token vocabulary (see `automodel_core::loss::blocked_row_sum`).
+    let grads = names.iter().filter(|n| n.starts_with("grad.")).count();
+    assert_eq!(grads, 4, "{names:?}");
 }
 
 #[test]
