@@ -80,3 +80,83 @@ fn malformed_gguf_files_give_errors() {
     let err = f.dequantize("output_norm.weight").unwrap_err().to_string();
     assert!(err.contains("not supported"), "{err}");
 }
+
+#[test]
+fn converted_hugging_face_folder_matches_the_gguf() {
+    use automodel::convert::{gguf_to_hf, load_gguf};
+    use automodel_core::CpuBackend;
+    use automodel_text::gemma3::Gemma3ForCausalLM;
+    use automodel_text::generate::ids_tensor;
+    use burn::tensor::DType;
+
+    let dir = tempfile::tempdir().unwrap();
+    let files = gguf_to_hf(&model_file(), dir.path(), None, false).unwrap();
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(files.contains(&dir.path().join(name)), "{name} not written");
+    }
+    // a second conversion into the same folder must not clobber it silently
+    let err = gguf_to_hf(&model_file(), dir.path(), None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already exists"), "{err}");
+
+    let dev = Default::default();
+    let (gguf, gguf_tok) = load_gguf::<CpuBackend>(&model_file(), &dev, DType::F32).unwrap();
+    let hf =
+        Gemma3ForCausalLM::<CpuBackend>::from_pretrained(dir.path(), &dev, DType::F32).unwrap();
+    assert_eq!(hf.config.rope_thetas(), gguf.config.rope_thetas());
+    assert_eq!(hf.config.layer_types(), gguf.config.layer_types());
+    let ids: Vec<i64> = gguf_tok
+        .encode("The capital of France is", true)
+        .unwrap()
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let logits = |m: &Gemma3ForCausalLM<CpuBackend>| {
+        m.forward(
+            ids_tensor::<CpuBackend>(std::slice::from_ref(&ids), &dev),
+            None,
+            None,
+            None,
+            None,
+        )
+        .unwrap()
+        .logits
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
+    };
+    assert!(
+        logits(&hf) == logits(&gguf),
+        "logits differ after conversion"
+    );
+
+    // tokenizer.json gives HF's ids for every tokenizer case
+    let tok =
+        automodel_tokenizer::GemmaTokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden().join("tokenizer_cases.json")).unwrap(),
+    )
+    .unwrap();
+    for c in cases["cases"].as_array().unwrap() {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids_with_bos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(text, true).unwrap(), want, "{text:?}");
+    }
+    let generation: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("generation_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(generation["eos_token_id"], serde_json::json!([1, 106]));
+}

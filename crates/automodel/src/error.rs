@@ -22,6 +22,10 @@ pub enum ModelError {
     Vision(#[from] automodel_vision::VisionError),
     #[error(transparent)]
     Audio(#[from] automodel_audio::AudioError),
+    #[error(transparent)]
+    Gguf(#[from] automodel_gguf::GgufError),
+    #[error(transparent)]
+    Tokenizer(#[from] automodel_tokenizer::TokenizerError),
     #[error("invalid input: {0}")]
     Input(String),
 }

@@ -3,9 +3,10 @@
 //! [`Gemma3nForConditionalGeneration`] composes the text decoder (`automodel-text`), the vision
 //! tower (`automodel-vision`) and the audio tower (`automodel-audio`) with the two multimodal
 //! embedders, merges image and audio soft tokens into the prompt, loads Hugging Face checkpoints
-//! and generates.
+//! and generates. [`convert::gguf_to_hf`] turns a Gemma 3 GGUF file into a Hugging Face folder.
 
 pub mod config;
+pub mod convert;
 pub mod embedder;
 pub mod error;
 pub mod generate;

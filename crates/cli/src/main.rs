@@ -3,7 +3,7 @@
 //! `generate --model <file.gguf | HF folder> --prompt TEXT [--image F]... [--audio F]...` streams a
 //! continuation. GGUF files hold Gemma 3 (model and tokenizer); a Hugging Face folder holds
 //! `config.json`, safetensors and `tokenizer.json` of Gemma 3 or Gemma 3n (images and audio need
-//! Gemma 3n).
+//! Gemma 3n). `convert --model <file.gguf> --out DIR` writes such a folder from a GGUF file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use automodel::{AudioInput, Gemma3nForConditionalGeneration, GenerationConfig, MultimodalInput};
 use automodel_core::CpuBackend as B;
-use automodel_gguf::GgufFile;
-use automodel_gguf::gemma3::Gemma3Gguf;
-use automodel_text::gemma3::{Gemma3ForCausalLM, Gemma3TextConfig};
+use automodel_text::gemma3::Gemma3ForCausalLM;
 use automodel_tokenizer::GemmaTokenizer;
 use burn::tensor::{DType, Tensor, TensorData};
 use clap::{Parser, Subcommand};
@@ -29,6 +27,25 @@ struct Cli {
 enum Command {
     /// Generate a continuation of a prompt.
     Generate(GenerateArgs),
+    /// Turn a Gemma 3 GGUF file into a Hugging Face folder (config, float32 safetensors,
+    /// tokenizer) that transformers and `generate --model DIR` load.
+    Convert(ConvertArgs),
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// The GGUF file (Gemma 3).
+    #[arg(long)]
+    model: PathBuf,
+    /// The folder to write (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Split the weights into shards of at most this many MB (as HF's `max_shard_size`).
+    #[arg(long)]
+    max_shard_mb: Option<usize>,
+    /// Replace model files that already exist in the folder.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(clap::Args)]
@@ -66,7 +83,25 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Generate(a) => generate(a),
+        Command::Convert(a) => convert(a),
     }
+}
+
+fn convert(a: ConvertArgs) -> anyhow::Result<()> {
+    if !a.model.is_file() {
+        bail!("{}: no such GGUF file", a.model.display());
+    }
+    let files = automodel::convert::gguf_to_hf(
+        &a.model,
+        &a.out,
+        a.max_shard_mb.map(|mb| mb * 1_000_000),
+        a.overwrite,
+    )
+    .with_context(|| format!("converting {}", a.model.display()))?;
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
 }
 
 /// Prints the decoded text as it grows.
@@ -106,15 +141,17 @@ fn generation_config(a: &GenerateArgs, stop: Vec<i64>) -> GenerationConfig {
 
 fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let device = Default::default();
+    if !a.model.exists() {
+        bail!(
+            "{}: no such file or folder (expected a GGUF file or a Hugging Face folder)",
+            a.model.display()
+        );
+    }
     if a.model.is_file() && a.model.extension().is_some_and(|e| e == "gguf") {
         if !a.image.is_empty() || !a.audio.is_empty() {
             bail!("images and audio need a Gemma 3n model (a Hugging Face folder)");
         }
-        let file = GgufFile::open(&a.model)?;
-        let tok = GemmaTokenizer::from_gguf(&file)?;
-        let src = Gemma3Gguf::new(file)?;
-        let cfg = Gemma3TextConfig::from_value(&src.hf_config()?)?;
-        let model = Gemma3ForCausalLM::<B>::from_source(&src, &cfg, &device, DType::F32)?;
+        let (model, tok) = automodel::convert::load_gguf::<B>(&a.model, &device, DType::F32)?;
         return run_gemma3(&model, &tok, &a);
     }
     let dir = &a.model;
@@ -152,7 +189,9 @@ fn run_gemma3(
         .into_iter()
         .map(i64::from)
         .collect();
-    let cfg = generation_config(a, vec![tok.eos_id as i64, 106]);
+    let mut stop = vec![tok.eos_id as i64];
+    stop.extend(tok.inner.token_to_id("<end_of_turn>").map(i64::from));
+    let cfg = generation_config(a, stop);
     let mut rng = automodel::generate::SplitMix64::new(cfg.seed);
     let mut s = Streamer {
         tok,

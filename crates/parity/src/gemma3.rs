@@ -5,8 +5,7 @@ use std::path::Path;
 
 use automodel_core::weights::SafeTensorsFiles;
 use automodel_gguf::GgufFile;
-use automodel_gguf::gemma3::Gemma3Gguf;
-use automodel_text::gemma3::{Gemma3ForCausalLM, Gemma3TextConfig};
+use automodel_text::gemma3::Gemma3ForCausalLM;
 use automodel_text::generate::ids_tensor;
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -35,19 +34,12 @@ pub fn load<B: Backend>(
     gguf: &Path,
     device: &B::Device,
 ) -> Result<Gemma3ForCausalLM<B>, ParityError> {
-    let err = |m: String| ParityError::Case {
-        path: gguf.to_path_buf(),
-        message: m,
-    };
-    let file = GgufFile::open(gguf).map_err(|e| err(e.to_string()))?;
-    let src = Gemma3Gguf::new(file).map_err(|e| err(e.to_string()))?;
-    let cfg = Gemma3TextConfig::from_value(&src.hf_config().map_err(|e| err(e.to_string()))?)?;
-    Ok(Gemma3ForCausalLM::from_source(
-        &src,
-        &cfg,
-        device,
-        DType::F32,
-    )?)
+    automodel::convert::load_gguf::<B>(gguf, device, DType::F32)
+        .map(|(model, _)| model)
+        .map_err(|e| ParityError::Case {
+            path: gguf.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 /// The tokenizer cases (`tokenizer_cases.json`): ids with and without `<bos>`, and decoding

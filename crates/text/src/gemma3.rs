@@ -104,7 +104,47 @@ impl Gemma3TextConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        Self::from_value(&v)
+        Self::from_value(&v).map_err(|e| match e {
+            TextError::Config { field, message } => TextError::Config {
+                field,
+                message: format!("{message} (in {})", path.display()),
+            },
+            e => e,
+        })
+    }
+
+    /// The config as Hugging Face writes it for `Gemma3ForCausalLM` (`model_type`
+    /// `gemma3_text`): every field, the layer types spelled out, and both RoPE spellings
+    /// (`rope_parameters` for transformers 5, `rope_theta`/`rope_local_base_freq` for 4.x).
+    pub fn to_hf_json(&self) -> Value {
+        let (local, global) = self.rope_thetas();
+        let mut cfg = self.clone();
+        cfg.layer_types = Some(self.layer_types());
+        cfg.rope_theta = global;
+        cfg.rope_local_base_freq = local;
+        cfg.rope_parameters = Some(serde_json::json!({
+            "sliding_attention": {"rope_type": "default", "rope_theta": local},
+            "full_attention": {"rope_type": "default", "rope_theta": global},
+        }));
+        let mut v = serde_json::to_value(&cfg).expect("serialisable");
+        if let Some(o) = v.as_object_mut() {
+            // HF types it `int` and transformers 5 refuses `256.0`
+            if self.query_pre_attn_scalar.fract() == 0.0 {
+                o.insert(
+                    "query_pre_attn_scalar".into(),
+                    (self.query_pre_attn_scalar as i64).into(),
+                );
+            }
+            o.insert("model_type".into(), "gemma3_text".into());
+            o.insert(
+                "architectures".into(),
+                serde_json::json!(["Gemma3ForCausalLM"]),
+            );
+            o.insert("tie_word_embeddings".into(), true.into());
+            o.insert("attention_bias".into(), false.into());
+            o.insert("dtype".into(), "float32".into());
+        }
+        v
     }
 
     pub fn validate(&self) -> Result<(), TextError> {
@@ -295,6 +335,24 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
         let cfg = Gemma3TextConfig::from_file(dir.join("config.json"))?;
         let files = SafeTensorsFiles::open(dir)?;
         Self::from_source(&files, &cfg, device, dtype)
+    }
+
+    /// Write a Hugging Face folder: `config.json` ([`Gemma3TextConfig::to_hf_json`]) and the
+    /// weights under their HF keys (one `model.safetensors`, or shards of at most
+    /// `max_shard_bytes` with an index), each file written atomically. The head is tied, so no
+    /// `lm_head.weight` is written. Returns the files written.
+    pub fn save_pretrained(
+        &self,
+        dir: impl AsRef<Path>,
+        max_shard_bytes: Option<usize>,
+    ) -> Result<Vec<std::path::PathBuf>, TextError> {
+        let dir = dir.as_ref();
+        let mut written = self.params().to_tensor_map("").save(dir, max_shard_bytes)?;
+        let text = serde_json::to_string_pretty(&self.config.to_hf_json()).expect("serialisable");
+        let path = dir.join("config.json");
+        automodel_core::weights::write_atomic(&path, text.as_bytes())?;
+        written.push(path);
+        Ok(written)
     }
 
     /// Every parameter by HF key.
@@ -543,5 +601,188 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
             )?;
         }
         Ok(generated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::ids_tensor;
+    use automodel_core::CpuBackend;
+
+    type B = CpuBackend;
+
+    /// Two sliding layers (window 4) and one global layer, GQA 2:1.
+    fn tiny() -> Gemma3TextConfig {
+        Gemma3TextConfig {
+            vocab_size: 64,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: 3,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            head_dim: 16,
+            sliding_window: 4,
+            query_pre_attn_scalar: 16.0,
+            layer_types: Some(vec![
+                LayerType::Sliding,
+                LayerType::Sliding,
+                LayerType::Full,
+            ]),
+            max_position_embeddings: 128,
+            ..Default::default()
+        }
+    }
+
+    fn random_model(cfg: &Gemma3TextConfig) -> Gemma3ForCausalLM<B> {
+        let dev = Default::default();
+        Gemma3ForCausalLM::new(&ParamSource::random(&dev, DType::F32, 0.3), cfg)
+    }
+
+    fn logits(m: &Gemma3ForCausalLM<B>, ids: &[i64]) -> Vec<f32> {
+        let dev = Default::default();
+        m.forward(
+            ids_tensor::<B>(&[ids.to_vec()], &dev),
+            None,
+            None,
+            None,
+            None,
+        )
+        .unwrap()
+        .logits
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
+    }
+
+    const IDS: [i64; 10] = [2, 17, 5, 33, 9, 9, 41, 60, 3, 12];
+
+    #[test]
+    fn save_and_load_round_trip_exactly() {
+        let cfg = tiny();
+        let m = random_model(&cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let files = m.save_pretrained(dir.path(), None).unwrap();
+        assert_eq!(files.len(), 2);
+        let saved: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(saved["model_type"], "gemma3_text");
+        assert!(saved["query_pre_attn_scalar"].is_u64(), "HF types it int");
+        assert_eq!(saved["layer_types"][2], "full_attention");
+        assert_eq!(
+            saved["rope_parameters"]["sliding_attention"]["rope_theta"],
+            10_000.0
+        );
+        let st = SafeTensorsFiles::open(dir.path()).unwrap();
+        assert!(!st.contains("lm_head.weight"));
+        assert!(st.contains("model.layers.2.self_attn.q_norm.weight"));
+        let back =
+            Gemma3ForCausalLM::<B>::from_pretrained(dir.path(), &Default::default(), DType::F32)
+                .unwrap();
+        assert_eq!(back.config.rope_thetas(), cfg.rope_thetas());
+        assert_eq!(logits(&back, &IDS), logits(&m, &IDS));
+        // sharded: the same model from several files
+        let sharded = tempfile::tempdir().unwrap();
+        let files = m.save_pretrained(sharded.path(), Some(20_000)).unwrap();
+        assert!(files.len() > 3, "{files:?}");
+        let back = Gemma3ForCausalLM::<B>::from_pretrained(
+            sharded.path(),
+            &Default::default(),
+            DType::F32,
+        )
+        .unwrap();
+        assert_eq!(logits(&back, &IDS), logits(&m, &IDS));
+    }
+
+    #[test]
+    fn missing_weights_and_bad_configs_are_named() {
+        let cfg = tiny();
+        let m = random_model(&cfg);
+        let dir = tempfile::tempdir().unwrap();
+        m.save_pretrained(dir.path(), None).unwrap();
+        let mut cfg_json = cfg.to_hf_json();
+        cfg_json["num_hidden_layers"] = 4.into();
+        cfg_json["layer_types"] = serde_json::json!(null);
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_string(&cfg_json).unwrap(),
+        )
+        .unwrap();
+        let err =
+            Gemma3ForCausalLM::<B>::from_pretrained(dir.path(), &Default::default(), DType::F32)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("model.layers.3.self_attn.q_proj.weight"),
+            "{err}"
+        );
+        cfg_json["num_key_value_heads"] = 3.into();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_string(&cfg_json).unwrap(),
+        )
+        .unwrap();
+        let err =
+            Gemma3ForCausalLM::<B>::from_pretrained(dir.path(), &Default::default(), DType::F32)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("num_key_value_heads") && err.contains("config.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cached_decoding_matches_the_full_forward_across_the_sliding_window() {
+        let cfg = tiny();
+        let m = random_model(&cfg);
+        let full = logits(&m, &IDS);
+        let v = cfg.vocab_size;
+        // prefill 3 tokens, then one at a time: positions 4.. exercise the window of 4
+        let dev = Default::default();
+        let mut cache = m.new_cache();
+        let mut got = Vec::new();
+        for chunk in [&IDS[..3], &IDS[3..4], &IDS[4..7], &IDS[7..]] {
+            let out = m
+                .forward(
+                    ids_tensor::<B>(&[chunk.to_vec()], &dev),
+                    None,
+                    None,
+                    None,
+                    Some(&mut cache),
+                )
+                .unwrap();
+            got.extend(out.logits.into_data().to_vec::<f32>().unwrap());
+        }
+        assert_eq!(got.len(), full.len());
+        for (i, (g, f)) in got.iter().zip(&full).enumerate() {
+            assert!(
+                (g - f).abs() < 1e-4,
+                "position {} logit {}: {g} vs {f}",
+                i / v,
+                i % v
+            );
+        }
+        // the sliding window is real: changing the first token leaves a sliding-only model's
+        // last logits unchanged once it is more than 4 positions back
+        let mut sliding = tiny();
+        sliding.layer_types = Some(vec![LayerType::Sliding; 3]);
+        let ms = Gemma3ForCausalLM::<B>::new(&ParamSource::random(&dev, DType::F32, 0.3), &sliding);
+        let last_row = |ids: &[i64], model: &Gemma3ForCausalLM<B>| {
+            logits(model, ids)[(ids.len() - 1) * v..].to_vec()
+        };
+        let changed_first = |ids: &[i64]| {
+            let mut o = ids.to_vec();
+            o[0] = 50;
+            o
+        };
+        // 3 layers of window 4 reach back 3 * 3 = 9 positions: position 9 still sees position 0,
+        // position 12 no longer does
+        assert_ne!(last_row(&IDS, &ms), last_row(&changed_first(&IDS), &ms));
+        let long: Vec<i64> = IDS.iter().chain(&IDS[..3]).copied().collect();
+        assert_eq!(last_row(&long, &ms), last_row(&changed_first(&long), &ms));
+        // the global layer sees everything
+        assert_ne!(last_row(&long, &m), last_row(&changed_first(&long), &m));
     }
 }

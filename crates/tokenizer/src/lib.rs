@@ -212,12 +212,40 @@ impl GemmaTokenizer {
         })
     }
 
-    /// Write `tokenizer.json`.
+    /// Write `tokenizer.json`, atomically (a temporary file renamed into place).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), TokenizerError> {
         let p = path.as_ref();
-        self.inner.save(p, false).map_err(|e| TokenizerError::File {
+        let file_err = |e: &dyn std::fmt::Display| TokenizerError::File {
             path: p.display().to_string(),
             message: e.to_string(),
+        };
+        let text = self.inner.to_string(true).map_err(|e| file_err(&e))?;
+        let name = p.file_name().map_or_else(
+            || "tokenizer.json".into(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let tmp = p.with_file_name(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text.as_bytes())
+            .and_then(|_| std::fs::rename(&tmp, p))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                file_err(&e)
+            })
+    }
+
+    /// Hugging Face's `tokenizer_config.json` for this vocabulary: the Gemma special tokens, BOS
+    /// added and EOS not, so `AutoTokenizer` encodes as [`GemmaTokenizer::encode`] with BOS.
+    pub fn hf_tokenizer_config(&self) -> serde_json::Value {
+        let name = |id: u32| self.inner.id_to_token(id);
+        serde_json::json!({
+            "tokenizer_class": "GemmaTokenizer",
+            "bos_token": name(self.bos_id),
+            "eos_token": name(self.eos_id),
+            "pad_token": name(self.pad_id),
+            "unk_token": self.inner.token_to_id("<unk>").and_then(name),
+            "add_bos_token": true,
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
         })
     }
 

@@ -1,0 +1,87 @@
+//! Gemma 3 GGUF files: [`load_gguf`] runs one directly; [`gguf_to_hf`] turns one into a Hugging Face folder that `transformers`
+//! (`AutoModelForCausalLM.from_pretrained(dir)`, `AutoTokenizer.from_pretrained(dir)`) and
+//! [`Gemma3ForCausalLM::from_pretrained`] load: `config.json`, `model.safetensors` (float32,
+//! dequantized, HF key names and norm convention), `tokenizer.json`, `tokenizer_config.json`
+//! and `generation_config.json`.
+
+use std::path::{Path, PathBuf};
+
+use automodel_core::CpuBackend;
+use automodel_core::weights::write_atomic;
+use automodel_gguf::GgufFile;
+use automodel_gguf::gemma3::Gemma3Gguf;
+use automodel_text::gemma3::{Gemma3ForCausalLM, Gemma3TextConfig};
+use automodel_tokenizer::GemmaTokenizer;
+use burn::prelude::Backend;
+use burn::tensor::DType;
+
+use crate::ModelError;
+
+/// Files a converted folder is made of; [`gguf_to_hf`] refuses to overwrite any of them unless
+/// asked to.
+pub const HF_FILES: [&str; 6] = [
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+];
+
+/// Load a Gemma 3 GGUF file: the model (weights dequantized to `dtype`, config from the GGUF
+/// metadata) and the tokenizer built from its vocabulary.
+pub fn load_gguf<B: Backend>(
+    gguf: &Path,
+    device: &B::Device,
+    dtype: DType,
+) -> Result<(Gemma3ForCausalLM<B>, GemmaTokenizer), ModelError> {
+    let file = GgufFile::open(gguf)?;
+    let tok = GemmaTokenizer::from_gguf(&file)?;
+    let src = Gemma3Gguf::new(file)?;
+    let cfg = Gemma3TextConfig::from_value(&src.hf_config()?)?;
+    let model = Gemma3ForCausalLM::from_source(&src, &cfg, device, dtype)?;
+    Ok((model, tok))
+}
+
+/// Convert `gguf` into a Hugging Face folder `out` (created if needed); shards the weights when
+/// `max_shard_bytes` is given. Existing model files in `out` are an error unless `overwrite`;
+/// every file is written atomically. Returns the files written.
+pub fn gguf_to_hf(
+    gguf: &Path,
+    out: &Path,
+    max_shard_bytes: Option<usize>,
+    overwrite: bool,
+) -> Result<Vec<PathBuf>, ModelError> {
+    if !overwrite && let Some(existing) = HF_FILES.iter().map(|f| out.join(f)).find(|p| p.exists())
+    {
+        return Err(ModelError::Input(format!(
+            "{} already exists; choose an empty folder or allow overwriting",
+            existing.display()
+        )));
+    }
+    let (model, tok) = load_gguf::<CpuBackend>(gguf, &Default::default(), DType::F32)?;
+    let cfg = model.config.clone();
+    let mut written = model.save_pretrained(out, max_shard_bytes)?;
+    drop(model);
+    let tok_path = out.join("tokenizer.json");
+    tok.save(&tok_path)?;
+    written.push(tok_path);
+    let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("serialisable");
+    let tc = out.join("tokenizer_config.json");
+    let mut tok_cfg = tok.hf_tokenizer_config();
+    tok_cfg["model_max_length"] = cfg.max_position_embeddings.into();
+    write_atomic(&tc, json(&tok_cfg).as_bytes())?;
+    written.push(tc);
+    let gc = out.join("generation_config.json");
+    // chat turns end with `<end_of_turn>`, so generation stops there too
+    let mut eos = vec![tok.eos_id];
+    eos.extend(tok.inner.token_to_id("<end_of_turn>"));
+    let gen_cfg = serde_json::json!({
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": eos,
+        "pad_token_id": tok.pad_id,
+    });
+    write_atomic(&gc, json(&gen_cfg).as_bytes())?;
+    written.push(gc);
+    Ok(written)
+}

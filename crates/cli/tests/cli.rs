@@ -1,0 +1,132 @@
+//! The `automodel-cli` binary end to end on the real Gemma 3 270M (fetched by
+//! `cargo xtask fetch-model gemma-3-270m`): generate from the GGUF file, convert it to a Hugging
+//! Face folder, generate from that folder, and the errors a user sees.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
+        .args(args)
+        .output()
+        .expect("automodel-cli runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn model() -> String {
+    let p = automodel_parity::gemma3_270m_path();
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo xtask fetch-model gemma-3-270m` first",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+fn generate(model: &str) -> String {
+    let out = cli(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "Water boils at",
+        "--max-new-tokens",
+        "6",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn generate_from_gguf_then_from_the_converted_folder() {
+    let from_gguf = generate(&model());
+    assert!(from_gguf.starts_with("Water boils at"), "{from_gguf:?}");
+    // HF's greedy continuation of this prompt starts " 100 degrees Celsius"
+    assert!(from_gguf.contains("100 degrees"), "{from_gguf:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("gemma-3-270m");
+    let out_str = out_dir.display().to_string();
+    let conv = cli(&["convert", "--model", &model(), "--out", &out_str]);
+    assert!(conv.status.success(), "{}", text(&conv.stderr));
+    assert!(text(&conv.stdout).contains("model.safetensors"));
+    assert!(Path::new(&out_dir).join("tokenizer.json").is_file());
+    assert_eq!(generate(&out_str), from_gguf);
+
+    // converting again refuses to overwrite, unless told to
+    let again = cli(&["convert", "--model", &model(), "--out", &out_str]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again.stderr)
+    );
+}
+
+#[test]
+fn bad_arguments_give_clear_errors() {
+    let missing = cli(&[
+        "generate",
+        "--model",
+        "/nonexistent/model.gguf",
+        "--prompt",
+        "x",
+    ]);
+    assert!(!missing.status.success());
+    let err = text(&missing.stderr);
+    assert!(
+        err.contains("/nonexistent/model.gguf") && err.contains("no such"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let not_gguf = dir.path().join("broken.gguf");
+    std::fs::write(&not_gguf, b"not a gguf file").unwrap();
+    let bad = cli(&[
+        "generate",
+        "--model",
+        &not_gguf.display().to_string(),
+        "--prompt",
+        "x",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("broken.gguf"),
+        "{}",
+        text(&bad.stderr)
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    let no_cfg = cli(&[
+        "generate",
+        "--model",
+        &empty.path().display().to_string(),
+        "--prompt",
+        "x",
+    ]);
+    assert!(!no_cfg.status.success());
+    assert!(
+        text(&no_cfg.stderr).contains("config.json"),
+        "{}",
+        text(&no_cfg.stderr)
+    );
+
+    let image_on_gguf = cli(&[
+        "generate",
+        "--model",
+        &model(),
+        "--prompt",
+        "x",
+        "--image",
+        "cat.png",
+    ]);
+    assert!(!image_on_gguf.status.success());
+    assert!(
+        text(&image_on_gguf.stderr).contains("Gemma 3n"),
+        "{}",
+        text(&image_on_gguf.stderr)
+    );
+}
