@@ -613,27 +613,36 @@ impl TensorMap {
                     })?;
             views.push((key.as_str(), view));
         }
-        safetensors::serialize_to_file(views, Some(metadata.clone()), path).map_err(|e| {
-            WeightError::Write {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            }
+        // streamed to the temporary file, not collected in memory first
+        replace_atomically(path, |tmp| {
+            safetensors::serialize_to_file(views, Some(metadata.clone()), tmp)
+                .map_err(std::io::Error::other)
         })
     }
 }
 
-/// Write `bytes` to `path` through a temporary sibling file and a rename.
+/// Write `bytes` to `path` atomically (see [`replace_atomically`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightError> {
-    let err = |e: std::io::Error| WeightError::Write {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
+    replace_atomically(path, |tmp| std::fs::write(tmp, bytes))
+}
+
+/// Let `write` create a temporary sibling of `path`, flush it to disk and rename it over `path`:
+/// a crash or a full disk leaves either the old file or the new one, never a truncated one.
+pub fn replace_atomically(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), WeightError> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let done = write(&tmp)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path));
+    done.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        err(e)
+        WeightError::Write {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
     })
 }
 
@@ -651,6 +660,28 @@ pub fn checkpoint_dir(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use crate::CpuBackend as B;
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, b"old").unwrap();
+        let err = replace_atomically(&path, |tmp| {
+            std::fs::write(tmp, b"half a fi")?;
+            Err(std::io::Error::other("disk full"))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("disk full"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     fn sample() -> TensorMap {
         let dev = Default::default();

@@ -215,22 +215,16 @@ impl GemmaTokenizer {
     /// Write `tokenizer.json`, atomically (a temporary file renamed into place).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), TokenizerError> {
         let p = path.as_ref();
-        let file_err = |e: &dyn std::fmt::Display| TokenizerError::File {
+        let file_err = |message: String| TokenizerError::File {
             path: p.display().to_string(),
-            message: e.to_string(),
+            message,
         };
-        let text = self.inner.to_string(true).map_err(|e| file_err(&e))?;
-        let name = p.file_name().map_or_else(
-            || "tokenizer.json".into(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        let tmp = p.with_file_name(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text.as_bytes())
-            .and_then(|_| std::fs::rename(&tmp, p))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                file_err(&e)
-            })
+        let text = self
+            .inner
+            .to_string(true)
+            .map_err(|e| file_err(e.to_string()))?;
+        automodel_core::weights::write_atomic(p, text.as_bytes())
+            .map_err(|e| file_err(e.to_string()))
     }
 
     /// Hugging Face's `tokenizer_config.json` for this vocabulary: the Gemma special tokens, BOS
