@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use automodel_core::init::ParamSource;
-use automodel_core::nn::rope::apply_rope;
+use automodel_core::nn::rope::{RopeTables, apply_rope};
 use automodel_core::nn::{Linear, RmsNorm};
 use automodel_core::params::{ParamList, join};
 use burn::prelude::*;
@@ -13,6 +13,7 @@ use burn::tensor::{Bool, DType, TensorData};
 
 use crate::cache::KvCache;
 use crate::config::{Gemma3nTextConfig, KvSharing, LayerType};
+use crate::error::TextError;
 
 /// Per-forward inputs shared by every layer of one attention type.
 #[derive(Debug, Clone)]
@@ -22,6 +23,121 @@ pub struct AttentionInputs<B: Backend> {
     pub sin: Tensor<B, 4>,
     /// `[B, 1, T, S]`, true = masked.
     pub mask: Tensor<B, 4, Bool>,
+}
+
+/// Everything one forward call's attention needs, shared by the Gemma 3 and Gemma 3n decoders:
+/// the checked padding mask and position ids of the new tokens, and RoPE tables and masks for
+/// each layer type (global: causal over everything; sliding: causal within `sliding_window`,
+/// over the keys a cache still holds).
+#[derive(Debug, Clone)]
+pub struct StepInputs<B: Backend> {
+    pub by_type: HashMap<LayerType, AttentionInputs<B>>,
+    /// Attention mask of the new tokens (1 = real token), `[B][T]`.
+    pub new_mask: Vec<Vec<i64>>,
+    /// Position ids of the new tokens, `[B][T]`.
+    pub positions: Vec<Vec<i64>>,
+}
+
+/// The RoPE and window settings [`StepInputs::new`] needs from a config.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionGeometry {
+    /// RoPE bases: (sliding layers, global layers).
+    pub rope_thetas: (f64, f64),
+    pub head_dim: usize,
+    pub sliding_window: usize,
+}
+
+impl<B: Backend> StepInputs<B> {
+    /// For `[b, t]` new tokens continuing `cache` (positions default to `past..past + t`).
+    /// Mask and position rows must match the batch; a cache must hold the same batch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        b: usize,
+        t: usize,
+        attention_mask: Option<&[Vec<i64>]>,
+        position_ids: Option<&[Vec<i64>]>,
+        cache: Option<&KvCache<B>>,
+        geometry: AttentionGeometry,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, TextError> {
+        let rows =
+            |name: &str, m: Option<&[Vec<i64>]>| -> Result<Option<Vec<Vec<i64>>>, TextError> {
+                match m {
+                    Some(m) if m.len() != b || m.iter().any(|r| r.len() != t) => Err(
+                        TextError::Input(format!("{name} must be [{b}, {t}] like the inputs")),
+                    ),
+                    m => Ok(m.map(|m| m.to_vec())),
+                }
+            };
+        let new_mask =
+            rows("attention_mask", attention_mask)?.unwrap_or_else(|| vec![vec![1; t]; b]);
+        let past = cache.map_or(0, |c| c.seq_len());
+        if let Some(cb) = cache.and_then(|c| c.batch_size())
+            && cb != b
+        {
+            return Err(TextError::Input(format!(
+                "the cache holds a batch of {cb}, the inputs have {b} rows"
+            )));
+        }
+        let positions = rows("position_ids", position_ids)?
+            .unwrap_or_else(|| vec![(past as i64..(past + t) as i64).collect(); b]);
+        // the full padding history: cached positions, then the new ones
+        let padding: Vec<Vec<i64>> = match cache {
+            Some(c) if past > 0 => c
+                .mask
+                .iter()
+                .zip(&new_mask)
+                .map(|(old, new)| [old.as_slice(), new].concat())
+                .collect(),
+            _ => new_mask.clone(),
+        };
+        let AttentionGeometry {
+            rope_thetas: (theta_local, theta_global),
+            head_dim,
+            sliding_window,
+        } = geometry;
+        let mut by_type = HashMap::new();
+        for (ty, theta) in [
+            (LayerType::Sliding, theta_local),
+            (LayerType::Full, theta_global),
+        ] {
+            let (cos, sin) =
+                RopeTables::new(theta, head_dim).cos_sin::<B>(&positions, device, dtype);
+            let (key_start, window) = match ty {
+                LayerType::Full => (0, None),
+                // a cache keeps only the last window − 1 keys of sliding layers
+                LayerType::Sliding if cache.is_some() => (
+                    past.saturating_sub(sliding_window - 1),
+                    Some(sliding_window),
+                ),
+                LayerType::Sliding => (0, Some(sliding_window)),
+            };
+            let mask = build_mask::<B>(&padding, past, t, key_start, window, device);
+            by_type.insert(ty, AttentionInputs { cos, sin, mask });
+        }
+        Ok(Self {
+            by_type,
+            new_mask,
+            positions,
+        })
+    }
+
+    /// Record the new tokens' mask and last positions in `cache` once every layer has run.
+    pub fn commit(self, cache: &mut KvCache<B>) {
+        cache.last_position = self
+            .positions
+            .iter()
+            .map(|r| *r.last().expect("t > 0"))
+            .collect();
+        if cache.seq_len() == 0 {
+            cache.mask = self.new_mask;
+        } else {
+            for (old, new) in cache.mask.iter_mut().zip(self.new_mask) {
+                old.extend(new);
+            }
+        }
+    }
 }
 
 /// K/V lent by `Store` layers to `Reuse` layers during one forward, by attention type.

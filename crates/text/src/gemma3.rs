@@ -2,12 +2,11 @@
 //! `(1 + w)` RMS norms (fp32), q/k norms, split-half RoPE with a local and a global base,
 //! sliding/global masks, GQA, tanh-GELU gated MLP, tied head.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use automodel_core::init::ParamSource;
 use automodel_core::loss::causal_lm_loss;
-use automodel_core::nn::rope::{RopeTables, apply_rope};
+use automodel_core::nn::rope::apply_rope;
 use automodel_core::nn::{Embedding, Linear, RmsNorm, softcap};
 use automodel_core::params::{ParamList, join};
 use automodel_core::weights::{SafeTensorsFiles, TensorSource, WeightLoader};
@@ -16,7 +15,7 @@ use burn::tensor::{DType, Int};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::attention::{attend, build_mask};
+use crate::attention::{AttentionGeometry, AttentionInputs, StepInputs, attend};
 use crate::cache::KvCache;
 use crate::config::LayerType;
 use crate::error::TextError;
@@ -405,60 +404,36 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
         let [b, t] = ids.dims();
         let device = ids.device();
         let v = cfg.vocab_size as i64;
+        if b == 0 || t == 0 {
+            return Err(TextError::Input(format!(
+                "input_ids must be non-empty; got [{b}, {t}]"
+            )));
+        }
         let (lo, hi): (i64, i64) = (
             ids.clone().min().into_scalar().elem(),
             ids.clone().max().into_scalar().elem(),
         );
-        if t == 0 || lo < 0 || hi >= v {
+        if lo < 0 || hi >= v {
             return Err(TextError::Input(format!(
-                "input_ids must be non-empty and in [0, {v}); found [{lo}, {hi}]"
+                "input_ids must be in [0, {v}); found [{lo}, {hi}]"
             )));
         }
-        let past = cache.as_ref().map_or(0, |c| c.seq_len());
-        let new_mask: Vec<Vec<i64>> = attention_mask
-            .map(|m| m.to_vec())
-            .unwrap_or_else(|| vec![vec![1; t]; b]);
-        let positions: Vec<Vec<i64>> = position_ids
-            .map(|p| p.to_vec())
-            .unwrap_or_else(|| vec![(past as i64..(past + t) as i64).collect(); b]);
-        let padding: Vec<Vec<i64>> = match cache.as_ref() {
-            Some(c) if past > 0 => c
-                .mask
-                .iter()
-                .zip(&new_mask)
-                .map(|(o, n)| [o.as_slice(), n].concat())
-                .collect(),
-            _ => new_mask.clone(),
-        };
         let dtype = self.embed_tokens.weight.val().dtype();
-        let (theta_local, theta_global) = cfg.rope_thetas();
-        let mut inputs = HashMap::new();
-        for (ty, theta) in [
-            (LayerType::Sliding, theta_local),
-            (LayerType::Full, theta_global),
-        ] {
-            let (cos, sin) =
-                RopeTables::new(theta, cfg.head_dim).cos_sin::<B>(&positions, &device, dtype);
-            let (start, window) = match ty {
-                LayerType::Full => (0, None),
-                LayerType::Sliding => (
-                    if cache.is_some() {
-                        past.saturating_sub(cfg.sliding_window - 1)
-                    } else {
-                        0
-                    },
-                    Some(cfg.sliding_window),
-                ),
-            };
-            inputs.insert(
-                ty,
-                (
-                    cos,
-                    sin,
-                    build_mask::<B>(&padding, past, t, start, window, &device),
-                ),
-            );
-        }
+        let geometry = AttentionGeometry {
+            rope_thetas: cfg.rope_thetas(),
+            head_dim: cfg.head_dim,
+            sliding_window: cfg.sliding_window,
+        };
+        let step = StepInputs::new(
+            b,
+            t,
+            attention_mask,
+            position_ids,
+            cache.as_deref(),
+            geometry,
+            &device,
+            dtype,
+        )?;
         let scale = (cfg.hidden_size as f64).sqrt() as f32;
         let mut x = self.embed_tokens.forward(ids) * scale as f64;
         let (nh, nkv, d) = (
@@ -469,7 +444,7 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
         let q_scale = cfg.query_pre_attn_scalar.powf(-0.5);
         let mut layer_outputs = Vec::with_capacity(self.layers.len());
         for (i, l) in self.layers.iter().enumerate() {
-            let (cos, sin, mask) = &inputs[&l.layer_type];
+            let AttentionInputs { cos, sin, mask } = &step.by_type[&l.layer_type];
             let xn = l.input_layernorm.forward(x.clone());
             let q = apply_rope(
                 l.q_norm
@@ -509,14 +484,7 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
             logits = softcap(logits, cap);
         }
         if let Some(c) = cache {
-            if past == 0 {
-                c.mask = new_mask;
-            } else {
-                for (o, n) in c.mask.iter_mut().zip(new_mask) {
-                    o.extend(n);
-                }
-            }
-            c.last_position = positions.iter().map(|r| *r.last().unwrap()).collect();
+            step.commit(c);
         }
         let loss = labels.and_then(|l| causal_lm_loss(logits.clone(), l));
         Ok(Gemma3Output {
@@ -756,6 +724,29 @@ mod tests {
             got.extend(out.logits.into_data().to_vec::<f32>().unwrap());
         }
         assert_eq!(got.len(), full.len());
+        // inputs that do not fit are refused, not silently broadcast
+        let err = m
+            .forward(
+                ids_tensor::<B>(&[IDS.to_vec()], &dev),
+                Some(&[vec![1; 3]]),
+                None,
+                None,
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("attention_mask must be [1, 10]"), "{err}");
+        let err = m
+            .forward(
+                ids_tensor::<B>(&[vec![2, 64]], &dev),
+                None,
+                None,
+                None,
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[0, 64)"), "{err}");
         for (i, (g, f)) in got.iter().zip(&full).enumerate() {
             assert!(
                 (g - f).abs() < 1e-4,

@@ -4,7 +4,6 @@ use std::path::Path;
 
 use automodel_core::init::ParamSource;
 use automodel_core::loss::causal_lm_loss;
-use automodel_core::nn::rope::RopeTables;
 use automodel_core::nn::{Embedding, Linear, RmsNorm, softcap};
 use automodel_core::params::{ParamList, join};
 use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
@@ -12,9 +11,9 @@ use burn::prelude::*;
 use burn::tensor::{DType, Int};
 
 use crate::altup::{match_magnitude, rms, stream};
-use crate::attention::{AttentionInputs, SharedKv, build_mask};
+use crate::attention::{AttentionGeometry, SharedKv, StepInputs};
 use crate::cache::KvCache;
-use crate::config::{Gemma3nTextConfig, KvSharing, LayerType};
+use crate::config::{Gemma3nTextConfig, KvSharing};
 use crate::error::TextError;
 use crate::layer::{DecoderLayer, Traces};
 
@@ -251,70 +250,21 @@ impl<B: Backend> Gemma3nTextModel<B> {
                 cfg.hidden_size
             )));
         }
-        let new_mask: Vec<Vec<i64>> = match attention_mask {
-            Some(m) => {
-                if m.len() != b || m.iter().any(|r| r.len() != t) {
-                    return Err(TextError::Input(format!(
-                        "attention_mask must be [{b}, {t}] like the inputs"
-                    )));
-                }
-                m.to_vec()
-            }
-            None => vec![vec![1; t]; b],
+        let geometry = AttentionGeometry {
+            rope_thetas: cfg.rope_thetas()?,
+            head_dim: cfg.head_dim,
+            sliding_window: cfg.sliding_window,
         };
-        let past = cache.as_ref().map_or(0, |c| c.seq_len());
-        if let Some(c) = cache.as_ref()
-            && let Some(cb) = c.batch_size()
-            && cb != b
-        {
-            return Err(TextError::Input(format!(
-                "the cache holds a batch of {cb}, the inputs have {b} rows"
-            )));
-        }
-        let positions: Vec<Vec<i64>> = match position_ids {
-            Some(p) => {
-                if p.len() != b || p.iter().any(|r| r.len() != t) {
-                    return Err(TextError::Input(format!(
-                        "position_ids must be [{b}, {t}] like the inputs"
-                    )));
-                }
-                p.to_vec()
-            }
-            None => vec![(past as i64..(past + t) as i64).collect(); b],
-        };
-        // Full padding history: cached positions then the new ones.
-        let padding: Vec<Vec<i64>> = match cache.as_ref() {
-            Some(c) if past > 0 => c
-                .mask
-                .iter()
-                .zip(&new_mask)
-                .map(|(old, new)| [old.as_slice(), new].concat())
-                .collect(),
-            _ => new_mask.clone(),
-        };
-
-        let (theta_local, theta_global) = cfg.rope_thetas()?;
-        let mut inputs = std::collections::HashMap::new();
-        for (ty, theta) in [
-            (LayerType::Sliding, theta_local),
-            (LayerType::Full, theta_global),
-        ] {
-            let (cos, sin) =
-                RopeTables::new(theta, cfg.head_dim).cos_sin::<B>(&positions, &device, dtype);
-            let (key_start, window) = match ty {
-                LayerType::Full => (0, None),
-                LayerType::Sliding => {
-                    let start = if cache.is_some() {
-                        past.saturating_sub(cfg.sliding_window - 1)
-                    } else {
-                        0
-                    };
-                    (start, Some(cfg.sliding_window))
-                }
-            };
-            let mask = build_mask::<B>(&padding, past, t, key_start, window, &device);
-            inputs.insert(ty, AttentionInputs { cos, sin, mask });
-        }
+        let step = StepInputs::new(
+            b,
+            t,
+            attention_mask,
+            position_ids,
+            cache.as_deref(),
+            geometry,
+            &device,
+            dtype,
+        )?;
 
         let per_layer_inputs =
             self.project_per_layer_inputs(inputs_embeds.clone(), per_layer_token_embeds);
@@ -343,7 +293,7 @@ impl<B: Backend> Gemma3nTextModel<B> {
             x = layer.forward(
                 x,
                 pli,
-                &inputs[&ty],
+                &step.by_type[&ty],
                 &mut shared,
                 cache.as_deref_mut(),
                 opts.training,
@@ -369,14 +319,7 @@ impl<B: Backend> Gemma3nTextModel<B> {
         let last_hidden_state = self.norm.forward(merged);
 
         if let Some(c) = cache {
-            if past == 0 {
-                c.mask = new_mask;
-            } else {
-                for (old, new) in c.mask.iter_mut().zip(new_mask) {
-                    old.extend(new);
-                }
-            }
-            c.last_position = positions.iter().map(|r| *r.last().unwrap()).collect();
+            step.commit(c);
         }
         Ok(TextModelOutput {
             last_hidden_state,
