@@ -364,6 +364,15 @@ impl Gemma3nTextConfig {
         })
     }
 
+    /// RoPE bases, head size and window, as attention needs them.
+    pub fn attention_geometry(&self) -> Result<crate::attention::AttentionGeometry, TextError> {
+        Ok(crate::attention::AttentionGeometry {
+            rope_thetas: self.rope_thetas()?,
+            head_dim: self.head_dim,
+            sliding_window: self.sliding_window,
+        })
+    }
+
     /// RoPE base θ for (sliding, full) layers, from `rope_parameters` or the legacy fields.
     pub fn rope_thetas(&self) -> Result<(f64, f64), TextError> {
         let mut sliding = self.rope_local_base_freq.unwrap_or(10_000.0);

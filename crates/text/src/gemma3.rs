@@ -210,6 +210,15 @@ impl Gemma3TextConfig {
         })
     }
 
+    /// RoPE bases, head size and window, as attention needs them.
+    pub fn attention_geometry(&self) -> AttentionGeometry {
+        AttentionGeometry {
+            rope_thetas: self.rope_thetas(),
+            head_dim: self.head_dim,
+            sliding_window: self.sliding_window,
+        }
+    }
+
     /// RoPE bases (sliding, full).
     pub fn rope_thetas(&self) -> (f64, f64) {
         let get = |k: &str| {
@@ -419,21 +428,9 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
             )));
         }
         let dtype = self.embed_tokens.weight.val().dtype();
-        let geometry = AttentionGeometry {
-            rope_thetas: cfg.rope_thetas(),
-            head_dim: cfg.head_dim,
-            sliding_window: cfg.sliding_window,
-        };
-        let step = StepInputs::new(
-            b,
-            t,
-            attention_mask,
-            position_ids,
-            cache.as_deref(),
-            geometry,
-            &device,
-            dtype,
-        )?;
+        let geometry = cfg.attention_geometry();
+        let (mask, pos) = (attention_mask, position_ids);
+        let step = StepInputs::new(b, t, mask, pos, cache.as_deref(), geometry, &device, dtype)?;
         let scale = (cfg.hidden_size as f64).sqrt() as f32;
         let mut x = self.embed_tokens.forward(ids) * scale as f64;
         let (nh, nkv, d) = (

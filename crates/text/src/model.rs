@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, Int};
 
 use crate::altup::{match_magnitude, rms, stream};
-use crate::attention::{AttentionGeometry, SharedKv, StepInputs};
+use crate::attention::{SharedKv, StepInputs};
 use crate::cache::KvCache;
 use crate::config::{Gemma3nTextConfig, KvSharing};
 use crate::error::TextError;
@@ -250,21 +250,9 @@ impl<B: Backend> Gemma3nTextModel<B> {
                 cfg.hidden_size
             )));
         }
-        let geometry = AttentionGeometry {
-            rope_thetas: cfg.rope_thetas()?,
-            head_dim: cfg.head_dim,
-            sliding_window: cfg.sliding_window,
-        };
-        let step = StepInputs::new(
-            b,
-            t,
-            attention_mask,
-            position_ids,
-            cache.as_deref(),
-            geometry,
-            &device,
-            dtype,
-        )?;
+        let geometry = cfg.attention_geometry()?;
+        let (mask, pos) = (attention_mask, position_ids);
+        let step = StepInputs::new(b, t, mask, pos, cache.as_deref(), geometry, &device, dtype)?;
 
         let per_layer_inputs =
             self.project_per_layer_inputs(inputs_embeds.clone(), per_layer_token_embeds);
