@@ -13,7 +13,8 @@ use burn::tensor::{DType, TensorData};
 
 use crate::compare::{Check, Tolerance};
 use crate::text::{
-    EMBED, LOGITS, check, forward_tolerance, gradient_checks, reference, rows, values,
+    EMBED, LOGITS, check, forward_tolerance, loss_gradient_checks, output_check, reference, rows,
+    values,
 };
 use crate::{ParityError, open, read_meta};
 
@@ -136,24 +137,12 @@ pub fn forward_backward<B: AutodiffBackend>(
                 .map(values),
             _ => None,
         };
-        match got {
-            Some(g) => checks.push(check(name, g, &outputs, tol)?),
-            None => checks.push(Check::failed(
-                name,
-                tol,
-                "the model produced no such tensor",
-            )),
-        }
+        checks.push(output_check(name, got, &outputs, tol)?);
     }
-
-    let loss = out.loss.ok_or_else(|| ParityError::Case {
-        path: dir.into(),
-        message: "no labelled token".into(),
-    })?;
-    let grads = loss.backward();
-    checks.extend(gradient_checks::<B>(
+    checks.extend(loss_gradient_checks(
+        dir,
+        out.loss,
         &model.params(),
-        &grads,
         &outputs,
         &meta,
         |_| true,

@@ -83,6 +83,40 @@ pub(crate) fn check(
     Ok(compare(name, &got.0, &got.1, &want, &want_shape, tol))
 }
 
+/// [`check`] for an output the model may not have produced (a failed check then).
+pub(crate) fn output_check(
+    name: &str,
+    got: Option<(Vec<f64>, Vec<usize>)>,
+    files: &SafeTensorsFiles,
+    tol: Tolerance,
+) -> Result<Check, ParityError> {
+    match got {
+        Some(g) => check(name, g, files, tol),
+        None => Ok(Check::failed(
+            name,
+            tol,
+            "the model produced no such tensor",
+        )),
+    }
+}
+
+/// Backpropagate the case's loss and check the gradients (see [`gradient_checks`]).
+pub(crate) fn loss_gradient_checks<B: AutodiffBackend>(
+    dir: &Path,
+    loss: Option<Tensor<B, 1>>,
+    params: &ParamList<B>,
+    outputs: &SafeTensorsFiles,
+    meta: &serde_json::Value,
+    ours_prefix: impl Fn(&str) -> bool,
+) -> Result<Vec<Check>, ParityError> {
+    let loss = loss.ok_or_else(|| ParityError::Case {
+        path: dir.into(),
+        message: "no labelled token".into(),
+    })?;
+    let grads = loss.backward();
+    gradient_checks::<B>(params, &grads, outputs, meta, ours_prefix)
+}
+
 pub(crate) fn rows(files: &SafeTensorsFiles, name: &str) -> Result<Vec<Vec<i64>>, ParityError> {
     let shape = files.shape(name).map(|s| s.to_vec()).unwrap_or_default();
     let v = files.to_i64_vec(name)?;
@@ -182,24 +216,12 @@ pub fn forward_backward<B: AutodiffBackend>(
                 None => out.model.traces.get(n).cloned().map(values),
             },
         };
-        match got {
-            Some(g) => checks.push(check(name, g, &outputs, tol)?),
-            None => checks.push(Check::failed(
-                name,
-                tol,
-                "the model produced no such tensor",
-            )),
-        }
+        checks.push(output_check(name, got, &outputs, tol)?);
     }
-
-    let loss = out.loss.ok_or_else(|| ParityError::Case {
-        path: dir.into(),
-        message: "no labelled token".into(),
-    })?;
-    let grads = loss.backward();
-    checks.extend(gradient_checks::<B>(
+    checks.extend(loss_gradient_checks(
+        dir,
+        out.loss,
         &model.params(),
-        &grads,
         &outputs,
         &meta,
         |k| k.starts_with(&model.prefix),
