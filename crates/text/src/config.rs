@@ -131,25 +131,32 @@ impl Default for Gemma3nTextConfig {
     }
 }
 
+/// Read and parse the JSON file `path` with `parse`; config errors name the file.
+pub(crate) fn read_config<T>(
+    path: &Path,
+    parse: impl FnOnce(&Value) -> Result<T, TextError>,
+) -> Result<T, TextError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TextError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| TextError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    parse(&value).map_err(|e| match e {
+        TextError::Config { field, message } => TextError::Config {
+            field,
+            message: format!("{message} (in {})", path.display()),
+        },
+        other => other,
+    })
+}
+
 impl Gemma3nTextConfig {
     /// Read `config.json`: a full `Gemma3nConfig` (its `text_config` is used) or a bare text config.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TextError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| TextError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| TextError::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Self::from_value(&value).map_err(|e| match e {
-            TextError::Config { field, message } => TextError::Config {
-                field,
-                message: format!("{message} (in {})", path.display()),
-            },
-            other => other,
-        })
+        read_config(path.as_ref(), Self::from_value)
     }
 
     /// From a parsed JSON value (full or bare config).

@@ -94,22 +94,7 @@ impl Gemma3TextConfig {
 
     /// Read `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TextError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| TextError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| TextError::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Self::from_value(&v).map_err(|e| match e {
-            TextError::Config { field, message } => TextError::Config {
-                field,
-                message: format!("{message} (in {})", path.display()),
-            },
-            e => e,
-        })
+        crate::config::read_config(path.as_ref(), Self::from_value)
     }
 
     /// The config as Hugging Face writes it for `Gemma3ForCausalLM` (`model_type`
