@@ -61,6 +61,11 @@ impl<B: Backend> StepInputs<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, TextError> {
+        if b == 0 || t == 0 {
+            return Err(TextError::Input(format!(
+                "the inputs must hold at least one token; got [{b}, {t}]"
+            )));
+        }
         let rows =
             |name: &str, m: Option<&[Vec<i64>]>| -> Result<Option<Vec<Vec<i64>>>, TextError> {
                 match m {
@@ -128,7 +133,7 @@ impl<B: Backend> StepInputs<B> {
         cache.last_position = self
             .positions
             .iter()
-            .map(|r| *r.last().expect("t > 0"))
+            .map(|r| *r.last().expect("new() refuses t = 0"))
             .collect();
         if cache.seq_len() == 0 {
             cache.mask = self.new_mask;
