@@ -458,10 +458,7 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
             layer_outputs.push(x.clone());
         }
         let last_hidden_state = self.norm.forward(x);
-        let w = self.embed_tokens.weight.val();
-        let mut logits = last_hidden_state
-            .clone()
-            .matmul(w.transpose().unsqueeze::<3>());
+        let mut logits = self.embed_tokens.tied_head(last_hidden_state.clone());
         if let Some(cap) = cfg.final_logit_softcapping {
             logits = softcap(logits, cap);
         }

@@ -198,8 +198,7 @@ impl<B: Backend> Gemma3nTextModel<B> {
 
     /// The tied LM head: `softcap(h·Eᵀ)` with the embedding table.
     pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let w = self.embed_tokens.weight.val();
-        let logits = hidden.matmul(w.transpose().unsqueeze::<3>());
+        let logits = self.embed_tokens.tied_head(hidden);
         match self.config.final_logit_softcapping {
             Some(cap) => softcap(logits, cap),
             None => logits,

@@ -70,8 +70,76 @@ impl<B: Backend> Embedding<B> {
         }
     }
 
+    /// The tied LM head: `hidden` `[B, T, dim]` times the tableᵀ → logits `[B, T, V]`. Done as a
+    /// 2-D matmul that reads the transposed table through its strides: reshaping the transposed
+    /// view to 3-D would copy the whole table (670 MB for Gemma's vocabulary) on every call.
+    pub fn tied_head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, h] = hidden.dims();
+        let w = self.weight.val();
+        let v = w.dims()[0];
+        hidden
+            .reshape([b * t, h])
+            .matmul(w.transpose())
+            .reshape([b, t, v])
+    }
+
     /// Register `{name}.weight`.
     pub fn params(&self, name: &str, out: &mut ParamList<B>) {
         out.push(format!("{name}.weight"), HfParam::D2(self.weight.val()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::DType;
+
+    type A = burn::backend::Autodiff<crate::CpuBackend>;
+
+    #[test]
+    fn tied_head_is_hidden_times_table_transposed_with_gradients() {
+        let dev = Default::default();
+        let src = ParamSource::<A>::random(&dev, DType::F32, 1.0);
+        let e = Embedding::<A>::new(&src, "e", 5, 3, Some(0));
+        let h = Tensor::<A, 3>::from_floats(
+            [
+                [[1.0, 0.0, 2.0], [0.5, -1.0, 0.0]],
+                [[0.0, 3.0, 1.0], [1.0, 1.0, 1.0]],
+            ],
+            &dev,
+        )
+        .require_grad();
+        let logits = e.tied_head(h.clone());
+        assert_eq!(logits.dims(), [2, 2, 5]);
+        let w = e.weight.val().into_data().to_vec::<f32>().unwrap();
+        let hv = h.clone().into_data().to_vec::<f32>().unwrap();
+        let got = logits.clone().into_data().to_vec::<f32>().unwrap();
+        for bt in 0..4 {
+            for v in 0..5 {
+                let want: f32 = (0..3).map(|k| hv[bt * 3 + k] * w[v * 3 + k]).sum();
+                assert!((got[bt * 5 + v] - want).abs() < 1e-5);
+            }
+        }
+        // d(sum logits)/dW[v] = sum of hidden rows; d/dh = sum of table rows (padding row too:
+        // the padding rule is for lookups only)
+        let grads = logits.sum().backward();
+        let gw = e
+            .weight
+            .grad(&grads)
+            .unwrap()
+            .to_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let col: Vec<f32> = (0..3)
+            .map(|k| (0..4).map(|bt| hv[bt * 3 + k]).sum())
+            .collect();
+        for v in 0..5 {
+            for k in 0..3 {
+                assert!((gw[v * 3 + k] - col[k]).abs() < 1e-5);
+            }
+        }
+        let gh = h.grad(&grads).unwrap().to_data().to_vec::<f32>().unwrap();
+        let rows: Vec<f32> = (0..3).map(|k| (0..5).map(|v| w[v * 3 + k]).sum()).collect();
+        assert!((gh[0] - rows[0]).abs() < 1e-5 && (gh[11] - rows[2]).abs() < 1e-5);
     }
 }
