@@ -1,6 +1,6 @@
-//! Gemma 3 GGUF files: [`load_gguf`] runs one directly; [`gguf_to_hf`] turns one into a Hugging Face folder that `transformers`
-//! (`AutoModelForCausalLM.from_pretrained(dir)`, `AutoTokenizer.from_pretrained(dir)`) and
-//! [`Gemma3ForCausalLM::from_pretrained`] load: `config.json`, `model.safetensors` (float32,
+//! Gemma 3 GGUF files: [`load_gguf`] runs one directly; [`gguf_to_hf`] turns one into a Hugging
+//! Face folder that `transformers` (`AutoModelForCausalLM.from_pretrained(dir)`,
+//! `AutoTokenizer.from_pretrained(dir)`) and [`Gemma3ForCausalLM::from_pretrained`] load: `config.json`, `model.safetensors` (float32,
 //! dequantized, HF key names and norm convention), `tokenizer.json`, `tokenizer_config.json`
 //! and `generation_config.json`.
 
@@ -73,12 +73,9 @@ pub fn gguf_to_hf(
     write_atomic(&tc, json(&tok_cfg).as_bytes())?;
     written.push(tc);
     let gc = out.join("generation_config.json");
-    // chat turns end with `<end_of_turn>`, so generation stops there too
-    let mut eos = vec![tok.eos_id];
-    eos.extend(tok.inner.token_to_id("<end_of_turn>"));
     let gen_cfg = serde_json::json!({
         "bos_token_id": tok.bos_id,
-        "eos_token_id": eos,
+        "eos_token_id": tok.stop_ids(),
         "pad_token_id": tok.pad_id,
     });
     write_atomic(&gc, json(&gen_cfg).as_bytes())?;

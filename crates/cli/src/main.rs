@@ -189,8 +189,7 @@ fn run_gemma3(
         .into_iter()
         .map(i64::from)
         .collect();
-    let mut stop = vec![tok.eos_id as i64];
-    stop.extend(tok.inner.token_to_id("<end_of_turn>").map(i64::from));
+    let stop = tok.stop_ids().into_iter().map(i64::from).collect();
     let cfg = generation_config(a, stop);
     let mut rng = automodel::generate::SplitMix64::new(cfg.seed);
     let mut s = Streamer {
@@ -276,7 +275,7 @@ fn run_gemma3n(dir: &Path, tok: &GemmaTokenizer, a: &GenerateArgs) -> anyhow::Re
             ids.extend(&nl);
         }
     }
-    let gen_cfg = generation_config(a, vec![tok.eos_id as i64, 106]);
+    let gen_cfg = generation_config(a, tok.stop_ids().into_iter().map(i64::from).collect());
     let prompt = MultimodalInput {
         input_ids: vec![ids],
         attention_mask: None,

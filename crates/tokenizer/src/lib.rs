@@ -227,6 +227,14 @@ impl GemmaTokenizer {
             .map_err(|e| file_err(e.to_string()))
     }
 
+    /// Ids that end generation: `<eos>`, and `<end_of_turn>` (chat turns end with it) when the
+    /// vocabulary has it.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut ids = vec![self.eos_id];
+        ids.extend(self.inner.token_to_id("<end_of_turn>"));
+        ids
+    }
+
     /// Hugging Face's `tokenizer_config.json` for this vocabulary: the Gemma special tokens, BOS
     /// added and EOS not, so `AutoTokenizer` encodes as [`GemmaTokenizer::encode`] with BOS.
     pub fn hf_tokenizer_config(&self) -> serde_json::Value {
