@@ -648,32 +648,27 @@ mod tests {
         let m = random_model(&cfg);
         let dir = tempfile::tempdir().unwrap();
         m.save_pretrained(dir.path(), None).unwrap();
+        // rewrite config.json and report what loading the folder says
+        let load_with = |cfg_json: &Value| {
+            std::fs::write(
+                dir.path().join("config.json"),
+                serde_json::to_string(cfg_json).unwrap(),
+            )
+            .unwrap();
+            Gemma3ForCausalLM::<B>::from_pretrained(dir.path(), &Default::default(), DType::F32)
+                .unwrap_err()
+                .to_string()
+        };
         let mut cfg_json = cfg.to_hf_json();
         cfg_json["num_hidden_layers"] = 4.into();
         cfg_json["layer_types"] = serde_json::json!(null);
-        std::fs::write(
-            dir.path().join("config.json"),
-            serde_json::to_string(&cfg_json).unwrap(),
-        )
-        .unwrap();
-        let err =
-            Gemma3ForCausalLM::<B>::from_pretrained(dir.path(), &Default::default(), DType::F32)
-                .unwrap_err()
-                .to_string();
+        let err = load_with(&cfg_json);
         assert!(
             err.contains("model.layers.3.self_attn.q_proj.weight"),
             "{err}"
         );
         cfg_json["num_key_value_heads"] = 3.into();
-        std::fs::write(
-            dir.path().join("config.json"),
-            serde_json::to_string(&cfg_json).unwrap(),
-        )
-        .unwrap();
-        let err =
-            Gemma3ForCausalLM::<B>::from_pretrained(dir.path(), &Default::default(), DType::F32)
-                .unwrap_err()
-                .to_string();
+        let err = load_with(&cfg_json);
         assert!(
             err.contains("num_key_value_heads") && err.contains("config.json"),
             "{err}"
