@@ -3,10 +3,10 @@
 mod common;
 
 use automodel_audio::decode::load_audio;
+use automodel_audio::encoder::AUDIO_PREFIX;
 use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
 use automodel_audio::{AudioEncoder, Gemma3nAudioConfig};
-use automodel_core::init::ParamSource;
-use automodel_core::params::ParamList;
+use automodel_core::init::Initializer;
 use automodel_core::weights::SafeTensorsFiles;
 use automodel_core::{CpuAutodiff, CpuBackend};
 use burn::prelude::*;
@@ -138,23 +138,7 @@ fn every_tower_parameter_gets_a_gradient() {
     let (x, valid) = mel::<CpuAutodiff>();
     let out = t.forward(x, &valid).unwrap();
     let grads = out.encodings.powi_scalar(2).mean().backward();
-    let mut params = ParamList::new();
-    t.params(&mut params);
-    let stored = SafeTensorsFiles::open(case("audio").join("model.safetensors")).unwrap();
-    assert_eq!(
-        params.entries.len(),
-        stored
-            .names()
-            .filter(|k| k.starts_with("model.audio_tower."))
-            .count()
-    );
-    for (k, p) in &params.entries {
-        let g = p
-            .hf_grad(&grads)
-            .unwrap_or_else(|| panic!("{k} got no gradient"));
-        let v = g.convert_dtype(DType::F32).to_vec::<f32>().unwrap();
-        assert!(v.iter().any(|x| *x != 0.0), "{k} has an all-zero gradient");
-    }
+    common::assert_every_parameter_learns(&t, &grads, "audio", AUDIO_PREFIX);
 }
 
 #[test]
@@ -187,14 +171,9 @@ fn bf16_tower_runs_in_bf16_close_to_f32() {
 fn released_audio_tower_size() {
     let cfg = Gemma3nAudioConfig::default();
     let t = AudioEncoder::<CpuBackend>::new(
-        &ParamSource::Random {
-            device: Default::default(),
-            dtype: DType::BF16,
-            std: 0.0,
-        },
+        &Initializer::shapes(&Default::default(), DType::BF16),
         &cfg,
-    );
-    let mut params = ParamList::new();
-    t.params(&mut params);
-    assert_eq!(params.numel(), 681_348_640);
+    )
+    .unwrap();
+    assert_eq!(t.num_params(), 681_348_640);
 }

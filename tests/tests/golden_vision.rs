@@ -5,7 +5,7 @@ mod common;
 use automodel_core::weights::SafeTensorsFiles;
 use automodel_core::{CpuAutodiff, CpuBackend};
 use automodel_vision::processor::{ImageProcessorConfig, load_image};
-use automodel_vision::{Gemma3nVisionConfig, MobileNetV5Encoder};
+use automodel_vision::{Gemma3nVisionConfig, MobileNetV5Encoder, VISION_PREFIX};
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use common::{case, max_diff};
@@ -134,25 +134,7 @@ fn every_tower_parameter_gets_a_gradient() {
     let t = tower::<CpuAutodiff>(DType::F32);
     let out = t.forward(pixels());
     let grads = out.powi_scalar(2).mean().backward();
-    let mut params = automodel_core::params::ParamList::new();
-    t.params(&mut params);
-    let stored = SafeTensorsFiles::open(case("image").join("model.safetensors")).unwrap();
-    let tower_keys = stored
-        .names()
-        .filter(|k| k.starts_with("model.vision_tower."))
-        .count();
-    assert_eq!(
-        params.entries.len(),
-        tower_keys,
-        "one parameter per stored tower tensor"
-    );
-    for (k, p) in &params.entries {
-        let g = p
-            .hf_grad(&grads)
-            .unwrap_or_else(|| panic!("{k} got no gradient"));
-        let v = g.convert_dtype(DType::F32).to_vec::<f32>().unwrap();
-        assert!(v.iter().any(|x| *x != 0.0), "{k} has an all-zero gradient");
-    }
+    common::assert_every_parameter_learns(&t, &grads, "image", VISION_PREFIX);
 }
 
 #[test]
@@ -209,9 +191,7 @@ fn missing_tower_weights_are_reported() {
 fn released_architecture_size_and_output_shape() {
     let cfg = Gemma3nVisionConfig::default();
     let t = MobileNetV5Encoder::<CpuBackend>::init(&cfg, &Default::default(), DType::F32).unwrap();
-    let mut params = automodel_core::params::ParamList::new();
-    t.params(&mut params);
-    assert_eq!(params.numel(), 294_126_912);
+    assert_eq!(t.num_params(), 294_126_912);
     let x = Tensor::<CpuBackend, 4>::zeros([1, 3, 64, 64], &Default::default()) + 0.5;
     assert_eq!(t.forward(x).dims(), [1, 2048, 16, 16]);
 }

@@ -17,7 +17,7 @@ fn logits(model: &Gemma3nForCausalLM<B>) -> Vec<f32> {
     let out = model
         .forward(
             ids_tensor::<B>(&ids, &Default::default()),
-            Some(&mask),
+            Some(ids_tensor::<B>(&mask, &Default::default())),
             None,
             ForwardOptions::default(),
         )

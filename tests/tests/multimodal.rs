@@ -5,10 +5,11 @@ mod common;
 use std::collections::BTreeSet;
 
 use automodel::{
-    ForwardOptions, Gemma3nConfig, Gemma3nForConditionalGeneration, GenerationConfig,
+    ForwardOptions, Gemma3nConfig, Gemma3nForConditionalGeneration, Generate, GenerationConfig,
     MultimodalInput,
 };
 use automodel_core::CpuBackend as B;
+use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, TensorMap};
 use automodel_text::matformer::{MatformerSpec, extract_checkpoint};
 use automodel_vision::config::{BlockArgs, decode_block, mobilenetv5_300m_arch};
@@ -160,7 +161,7 @@ fn bf16_checkpoints_load_into_f32_and_generation_config_is_read() {
         DType::F32,
     )
     .unwrap();
-    assert_eq!(m.language_model.dtype(), DType::F32);
+    assert_eq!(m.model.language_model.dtype(), DType::F32);
     let g = GenerationConfig::from_file(case("text_bf16").join("generation_config.json")).unwrap();
     assert_eq!(g.stop_ids, vec![1]);
 }
@@ -189,12 +190,12 @@ fn shrunk_e2b() -> Gemma3nConfig {
         .map(|st| {
             st.iter()
                 .map(|s| match decode_block(s).unwrap() {
-                    BlockArgs::EdgeResidual { stride, out_chs, .. } => serde_json::json!({"block_type": "er", "exp_kernel_size": 3, "exp_ratio": 2.0, "stride": stride, "out_chs": out_chs / 32}),
-                    BlockArgs::Uir { dw_kernel_size_start, dw_kernel_size_mid, stride, out_chs, exp_ratio, .. } => serde_json::json!({
-                        "block_type": "uir", "dw_kernel_size_start": dw_kernel_size_start, "dw_kernel_size_mid": dw_kernel_size_mid,
-                        "exp_ratio": exp_ratio, "stride": stride, "out_chs": out_chs / 32}),
-                    BlockArgs::Mqa { kv_stride, out_chs, .. } => serde_json::json!({
-                        "block_type": "mqa", "num_heads": 2, "key_dim": 4, "value_dim": 4, "kv_stride": kv_stride, "out_chs": out_chs / 32}),
+                    BlockArgs::EdgeResidual(a) => serde_json::json!({"block_type": "er", "exp_kernel_size": 3, "exp_ratio": 2.0, "stride": a.stride, "out_chs": a.out_chs / 32}),
+                    BlockArgs::Uir(a) => serde_json::json!({
+                        "block_type": "uir", "dw_kernel_size_start": a.dw_kernel_size_start, "dw_kernel_size_mid": a.dw_kernel_size_mid,
+                        "exp_ratio": a.exp_ratio, "stride": a.stride, "out_chs": a.out_chs / 32}),
+                    BlockArgs::Mqa(a) => serde_json::json!({
+                        "block_type": "mqa", "num_heads": 2, "key_dim": 4, "value_dim": 4, "kv_stride": a.kv_stride, "out_chs": a.out_chs / 32}),
                 })
                 .collect()
         })
@@ -219,7 +220,7 @@ fn synthetic_sharded_checkpoint_with_the_real_key_set_loads_cleanly() {
     let m = Gemma3nForConditionalGeneration::<B>::from_config(&cfg, &dev, DType::F32).unwrap();
     let dir = tempfile::tempdir().unwrap();
     // what the released checkpoint adds: zero K/V for the 10 KV-reusing layers (20..29)
-    let mut map = m.params().to_tensor_map("");
+    let mut map = tree::hf_tensors(&m, "");
     for l in 20..30 {
         let p = format!("model.language_model.layers.{l}.self_attn.");
         map.insert_data(
@@ -250,7 +251,10 @@ fn synthetic_sharded_checkpoint_with_the_real_key_set_loads_cleanly() {
         &dev,
     )
     .unwrap();
-    let mut want: BTreeSet<String> = real.params().keys().into_iter().map(String::from).collect();
+    let mut want: BTreeSet<String> = tree::param_infos(&real, "")
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
     for l in 20..30 {
         for k in ["k_proj.weight", "v_proj.weight", "k_norm.weight"] {
             want.insert(format!("model.language_model.layers.{l}.self_attn.{k}"));

@@ -1,9 +1,8 @@
 //! Chunked local self-attention with relative position embeddings (HF `Gemma3nAudioAttention`),
 //! written as a dense band: query `t` sees keys `j` with `−right ≤ t − j ≤ left − 1`.
 
-use automodel_core::init::{Init, ParamSource};
+use automodel_core::init::{Init, Initializer};
 use automodel_core::nn::{Linear, softcap};
-use automodel_core::params::{HfParam, ParamList, join};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::softplus;
@@ -19,7 +18,7 @@ pub struct LocalAttention<B: Backend> {
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
     pub per_dim_scale: Param<Tensor<B, 1>>,
-    pub pos_proj: Linear<B>,
+    pub relative_position_embedding: RelativePositionEmbedding<B>,
     #[module(skip)]
     pub num_heads: usize,
     #[module(skip)]
@@ -32,24 +31,23 @@ pub struct LocalAttention<B: Backend> {
     pub logit_cap: f64,
 }
 
+/// HF `Gemma3nAudioRelativePositionEmbedding`: a projection of sinusoidal relative positions.
+#[derive(Module, Debug)]
+pub struct RelativePositionEmbedding<B: Backend> {
+    pub pos_proj: Linear<B>,
+}
+
 impl<B: Backend> LocalAttention<B> {
-    pub fn new(src: &ParamSource<'_, B>, name: &str, cfg: &Gemma3nAudioConfig) -> Self {
+    pub fn new(init: &Initializer<B>, cfg: &Gemma3nAudioConfig) -> Self {
         let h = cfg.hidden_size;
         Self {
-            q_proj: Linear::new(src, &join(name, "q_proj"), h, h),
-            k_proj: Linear::new(src, &join(name, "k_proj"), h, h),
-            v_proj: Linear::new(src, &join(name, "v_proj"), h, h),
-            per_dim_scale: Param::from_tensor(src.tensor(
-                &join(name, "per_dim_scale"),
-                [cfg.head_dim()],
-                Init::Zeros,
-            )),
-            pos_proj: Linear::new(
-                src,
-                &join(name, "relative_position_embedding.pos_proj"),
-                h,
-                h,
-            ),
+            q_proj: Linear::new(init, h, h),
+            k_proj: Linear::new(init, h, h),
+            v_proj: Linear::new(init, h, h),
+            per_dim_scale: init.param([cfg.head_dim()], Init::Zeros),
+            relative_position_embedding: RelativePositionEmbedding {
+                pos_proj: Linear::new(init, h, h),
+            },
             num_heads: cfg.conf_num_attention_heads,
             chunk: cfg.conf_attention_chunk_size,
             max_past: cfg.conf_attention_context_left.saturating_sub(1),
@@ -81,7 +79,7 @@ impl<B: Backend> LocalAttention<B> {
 
         // Relative positions d = t − j for d = p, p−1, …, −r: sinusoid in float32 → pos_proj.
         let rel: Vec<i64> = (0..=(p + r) as i64).map(|i| p as i64 - i).collect();
-        let pos = self.pos_proj.forward(
+        let pos = self.relative_position_embedding.pos_proj.forward(
             timing_signal::<B>(&rel, h, &device)
                 .cast(dtype)
                 .unsqueeze::<3>(),
@@ -146,18 +144,6 @@ impl<B: Backend> LocalAttention<B> {
         let denom = e.clone().sum_dim(3) + n_out * (m.neg() + f32::MIN as f64).exp();
         let probs = (e / denom).cast(dtype);
         probs.matmul(v).swap_dims(1, 2).reshape([b, t, h])
-    }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        self.q_proj.params(&join(name, "q_proj"), out);
-        self.k_proj.params(&join(name, "k_proj"), out);
-        self.v_proj.params(&join(name, "v_proj"), out);
-        out.push(
-            join(name, "per_dim_scale"),
-            HfParam::D1(self.per_dim_scale.val()),
-        );
-        self.pos_proj
-            .params(&join(name, "relative_position_embedding.pos_proj"), out);
     }
 }
 

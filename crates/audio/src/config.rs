@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::AudioError;
+use automodel_core::config::{ConfigError, deserialize, read_config};
 
 /// The Gemma 3n audio encoder configuration (HF names and defaults = the released model).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,39 +62,23 @@ impl Default for Gemma3nAudioConfig {
 
 impl Gemma3nAudioConfig {
     /// Read `audio_config` from a full Gemma 3n `config.json` (or a bare audio config).
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, AudioError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| AudioError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| AudioError::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Self::from_value(&v)
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        read_config(path.as_ref(), Self::from_value)
     }
 
     /// From a parsed full or bare config.
-    pub fn from_value(v: &Value) -> Result<Self, AudioError> {
-        let (inner, prefix) = match v.get("audio_config") {
-            Some(x) => (x, "audio_config."),
+    pub fn from_value(v: &Value) -> Result<Self, ConfigError> {
+        let (inner, section) = match v.get("audio_config") {
+            Some(x) => (x, "audio_config"),
             None => (v, ""),
         };
-        let cfg: Self = serde_json::from_value(inner.clone())
-            .map_err(|e| AudioError::config(prefix.trim_end_matches('.'), e.to_string()))?;
-        cfg.validate().map_err(|e| match e {
-            AudioError::Config { field, message } => AudioError::Config {
-                field: format!("{prefix}{field}"),
-                message,
-            },
-            other => other,
-        })?;
+        let cfg: Self = deserialize(inner).map_err(|e| e.under(section))?;
+        cfg.validate().map_err(|e| e.under(section))?;
         Ok(cfg)
     }
 
     /// Check what the encoder relies on.
-    pub fn validate(&self) -> Result<(), AudioError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, v) in [
             ("hidden_size", self.hidden_size),
             ("input_feat_size", self.input_feat_size),
@@ -108,25 +92,45 @@ impl Gemma3nAudioConfig {
             ("conf_reduction_factor", self.conf_reduction_factor),
         ] {
             if v == 0 {
-                return Err(AudioError::config(name, "must be greater than 0"));
+                return Err(ConfigError::field(name, "must be greater than 0"));
             }
         }
         if !self
             .hidden_size
             .is_multiple_of(self.conf_num_attention_heads)
         {
-            return Err(AudioError::config(
+            return Err(ConfigError::field(
                 "conf_num_attention_heads",
                 "must divide hidden_size",
             ));
         }
-        let n = self.sscp_conv_channel_size.len();
-        if n == 0 || self.sscp_conv_kernel_size.len() != n || self.sscp_conv_stride_size.len() != n
-        {
-            return Err(AudioError::config(
+        for (name, n) in [
+            ("sscp_conv_channel_size", self.sscp_conv_channel_size.len()),
+            ("sscp_conv_kernel_size", self.sscp_conv_kernel_size.len()),
+            ("sscp_conv_stride_size", self.sscp_conv_stride_size.len()),
+        ] {
+            if n != 2 {
+                return Err(ConfigError::field(
+                    name,
+                    format!("has {n} entries; the sub-sampling projection has exactly 2 convs"),
+                ));
+            }
+        }
+        if self.sscp_conv_channel_size.contains(&0) {
+            return Err(ConfigError::field(
                 "sscp_conv_channel_size",
-                "sscp_conv_channel_size, sscp_conv_kernel_size and sscp_conv_stride_size need the same non-zero length",
+                "every width must be greater than 0",
             ));
+        }
+        for (name, v) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("sscp_conv_group_norm_eps", self.sscp_conv_group_norm_eps),
+            ("conf_attention_logit_cap", self.conf_attention_logit_cap),
+            ("gradient_clipping", self.gradient_clipping),
+        ] {
+            if !(v > 0.0) {
+                return Err(ConfigError::field(name, format!("{v} must be positive")));
+            }
         }
         for (i, (k, s)) in self
             .sscp_conv_kernel_size
@@ -135,7 +139,7 @@ impl Gemma3nAudioConfig {
             .enumerate()
         {
             if k.len() != 2 || s.len() != 2 || k.contains(&0) || s.contains(&0) {
-                return Err(AudioError::config(
+                return Err(ConfigError::field(
                     format!("sscp_conv_kernel_size[{i}]"),
                     "kernels and strides are positive [time, freq] pairs",
                 ));

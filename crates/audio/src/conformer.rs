@@ -1,9 +1,8 @@
 //! One conformer block: half-step feed-forward, local attention, light-weight causal conv,
 //! half-step feed-forward, clamp, RMS norm.
 
-use automodel_core::init::{Init, ParamSource};
+use automodel_core::init::{Init, Initializer};
 use automodel_core::nn::{Linear, RmsNorm};
-use automodel_core::params::{HfParam, ParamList, join};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::{glu, silu};
@@ -33,13 +32,13 @@ pub struct FeedForward<B: Backend> {
 }
 
 impl<B: Backend> FeedForward<B> {
-    pub fn new(src: &ParamSource<'_, B>, name: &str, cfg: &Gemma3nAudioConfig) -> Self {
+    pub fn new(init: &Initializer<B>, cfg: &Gemma3nAudioConfig) -> Self {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Self {
-            pre_layer_norm: RmsNorm::new(src, &join(name, "pre_layer_norm"), h, eps, false),
-            ffw_layer_1: Linear::new(src, &join(name, "ffw_layer_1"), h, 4 * h),
-            ffw_layer_2: Linear::new(src, &join(name, "ffw_layer_2"), 4 * h, h),
-            post_layer_norm: RmsNorm::new(src, &join(name, "post_layer_norm"), h, eps, false),
+            pre_layer_norm: RmsNorm::new(init, h, eps, false),
+            ffw_layer_1: Linear::new(init, h, 4 * h),
+            ffw_layer_2: Linear::new(init, 4 * h, h),
+            post_layer_norm: RmsNorm::new(init, h, eps, false),
             residual_weight: cfg.conf_residual_weight,
             clip: cfg.gradient_clipping,
         }
@@ -50,15 +49,6 @@ impl<B: Backend> FeedForward<B> {
         let y = self.ffw_layer_2.forward(silu(self.ffw_layer_1.forward(y)));
         let y = self.post_layer_norm.forward(clamp(y, self.clip));
         x + y * self.residual_weight
-    }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        self.pre_layer_norm
-            .params(&join(name, "pre_layer_norm"), out);
-        self.ffw_layer_1.params(&join(name, "ffw_layer_1"), out);
-        self.ffw_layer_2.params(&join(name, "ffw_layer_2"), out);
-        self.post_layer_norm
-            .params(&join(name, "post_layer_norm"), out);
     }
 }
 
@@ -74,13 +64,13 @@ pub struct AttentionBlock<B: Backend> {
 }
 
 impl<B: Backend> AttentionBlock<B> {
-    pub fn new(src: &ParamSource<'_, B>, name: &str, cfg: &Gemma3nAudioConfig) -> Self {
+    pub fn new(init: &Initializer<B>, cfg: &Gemma3nAudioConfig) -> Self {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Self {
-            pre_attn_norm: RmsNorm::new(src, &join(name, "pre_attn_norm"), h, eps, false),
-            attn: LocalAttention::new(src, &join(name, "attn"), cfg),
-            post: Linear::new(src, &join(name, "post"), h, h),
-            post_norm: RmsNorm::new(src, &join(name, "post_norm"), h, eps, false),
+            pre_attn_norm: RmsNorm::new(init, h, eps, false),
+            attn: LocalAttention::new(init, cfg),
+            post: Linear::new(init, h, h),
+            post_norm: RmsNorm::new(init, h, eps, false),
             clip: cfg.gradient_clipping,
         }
     }
@@ -93,13 +83,6 @@ impl<B: Backend> AttentionBlock<B> {
         let y = clamp(self.post.forward(y), self.clip);
         x + self.post_norm.forward(y)
     }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        self.pre_attn_norm.params(&join(name, "pre_attn_norm"), out);
-        self.attn.params(&join(name, "attn"), out);
-        self.post.params(&join(name, "post"), out);
-        self.post_norm.params(&join(name, "post_norm"), out);
-    }
 }
 
 /// Light-weight conv: `x + W_end·silu(RMSNorm(causal_dwconv(GLU(W_start·RMSNorm(x)))))`.
@@ -107,34 +90,37 @@ impl<B: Backend> AttentionBlock<B> {
 pub struct LightConv<B: Backend> {
     pub pre_layer_norm: RmsNorm<B>,
     pub linear_start: Linear<B>,
-    /// `[H, 1, k]` depthwise kernel.
-    pub depthwise_conv1d: Param<Tensor<B, 3>>,
+    pub depthwise_conv1d: DepthwiseConv1d<B>,
     pub conv_norm: RmsNorm<B>,
     pub linear_end: Linear<B>,
     #[module(skip)]
     pub clip: f64,
 }
 
+/// A bias-free depthwise 1-D convolution kernel `[H, 1, k]` (HF's `nn.Conv1d(groups=H)`).
+#[derive(Module, Debug)]
+pub struct DepthwiseConv1d<B: Backend> {
+    pub weight: Param<Tensor<B, 3>>,
+}
+
 impl<B: Backend> LightConv<B> {
-    pub fn new(src: &ParamSource<'_, B>, name: &str, cfg: &Gemma3nAudioConfig) -> Self {
+    pub fn new(init: &Initializer<B>, cfg: &Gemma3nAudioConfig) -> Self {
         let (h, eps, k) = (cfg.hidden_size, cfg.rms_norm_eps, cfg.conf_conv_kernel_size);
         Self {
-            pre_layer_norm: RmsNorm::new(src, &join(name, "pre_layer_norm"), h, eps, false),
-            linear_start: Linear::new(src, &join(name, "linear_start"), h, 2 * h),
-            depthwise_conv1d: Param::from_tensor(src.tensor(
-                &join(name, "depthwise_conv1d.weight"),
-                [h, 1, k],
-                Init::Normal,
-            )),
-            conv_norm: RmsNorm::new(src, &join(name, "conv_norm"), h, eps, false),
-            linear_end: Linear::new(src, &join(name, "linear_end"), h, h),
+            pre_layer_norm: RmsNorm::new(init, h, eps, false),
+            linear_start: Linear::new(init, h, 2 * h),
+            depthwise_conv1d: DepthwiseConv1d {
+                weight: init.param([h, 1, k], Init::Normal),
+            },
+            conv_norm: RmsNorm::new(init, h, eps, false),
+            linear_end: Linear::new(init, h, h),
             clip: cfg.gradient_clipping,
         }
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [_, _, h] = x.dims();
-        let k = self.depthwise_conv1d.dims()[2];
+        let k = self.depthwise_conv1d.weight.dims()[2];
         let y = glu(
             self.linear_start
                 .forward(self.pre_layer_norm.forward(x.clone())),
@@ -146,24 +132,12 @@ impl<B: Backend> LightConv<B> {
             .swap_dims(1, 2)
             .cast(DType::F32)
             .pad([(k - 1, 0)], PadMode::Constant(0.0));
-        let w = self.depthwise_conv1d.val().cast(DType::F32);
+        let w = self.depthwise_conv1d.weight.val().cast(DType::F32);
         let y = conv1d(yt, w, None, ConvOptions::new([1], [0], [1], h))
             .cast(dtype)
             .swap_dims(1, 2);
         let y = silu(self.conv_norm.forward(clamp(y, self.clip)));
         x + self.linear_end.forward(y)
-    }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        self.pre_layer_norm
-            .params(&join(name, "pre_layer_norm"), out);
-        self.linear_start.params(&join(name, "linear_start"), out);
-        out.push(
-            join(name, "depthwise_conv1d.weight"),
-            HfParam::D3(self.depthwise_conv1d.val()),
-        );
-        self.conv_norm.params(&join(name, "conv_norm"), out);
-        self.linear_end.params(&join(name, "linear_end"), out);
     }
 }
 
@@ -180,19 +154,13 @@ pub struct ConformerBlock<B: Backend> {
 }
 
 impl<B: Backend> ConformerBlock<B> {
-    pub fn new(src: &ParamSource<'_, B>, name: &str, cfg: &Gemma3nAudioConfig) -> Self {
+    pub fn new(init: &Initializer<B>, cfg: &Gemma3nAudioConfig) -> Self {
         Self {
-            ffw_layer_start: FeedForward::new(src, &join(name, "ffw_layer_start"), cfg),
-            attention: AttentionBlock::new(src, &join(name, "attention"), cfg),
-            lconv1d: LightConv::new(src, &join(name, "lconv1d"), cfg),
-            ffw_layer_end: FeedForward::new(src, &join(name, "ffw_layer_end"), cfg),
-            norm: RmsNorm::new(
-                src,
-                &join(name, "norm"),
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-                false,
-            ),
+            ffw_layer_start: FeedForward::new(init, cfg),
+            attention: AttentionBlock::new(init, cfg),
+            lconv1d: LightConv::new(init, cfg),
+            ffw_layer_end: FeedForward::new(init, cfg),
+            norm: RmsNorm::new(init, cfg.hidden_size, cfg.rms_norm_eps, false),
             clip: cfg.gradient_clipping,
         }
     }
@@ -211,14 +179,5 @@ impl<B: Backend> ConformerBlock<B> {
         let x = self.lconv1d.forward(x * keep);
         let x = self.ffw_layer_end.forward(x);
         self.norm.forward(clamp(x, self.clip))
-    }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        self.ffw_layer_start
-            .params(&join(name, "ffw_layer_start"), out);
-        self.attention.params(&join(name, "attention"), out);
-        self.lconv1d.params(&join(name, "lconv1d"), out);
-        self.ffw_layer_end.params(&join(name, "ffw_layer_end"), out);
-        self.norm.params(&join(name, "norm"), out);
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use automodel_core::init::ParamSource;
-use automodel_core::params::{ParamList, join};
+use automodel_core::init::Initializer;
+use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
 use burn::prelude::*;
 use burn::tensor::{DType, Int, TensorData};
@@ -38,18 +38,16 @@ pub struct AudioEncoder<B: Backend> {
 }
 
 impl<B: Backend> AudioEncoder<B> {
-    pub fn new(src: &ParamSource<'_, B>, cfg: &Gemma3nAudioConfig) -> Self {
-        Self {
-            subsample_conv_projection: SubSampleConvProjection::new(
-                src,
-                "subsample_conv_projection",
-                cfg,
-            ),
+    /// The encoder `cfg` describes, filled by `init`; the config is validated first.
+    pub fn new(init: &Initializer<B>, cfg: &Gemma3nAudioConfig) -> Result<Self, AudioError> {
+        cfg.validate()?;
+        Ok(Self {
+            subsample_conv_projection: SubSampleConvProjection::new(init, cfg),
             conformer: (0..cfg.conf_num_hidden_layers)
-                .map(|i| ConformerBlock::new(src, &format!("conformer.{i}"), cfg))
+                .map(|_| ConformerBlock::new(init, cfg))
                 .collect(),
             config: cfg.clone(),
-        }
+        })
     }
 
     /// Load from checkpoint files (`model.audio_tower.*` or bare keys), reporting every mismatch.
@@ -59,7 +57,6 @@ impl<B: Backend> AudioEncoder<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, AudioError> {
-        cfg.validate()?;
         let prefix = if files.contains(&format!(
             "{AUDIO_PREFIX}subsample_conv_projection.input_proj_linear.weight"
         )) {
@@ -68,7 +65,10 @@ impl<B: Backend> AudioEncoder<B> {
             ""
         };
         let loader = WeightLoader::<B>::new(files, prefix, device, dtype);
-        let model = Self::new(&ParamSource::Checkpoint(&loader), cfg);
+        let model = tree::load(
+            Self::new(&Initializer::shapes(device, dtype), cfg)?,
+            &loader,
+        );
         loader.finish(|_| false)?;
         Ok(model)
     }
@@ -92,11 +92,10 @@ impl<B: Backend> AudioEncoder<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, AudioError> {
-        cfg.validate()?;
-        Ok(Self::new(
-            &ParamSource::random(device, dtype, cfg.initializer_range),
+        Self::new(
+            &Initializer::random(device, dtype, cfg.initializer_range),
             cfg,
-        ))
+        )
     }
 
     /// `mel` `[B, T, F]` with `valid` `[B][T]` (true = real frame, the feature extractor's mask).
@@ -182,14 +181,5 @@ impl<B: Backend> AudioEncoder<B> {
             padding,
             traces,
         })
-    }
-
-    /// Every parameter by HF key (relative to `model.audio_tower.`).
-    pub fn params(&self, out: &mut ParamList<B>) {
-        self.subsample_conv_projection
-            .params("subsample_conv_projection", out);
-        for (i, c) in self.conformer.iter().enumerate() {
-            c.params(&join("conformer", &i.to_string()), out);
-        }
     }
 }

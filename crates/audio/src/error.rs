@@ -2,22 +2,20 @@
 
 use std::path::PathBuf;
 
-use automodel_core::WeightError;
+use automodel_core::{ConfigError, WeightError};
 
 /// Errors of config parsing, weight loading, decoding and feature extraction.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Weights(#[from] WeightError),
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: invalid JSON: {message}")]
-    Json { path: PathBuf, message: String },
-    #[error("config field `{field}`: {message}")]
-    Config { field: String, message: String },
-    #[error(transparent)]
-    Weights(#[from] WeightError),
     #[error("audio {name}: {message}")]
     Audio { name: String, message: String },
     #[error("invalid input: {0}")]
@@ -25,10 +23,8 @@ pub enum AudioError {
 }
 
 impl AudioError {
+    /// A bad value of config field `field`.
     pub(crate) fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
-        AudioError::Config {
-            field: field.into(),
-            message: message.into(),
-        }
+        AudioError::Config(ConfigError::field(field, message))
     }
 }

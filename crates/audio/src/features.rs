@@ -91,15 +91,10 @@ impl std::fmt::Debug for FeatureExtractor {
 impl FeatureExtractorConfig {
     /// Read `preprocessor_config.json` (fields of other processors are ignored).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, AudioError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| AudioError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|e| AudioError::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        Ok(automodel_core::config::read_config(
+            path.as_ref(),
+            automodel_core::config::deserialize,
+        )?)
     }
 }
 

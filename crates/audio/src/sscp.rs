@@ -1,9 +1,8 @@
 //! Sub-sample convolution projection: two strided 3×3 convs, each followed by a cumulative
 //! group norm and ReLU, then a linear projection to the model width.
 
-use automodel_core::init::{Init, ParamSource};
+use automodel_core::init::{Init, Initializer};
 use automodel_core::nn::Linear;
-use automodel_core::params::{HfParam, ParamList, join};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -23,9 +22,9 @@ pub struct CumulativeGroupNorm<B: Backend> {
 }
 
 impl<B: Backend> CumulativeGroupNorm<B> {
-    pub fn new(src: &ParamSource<'_, B>, name: &str, chs: usize, eps: f64) -> Self {
+    pub fn new(init: &Initializer<B>, chs: usize, eps: f64) -> Self {
         Self {
-            weight: Param::from_tensor(src.tensor(&join(name, "weight"), [chs], Init::Ones)),
+            weight: init.param([chs], Init::Ones),
             eps,
         }
     }
@@ -54,11 +53,16 @@ impl<B: Backend> CumulativeGroupNorm<B> {
     }
 }
 
-/// One conv block of the SSCP: zero-pad (freq 1/1, time 0/2), strided conv, norm, ReLU.
+/// A bias-free 2-D convolution weight `[out, in, kt, kf]` (HF's `nn.Conv2d(bias=False)`).
+#[derive(Module, Debug)]
+pub struct ConvWeight<B: Backend> {
+    pub weight: Param<Tensor<B, 4>>,
+}
+
+/// One conv block of the SSCP: zero-pad (freq 1/1, time 0/k−1), strided conv, norm, ReLU.
 #[derive(Module, Debug)]
 pub struct SscpConvBlock<B: Backend> {
-    /// `[out, in, kt, kf]`.
-    pub conv: Param<Tensor<B, 4>>,
+    pub conv: ConvWeight<B>,
     pub norm: CumulativeGroupNorm<B>,
     #[module(skip)]
     pub stride: [usize; 2],
@@ -66,21 +70,18 @@ pub struct SscpConvBlock<B: Backend> {
 
 impl<B: Backend> SscpConvBlock<B> {
     pub fn new(
-        src: &ParamSource<'_, B>,
-        name: &str,
-        c_in: usize,
-        c_out: usize,
+        init: &Initializer<B>,
+        channels: [usize; 2],
         kernel: [usize; 2],
         stride: [usize; 2],
         eps: f64,
     ) -> Self {
+        let [c_in, c_out] = channels;
         Self {
-            conv: Param::from_tensor(src.tensor(
-                &join(name, "conv.weight"),
-                [c_out, c_in, kernel[0], kernel[1]],
-                Init::Normal,
-            )),
-            norm: CumulativeGroupNorm::new(src, &join(name, "norm"), c_out, eps),
+            conv: ConvWeight {
+                weight: init.param([c_out, c_in, kernel[0], kernel[1]], Init::Normal),
+            },
+            norm: CumulativeGroupNorm::new(init, c_out, eps),
             stride,
         }
     }
@@ -88,10 +89,11 @@ impl<B: Backend> SscpConvBlock<B> {
     /// `[B, C, T, F]` → `[B, C', T', F']`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let dtype = x.dtype();
+        let kt = self.conv.weight.dims()[2];
         let x = x
             .cast(DType::F32)
-            .pad((1, 1, 0, 2), burn::tensor::ops::PadMode::Constant(0.0));
-        let w = self.conv.val().cast(DType::F32);
+            .pad((1, 1, 0, kt - 1), burn::tensor::ops::PadMode::Constant(0.0));
+        let w = self.conv.weight.val().cast(DType::F32);
         let y = conv2d(x, w, None, ConvOptions::new(self.stride, [0, 0], [1, 1], 1)).cast(dtype);
         let y = self
             .norm
@@ -99,86 +101,57 @@ impl<B: Backend> SscpConvBlock<B> {
             .permute([0, 3, 1, 2]);
         relu(y)
     }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        out.push(join(name, "conv.weight"), HfParam::D4(self.conv.val()));
-        out.push(
-            join(name, "norm.weight"),
-            HfParam::D1(self.norm.weight.val()),
-        );
-    }
 }
 
-/// HF `Gemma3nAudioSubSampleConvProjection`.
+/// HF `Gemma3nAudioSubSampleConvProjection`: two conv blocks, then a linear projection.
 #[derive(Module, Debug)]
 pub struct SubSampleConvProjection<B: Backend> {
-    pub convs: Vec<SscpConvBlock<B>>,
+    pub conv_0: SscpConvBlock<B>,
+    pub conv_1: SscpConvBlock<B>,
     pub input_proj_linear: Linear<B>,
 }
 
 impl<B: Backend> SubSampleConvProjection<B> {
-    pub fn new(src: &ParamSource<'_, B>, name: &str, cfg: &Gemma3nAudioConfig) -> Self {
-        let mut c_in = 1;
-        let mut f = cfg.input_feat_size;
-        let mut convs = Vec::new();
-        for (i, &c_out) in cfg.sscp_conv_channel_size.iter().enumerate() {
-            let k = [
-                cfg.sscp_conv_kernel_size[i][0],
-                cfg.sscp_conv_kernel_size[i][1],
-            ];
-            let s = [
-                cfg.sscp_conv_stride_size[i][0],
-                cfg.sscp_conv_stride_size[i][1],
-            ];
-            convs.push(SscpConvBlock::new(
-                src,
-                &join(name, &format!("conv_{i}")),
-                c_in,
-                c_out,
-                k,
-                s,
+    /// From a validated config (exactly two conv blocks).
+    pub fn new(init: &Initializer<B>, cfg: &Gemma3nAudioConfig) -> Self {
+        let block = |i: usize, c_in: usize| {
+            let (k, s) = (&cfg.sscp_conv_kernel_size[i], &cfg.sscp_conv_stride_size[i]);
+            SscpConvBlock::new(
+                init,
+                [c_in, cfg.sscp_conv_channel_size[i]],
+                [k[0], k[1]],
+                [s[0], s[1]],
                 cfg.sscp_conv_group_norm_eps,
-            ));
-            f = (f + 2 - k[1]) / s[1] + 1;
-            c_in = c_out;
-        }
-        let input_proj_linear = Linear::new(
-            src,
-            &join(name, "input_proj_linear"),
-            f * c_in,
-            cfg.hidden_size,
-        );
+            )
+        };
+        let conv_0 = block(0, 1);
+        let conv_1 = block(1, cfg.sscp_conv_channel_size[0]);
+        // frequency width after each block (padding 1/1)
+        let f = [&conv_0, &conv_1].iter().fold(cfg.input_feat_size, |f, c| {
+            let k = c.conv.weight.dims()[3];
+            (f + 2 - k) / c.stride[1] + 1
+        });
+        let input_proj_linear =
+            Linear::new(init, f * cfg.sscp_conv_channel_size[1], cfg.hidden_size);
         Self {
-            convs,
+            conv_0,
+            conv_1,
             input_proj_linear,
         }
+    }
+
+    fn blocks(&self) -> [&SscpConvBlock<B>; 2] {
+        [&self.conv_0, &self.conv_1]
     }
 
     /// Mel features `[B, T, F]` → `[B, T', hidden]`.
     pub fn forward(&self, mel: Tensor<B, 3>) -> Tensor<B, 3> {
         let mut x = mel.unsqueeze_dim::<4>(1);
-        for c in &self.convs {
+        for c in self.blocks() {
             x = c.forward(x);
         }
         let [b, c, t, f] = x.dims();
         let x = x.permute([0, 2, 3, 1]).reshape([b, t, f * c]);
         self.input_proj_linear.forward(x)
-    }
-
-    /// Output length of the SSCP for `t` input frames.
-    pub fn output_len(&self, mut t: usize) -> usize {
-        for c in &self.convs {
-            let k = c.conv.dims()[2];
-            t = (t + 2 - k) / c.stride[0] + 1;
-        }
-        t
-    }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        for (i, c) in self.convs.iter().enumerate() {
-            c.params(&join(name, &format!("conv_{i}")), out);
-        }
-        self.input_proj_linear
-            .params(&join(name, "input_proj_linear"), out);
     }
 }

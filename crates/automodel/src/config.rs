@@ -7,7 +7,7 @@ use automodel_text::Gemma3nTextConfig;
 use automodel_vision::Gemma3nVisionConfig;
 use serde_json::Value;
 
-use crate::error::ModelError;
+use automodel_core::config::{ConfigError, read_config};
 
 /// HF `Gemma3nConfig` (the fields the model uses).
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +29,7 @@ pub struct Gemma3nConfig {
 
 impl Gemma3nConfig {
     /// The released configurations (spec §9.1): `"E2B"` or `"E4B"`.
-    pub fn released(name: &str) -> Result<Self, ModelError> {
+    pub fn released(name: &str) -> Result<Self, ConfigError> {
         let text = match name {
             "E4B" => serde_json::json!({ "model_type": "gemma3n_text" }),
             "E2B" => {
@@ -40,10 +40,10 @@ impl Gemma3nConfig {
                 })
             }
             other => {
-                return Err(ModelError::Config {
-                    field: "name".into(),
-                    message: format!("`{other}` is not a released Gemma 3n (E2B or E4B)"),
-                });
+                return Err(ConfigError::field(
+                    "name",
+                    format!("`{other}` is not a released Gemma 3n (E2B or E4B)"),
+                ));
             }
         };
         Self::from_value(serde_json::json!({
@@ -57,44 +57,41 @@ impl Gemma3nConfig {
     }
 
     /// Read a full `config.json`.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ModelError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Self::from_value(v)
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        read_config(path.as_ref(), |v| Self::from_value(v.clone()))
     }
 
     /// From a parsed full config (`text_config`, `vision_config`, `audio_config`).
-    pub fn from_value(v: Value) -> Result<Self, ModelError> {
+    pub fn from_value(v: Value) -> Result<Self, ConfigError> {
         for k in ["text_config", "vision_config", "audio_config"] {
             if !v.get(k).is_some_and(|x| x.is_object()) {
-                return Err(ModelError::Config {
-                    field: k.into(),
-                    message: "is missing (a full Gemma3nConfig is needed)".into(),
-                });
+                return Err(ConfigError::field(
+                    k,
+                    "is missing (a full Gemma3nConfig is needed)",
+                ));
             }
         }
-        let int = |k: &str, default: i64| -> Result<i64, ModelError> {
+        let int = |k: &str, default: i64| -> Result<i64, ConfigError> {
             match v.get(k) {
                 None | Some(Value::Null) => Ok(default),
-                Some(x) => x.as_i64().ok_or_else(|| ModelError::Config {
-                    field: k.into(),
-                    message: "must be an integer".into(),
-                }),
+                Some(x) => x
+                    .as_i64()
+                    .ok_or_else(|| ConfigError::field(k, "must be an integer")),
             }
+        };
+        let count = |k: &str, default: i64| -> Result<usize, ConfigError> {
+            let n = int(k, default)?;
+            usize::try_from(n)
+                .ok()
+                .filter(|&n| n > 0 && n <= 1 << 16)
+                .ok_or_else(|| ConfigError::field(k, format!("{n} must be in 1..=65536")))
         };
         let cfg = Self {
             text: Gemma3nTextConfig::from_value(&v)?,
             vision: Gemma3nVisionConfig::from_value(&v)?,
             audio: Gemma3nAudioConfig::from_value(&v)?,
-            vision_soft_tokens_per_image: int("vision_soft_tokens_per_image", 256)? as usize,
-            audio_soft_tokens_per_image: int("audio_soft_tokens_per_image", 188)? as usize,
+            vision_soft_tokens_per_image: count("vision_soft_tokens_per_image", 256)?,
+            audio_soft_tokens_per_image: count("audio_soft_tokens_per_image", 188)?,
             image_token_id: int("image_token_id", 262_145)?,
             audio_token_id: int("audio_token_id", 262_273)?,
             boi_token_id: int("boi_token_id", 255_999)?,
@@ -106,15 +103,15 @@ impl Gemma3nConfig {
         let (vo, vs) = (cfg.vision.vocab_offset, cfg.vision.vocab_size);
         let (ao, asz) = (cfg.audio.vocab_offset, cfg.audio.vocab_size);
         if vo + vs > ao || ao + asz > cfg.text.vocab_size {
-            return Err(ModelError::Config {
-                field: "audio_config.vocab_offset".into(),
-                message: format!(
+            return Err(ConfigError::field(
+                "audio_config.vocab_offset",
+                format!(
                     "vision ids [{vo}, {}) and audio ids [{ao}, {}) must be consecutive ranges inside the text vocabulary ({})",
                     vo + vs,
                     ao + asz,
                     cfg.text.vocab_size
                 ),
-            });
+            ));
         }
         Ok(cfg)
     }

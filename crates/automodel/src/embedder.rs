@@ -1,9 +1,8 @@
 //! `Gemma3nMultimodalEmbedder`: maps vision/audio hard tokens and soft features into the text
 //! embedding space.
 
-use automodel_core::init::ParamSource;
+use automodel_core::init::Initializer;
 use automodel_core::nn::{Embedding, Linear, RmsNorm};
-use automodel_core::params::{ParamList, join};
 use burn::prelude::*;
 use burn::tensor::Int;
 
@@ -20,10 +19,8 @@ pub struct MultimodalEmbedder<B: Backend> {
 }
 
 impl<B: Backend> MultimodalEmbedder<B> {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        src: &ParamSource<'_, B>,
-        name: &str,
+        init: &Initializer<B>,
         vocab_size: usize,
         vocab_offset: usize,
         mm_hidden: usize,
@@ -31,27 +28,10 @@ impl<B: Backend> MultimodalEmbedder<B> {
         eps: f64,
     ) -> Self {
         Self {
-            embedding: Embedding::new(src, &join(name, "embedding"), vocab_size, mm_hidden, None),
-            hard_embedding_norm: RmsNorm::new(
-                src,
-                &join(name, "hard_embedding_norm"),
-                mm_hidden,
-                eps,
-                false,
-            ),
-            soft_embedding_norm: RmsNorm::new(
-                src,
-                &join(name, "soft_embedding_norm"),
-                mm_hidden,
-                eps,
-                false,
-            ),
-            embedding_projection: Linear::new(
-                src,
-                &join(name, "embedding_projection"),
-                mm_hidden,
-                text_hidden,
-            ),
+            embedding: Embedding::new(init, vocab_size, mm_hidden, None),
+            hard_embedding_norm: RmsNorm::new(init, mm_hidden, eps, false),
+            soft_embedding_norm: RmsNorm::new(init, mm_hidden, eps, false),
+            embedding_projection: Linear::new(init, mm_hidden, text_hidden),
             embedding_post_projection_norm: RmsNorm::without_scale(eps),
             vocab_offset,
         }
@@ -71,15 +51,5 @@ impl<B: Backend> MultimodalEmbedder<B> {
     fn project(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.embedding_post_projection_norm
             .forward(self.embedding_projection.forward(x))
-    }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        self.embedding.params(&join(name, "embedding"), out);
-        self.hard_embedding_norm
-            .params(&join(name, "hard_embedding_norm"), out);
-        self.soft_embedding_norm
-            .params(&join(name, "soft_embedding_norm"), out);
-        self.embedding_projection
-            .params(&join(name, "embedding_projection"), out);
     }
 }

@@ -1,19 +1,10 @@
 //! Errors of the facade.
 
-use std::path::PathBuf;
-
 /// Everything that can go wrong loading or running a Gemma 3n model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid JSON: {message}")]
-    Json { path: PathBuf, message: String },
-    #[error("config field `{field}`: {message}")]
-    Config { field: String, message: String },
+    #[error(transparent)]
+    Config(#[from] automodel_core::ConfigError),
     #[error(transparent)]
     Weights(#[from] automodel_core::WeightError),
     #[error(transparent)]

@@ -128,15 +128,7 @@ fn download(repo: &str, revision: &str) -> Result<PathBuf, ModelError> {
     let _ = r.get("generation_config.json");
     match r.get(automodel_core::weights::INDEX_FILE) {
         Ok(index) => {
-            let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
-                path: index.clone(),
-                source,
-            })?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| ModelError::Json {
-                    path: index.clone(),
-                    message: e.to_string(),
-                })?;
+            let v = automodel_core::config::read_json(&index)?;
             let mut shards: Vec<String> = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())

@@ -9,12 +9,15 @@ pub mod config;
 pub mod convert;
 pub mod embedder;
 pub mod error;
-pub mod generate;
 pub mod hub;
 pub mod model;
+pub mod processor;
 
 pub use automodel_text::ForwardOptions;
+pub use automodel_text::generate::{self, Generate, GenerateOutput, GenerationConfig};
 pub use config::Gemma3nConfig;
 pub use error::ModelError;
-pub use generate::{GenerateOutput, GenerationConfig};
-pub use model::{AudioInput, ConditionalOutput, Gemma3nForConditionalGeneration, MultimodalInput};
+pub use model::{
+    AudioInput, ConditionalOutput, Gemma3nForConditionalGeneration, Gemma3nModel, MultimodalInput,
+};
+pub use processor::Gemma3nProcessor;

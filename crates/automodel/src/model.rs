@@ -4,29 +4,25 @@
 use std::path::Path;
 
 use automodel_audio::{AudioEncoder, AudioOutput};
-use automodel_core::WeightError;
-use automodel_core::error::KeyProblem;
-use automodel_core::init::ParamSource;
+use automodel_core::init::Initializer;
 use automodel_core::loss::causal_lm_loss;
-use automodel_core::params::ParamList;
+use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
-use automodel_text::generate::ids_tensor;
-use automodel_text::model::ignored_key;
-use automodel_text::{ForwardOptions, Gemma3nTextModel, KvCache, KvSharing, TextModelOutput};
-use automodel_vision::{MobileNetV5Encoder, VisionOutput};
+use automodel_text::gemma3n::model::{
+    CONDITIONAL_PREFIX as TEXT_PREFIX, ignored_key, reusing_layers,
+};
+use automodel_text::generate::{Generate, host_rows, ids_tensor};
+use automodel_text::{
+    CausalLm, ForwardOptions, Gemma3nTextModel, KvCache, TextModelOutput, TrainBatch, TrainOptions,
+    TrainOutput,
+};
+use automodel_vision::{VisionOutput, VisionTower};
 use burn::prelude::*;
 use burn::tensor::{DType, Int, TensorData};
 
 use crate::config::Gemma3nConfig;
 use crate::embedder::MultimodalEmbedder;
 use crate::error::ModelError;
-
-/// Checkpoint prefixes of the components.
-pub const TEXT_PREFIX: &str = "model.language_model.";
-pub const VISION_PREFIX: &str = "model.vision_tower.timm_model.";
-pub const AUDIO_PREFIX: &str = "model.audio_tower.";
-pub const EMBED_VISION_PREFIX: &str = "model.embed_vision.";
-pub const EMBED_AUDIO_PREFIX: &str = "model.embed_audio.";
 
 /// Audio input: log-mel features `[B', T, F]` and the feature extractor's mask (true = real frame).
 #[derive(Debug, Clone)]
@@ -86,51 +82,53 @@ struct Embedded<B: Backend> {
     audio: Option<AudioOutput<B>>,
 }
 
-/// HF `Gemma3nForConditionalGeneration`.
+/// HF `Gemma3nModel`: the text decoder, the two towers and their embedders.
 #[derive(Module, Debug)]
-pub struct Gemma3nForConditionalGeneration<B: Backend> {
+pub struct Gemma3nModel<B: Backend> {
     pub language_model: Gemma3nTextModel<B>,
-    pub vision_tower: MobileNetV5Encoder<B>,
+    pub vision_tower: VisionTower<B>,
     pub audio_tower: AudioEncoder<B>,
     pub embed_vision: MultimodalEmbedder<B>,
     pub embed_audio: MultimodalEmbedder<B>,
+}
+
+/// HF `Gemma3nForConditionalGeneration`: [`Gemma3nModel`] under `model`, with the tied,
+/// soft-capped LM head. Field paths are checkpoint keys (`model.language_model.layers.0…`).
+#[derive(Module, Debug)]
+pub struct Gemma3nForConditionalGeneration<B: Backend> {
+    pub model: Gemma3nModel<B>,
     #[module(skip)]
     pub config: Gemma3nConfig,
 }
 
 impl<B: Backend> Gemma3nForConditionalGeneration<B> {
-    /// Build every component from per-component sources.
-    fn build(
-        text: &ParamSource<'_, B>,
-        vision: &ParamSource<'_, B>,
-        audio: &ParamSource<'_, B>,
-        ev: &ParamSource<'_, B>,
-        ea: &ParamSource<'_, B>,
-        cfg: &Gemma3nConfig,
-    ) -> Result<Self, ModelError> {
+    /// The model `cfg` describes, filled by `init`.
+    pub fn new(init: &Initializer<B>, cfg: &Gemma3nConfig) -> Result<Self, ModelError> {
         let h = cfg.text.hidden_size;
+        let timm_model =
+            automodel_vision::MobileNetV5Encoder::new(init, &cfg.vision.encoder_args()?)?;
         Ok(Self {
-            language_model: Gemma3nTextModel::new(text, &cfg.text),
-            vision_tower: MobileNetV5Encoder::new(vision, &cfg.vision.encoder_args()?)?,
-            audio_tower: AudioEncoder::new(audio, &cfg.audio),
-            embed_vision: MultimodalEmbedder::new(
-                ev,
-                "",
-                cfg.vision.vocab_size,
-                cfg.vision.vocab_offset,
-                cfg.vision.hidden_size,
-                h,
-                cfg.vision.rms_norm_eps,
-            ),
-            embed_audio: MultimodalEmbedder::new(
-                ea,
-                "",
-                cfg.audio.vocab_size,
-                cfg.audio.vocab_offset,
-                cfg.audio.hidden_size,
-                h,
-                cfg.audio.rms_norm_eps,
-            ),
+            model: Gemma3nModel {
+                language_model: Gemma3nTextModel::new(init, &cfg.text)?,
+                vision_tower: VisionTower { timm_model },
+                audio_tower: AudioEncoder::new(init, &cfg.audio)?,
+                embed_vision: MultimodalEmbedder::new(
+                    init,
+                    cfg.vision.vocab_size,
+                    cfg.vision.vocab_offset,
+                    cfg.vision.hidden_size,
+                    h,
+                    cfg.vision.rms_norm_eps,
+                ),
+                embed_audio: MultimodalEmbedder::new(
+                    init,
+                    cfg.audio.vocab_size,
+                    cfg.audio.vocab_offset,
+                    cfg.audio.hidden_size,
+                    h,
+                    cfg.audio.rms_norm_eps,
+                ),
+            },
             config: cfg.clone(),
         })
     }
@@ -141,23 +139,21 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
-        let src = ParamSource::random(device, dtype, cfg.text.initializer_range);
-        Self::build(&src, &src, &src, &src, &src, cfg)
+        Self::new(
+            &Initializer::random(device, dtype, cfg.text.initializer_range),
+            cfg,
+        )
     }
 
     /// Shapes only: the full architecture without allocating weights (to count or list
     /// parameters). Not for computing.
     pub fn shapes(cfg: &Gemma3nConfig, device: &B::Device) -> Result<Self, ModelError> {
-        let src = ParamSource::Shapes {
-            device: device.clone(),
-            dtype: DType::F32,
-        };
-        Self::build(&src, &src, &src, &src, &src, cfg)
+        Self::new(&Initializer::shapes(device, DType::F32), cfg)
     }
 
     /// Total number of parameters.
     pub fn num_params(&self) -> usize {
-        self.params().numel()
+        tree::param_infos(self, "").iter().map(|p| p.numel()).sum()
     }
 
     /// MatFormer Mix-n-Match from the top: slice the text decoder in memory (FFN widths per kept
@@ -167,15 +163,11 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
         spec: &automodel_text::matformer::MatformerSpec,
     ) -> Result<Self, ModelError> {
         let Self {
-            language_model,
-            vision_tower,
-            audio_tower,
-            embed_vision,
-            embed_audio,
+            mut model,
             mut config,
         } = self;
-        let language_model = automodel_text::matformer::slice_model(language_model, spec)?;
-        let t = &language_model.config;
+        model.language_model = automodel_text::matformer::slice_model(model.language_model, spec)?;
+        let t = &model.language_model.config;
         if let Some(obj) = config
             .raw
             .get_mut("text_config")
@@ -197,14 +189,7 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
             );
         }
         config.text = t.clone();
-        Ok(Self {
-            language_model,
-            vision_tower,
-            audio_tower,
-            embed_vision,
-            embed_audio,
-            config,
-        })
+        Ok(Self { model, config })
     }
 
     /// Load a local Hugging Face folder: `config.json` and `model.safetensors` (or shards with
@@ -239,83 +224,17 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
-        let loaders = [
-            TEXT_PREFIX,
-            VISION_PREFIX,
-            AUDIO_PREFIX,
-            EMBED_VISION_PREFIX,
-            EMBED_AUDIO_PREFIX,
-        ]
-        .map(|p| WeightLoader::<B>::new(files, p, device, dtype));
-        let src = |i: usize| ParamSource::Checkpoint(&loaders[i]);
-        let model = Self::build(&src(0), &src(1), &src(2), &src(3), &src(4), cfg)?;
-        let reuse: Vec<usize> = cfg
-            .text
-            .kv_sharing()?
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| matches!(m, KvSharing::Reuse { .. }))
-            .map(|(i, _)| i)
-            .collect();
-        let mut problems = Vec::new();
-        for (i, l) in loaders.into_iter().enumerate() {
-            let result = if i == 0 {
-                l.finish(|rel| ignored_key(rel, &reuse))
-            } else {
-                l.finish(|_| false)
-            };
-            match result {
-                Ok(()) => {}
-                Err(WeightError::Mismatch { problems: p }) => problems.extend(p),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let known = [
-            TEXT_PREFIX,
-            VISION_PREFIX,
-            AUDIO_PREFIX,
-            EMBED_VISION_PREFIX,
-            EMBED_AUDIO_PREFIX,
-        ];
-        for name in files.names() {
-            if !known.iter().any(|p| name.starts_with(p)) && name != "lm_head.weight" {
-                problems.push(KeyProblem::Unexpected {
-                    key: name.to_string(),
-                });
-            }
-        }
-        if !problems.is_empty() {
-            return Err(WeightError::Mismatch { problems }.into());
-        }
+        let model = Self::new(&Initializer::shapes(device, dtype), cfg)?;
+        let loader = WeightLoader::<B>::new(files, "", device, dtype);
+        let model = tree::load(model, &loader);
+        let reuse = reusing_layers(&cfg.text)?;
+        loader.finish(|key| {
+            key == "lm_head.weight"
+                || key
+                    .strip_prefix(TEXT_PREFIX)
+                    .is_some_and(|rel| ignored_key(rel, &reuse))
+        })?;
         Ok(model)
-    }
-
-    /// Every parameter by full HF key.
-    pub fn params(&self) -> ParamList<B> {
-        let mut out = ParamList::new();
-        let mut add = |prefix: &str, list: ParamList<B>| {
-            out.entries.extend(
-                list.entries
-                    .into_iter()
-                    .map(|(k, p)| (format!("{prefix}{k}"), p)),
-            );
-        };
-        let mut l = ParamList::new();
-        self.language_model.params(&mut l);
-        add(TEXT_PREFIX, l);
-        let mut l = ParamList::new();
-        self.vision_tower.params(&mut l);
-        add(VISION_PREFIX, l);
-        let mut l = ParamList::new();
-        self.audio_tower.params(&mut l);
-        add(AUDIO_PREFIX, l);
-        let mut l = ParamList::new();
-        self.embed_vision.params("", &mut l);
-        add(EMBED_VISION_PREFIX, strip_dot(l));
-        let mut l = ParamList::new();
-        self.embed_audio.params("", &mut l);
-        add(EMBED_AUDIO_PREFIX, strip_dot(l));
-        out
     }
 
     /// Write `config.json` and the weights (single file or shards + index), atomically.
@@ -325,21 +244,27 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
         max_shard_bytes: Option<usize>,
     ) -> Result<(), ModelError> {
         let dir = dir.as_ref();
-        self.params().to_tensor_map("").save(dir, max_shard_bytes)?;
+        tree::hf_tensors(self, "").save(dir, max_shard_bytes)?;
         let text = serde_json::to_string_pretty(&self.config.raw).expect("serialisable");
         automodel_core::weights::write_atomic(&dir.join("config.json"), text.as_bytes())?;
         Ok(())
     }
 
     fn dtype(&self) -> DType {
-        self.language_model.dtype()
+        self.model.language_model.dtype()
     }
 
-    /// Embeddings with every multimodal token merged in.
-    fn embed(&self, input: &MultimodalInput<B>, trace: bool) -> Result<Embedded<B>, ModelError> {
+    /// Embeddings of `ids` with every image and clip merged in.
+    fn embed(
+        &self,
+        ids: &[Vec<i64>],
+        pixel_values: Option<&Tensor<B, 4>>,
+        audio: Option<&AudioInput<B>>,
+        trace: bool,
+    ) -> Result<Embedded<B>, ModelError> {
         let cfg = &self.config;
-        let device = self.language_model.embed_tokens.weight.device();
-        let ids = &input.input_ids;
+        let m = &self.model;
+        let device = m.language_model.device();
         let b = ids.len();
         let t = ids.first().map_or(0, |r| r.len());
         if b == 0 || t == 0 || ids.iter().any(|r| r.len() != t) {
@@ -354,15 +279,15 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
             )));
         }
         let ids_t = ids_tensor::<B>(ids, &device);
-        let mut e = self.language_model.embed(ids_t.clone());
-        let token_part = self.language_model.per_layer_token_embeds(ids_t.clone());
+        let mut e = m.language_model.embed(ids_t.clone());
+        let token_part = m.language_model.per_layer_token_embeds(ids_t.clone());
         let h = e.dims()[2];
         let (vo, ao) = (
             cfg.vision.vocab_offset as i64,
             cfg.audio.vocab_offset as i64,
         );
         // Hard multimodal tokens (e.g. end-of-image) go through the embedders.
-        for (lo, hi, emb) in [(vo, ao, &self.embed_vision), (ao, vocab, &self.embed_audio)] {
+        for (lo, hi, emb) in [(vo, ao, &m.embed_vision), (ao, vocab, &m.embed_audio)] {
             if ids.iter().flatten().any(|&i| i >= lo && i < hi) {
                 let mask = ids_t
                     .clone()
@@ -382,12 +307,13 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
             vision: None,
             audio: None,
         };
-        if let Some(pv) = &input.pixel_values {
+        if let Some(pv) = pixel_values {
+            let tower = &m.vision_tower.timm_model;
             let vis = if trace {
-                self.vision_tower.forward_traced(pv.clone())
+                tower.forward_traced(pv.clone())
             } else {
                 VisionOutput {
-                    features: self.vision_tower.forward(pv.clone()),
+                    features: tower.forward(pv.clone()),
                     traces: Default::default(),
                 }
             };
@@ -401,7 +327,7 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
             }
             let soft = vis.features.clone().reshape([n, c, s]).swap_dims(1, 2)
                 * (cfg.vision.hidden_size as f64).sqrt();
-            let feats = self.embed_vision.soft(soft.cast(self.dtype()));
+            let feats = m.embed_vision.soft(soft.cast(self.dtype()));
             out.inputs_embeds = scatter(
                 out.inputs_embeds,
                 ids,
@@ -412,14 +338,13 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
             out.image_features = Some(feats);
             out.vision = Some(vis);
         }
-        if let Some(a) = &input.audio {
+        if let Some(a) = audio {
             let enc = if trace {
-                self.audio_tower
-                    .forward_traced(a.features.clone(), &a.valid)?
+                m.audio_tower.forward_traced(a.features.clone(), &a.valid)?
             } else {
-                self.audio_tower.forward(a.features.clone(), &a.valid)?
+                m.audio_tower.forward(a.features.clone(), &a.valid)?
             };
-            let feats = self.embed_audio.soft(enc.encodings.clone());
+            let feats = m.embed_audio.soft(enc.encodings.clone());
             let [na, ta, _] = feats.dims();
             let per_clip = cfg.audio_soft_tokens_per_image;
             if ta > per_clip {
@@ -429,7 +354,7 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
             }
             let pad_id =
                 Tensor::<B, 2, Int>::from_data(TensorData::new(vec![vocab - 1], [1, 1]), &device);
-            let pad = self.embed_audio.hard(pad_id); // [1, 1, H]
+            let pad = m.embed_audio.hard(pad_id); // [1, 1, H]
             let padding: Vec<bool> = enc.padding.iter().flatten().copied().collect();
             let pmask =
                 Tensor::<B, 3, Bool>::from_data(TensorData::new(padding, [na, ta, 1]), &device)
@@ -448,26 +373,36 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
         Ok(out)
     }
 
-    /// One forward over any mix of text, images and audio.
+    /// One forward over any mix of text, images and audio: full logits, HF's mean loss when
+    /// labels are given, and every intermediate the parity checks compare.
     pub fn forward(
         &self,
         input: &MultimodalInput<B>,
         opts: ForwardOptions,
     ) -> Result<ConditionalOutput<B>, ModelError> {
-        let emb = self.embed(input, opts.trace)?;
-        let text = self.language_model.forward_embeds(
+        let emb = self.embed(
+            &input.input_ids,
+            input.pixel_values.as_ref(),
+            input.audio.as_ref(),
+            opts.trace,
+        )?;
+        let lm = &self.model.language_model;
+        let device = lm.device();
+        let mask = input
+            .attention_mask
+            .as_ref()
+            .map(|m| ids_tensor::<B>(m, &device));
+        let text = lm.forward_embeds(
             emb.inputs_embeds,
             Some(emb.token_part.clone()),
-            input.attention_mask.as_deref(),
+            mask,
             None,
             None,
             opts,
         )?;
-        let logits = self
-            .language_model
-            .lm_logits(text.last_hidden_state.clone());
+        let logits = lm.lm_logits(text.last_hidden_state.clone());
         let loss = match &input.labels {
-            Some(l) => causal_lm_loss(logits.clone(), ids_tensor::<B>(l, &logits.device())),
+            Some(l) => causal_lm_loss(logits.clone(), ids_tensor::<B>(l, &device)),
             None => None,
         };
         Ok(ConditionalOutput {
@@ -482,38 +417,103 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
         })
     }
 
-    /// Forward with a KV cache (prefill or one decoding step); returns the last position's logits `[B, V]`.
-    pub fn forward_cached(
+    /// Run embeddings through the decoder with the cache; logits of the last position `[B, V]`.
+    fn decode(
         &self,
-        input: &MultimodalInput<B>,
-        position_ids: &[Vec<i64>],
+        emb: Embedded<B>,
+        mask: Option<Tensor<B, 2, Int>>,
+        positions: Option<Tensor<B, 2, Int>>,
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 2>, ModelError> {
-        let emb = self.embed(input, false)?;
-        let out = self.language_model.forward_embeds(
+        let lm = &self.model.language_model;
+        let out = lm.forward_embeds(
             emb.inputs_embeds,
             Some(emb.token_part),
-            input.attention_mask.as_deref(),
-            Some(position_ids),
+            mask,
+            positions,
             Some(cache),
             ForwardOptions::default(),
         )?;
-        let [b, t, _] = out.last_hidden_state.dims();
-        let last = out.last_hidden_state.narrow(1, t - 1, 1);
-        Ok(self
-            .language_model
-            .lm_logits(last)
-            .reshape([b, self.config.text.vocab_size]))
+        Ok(lm.last_logits(out.last_hidden_state))
     }
 }
 
-fn strip_dot<B: Backend>(l: ParamList<B>) -> ParamList<B> {
-    ParamList {
-        entries: l
-            .entries
-            .into_iter()
-            .map(|(k, p)| (k.trim_start_matches('.').to_string(), p))
-            .collect(),
+impl<B: Backend> Generate<B> for Gemma3nForConditionalGeneration<B> {
+    type Prompt = MultimodalInput<B>;
+    type Error = ModelError;
+
+    fn prompt_ids<'a>(&self, prompt: &'a MultimodalInput<B>) -> &'a [Vec<i64>] {
+        &prompt.input_ids
+    }
+    fn prompt_mask<'a>(&self, prompt: &'a MultimodalInput<B>) -> Option<&'a [Vec<i64>]> {
+        prompt.attention_mask.as_deref()
+    }
+    fn new_cache(&self) -> KvCache<B> {
+        self.model.language_model.new_cache()
+    }
+    fn device(&self) -> B::Device {
+        self.model.language_model.device()
+    }
+    /// Images and audio are encoded once, here.
+    fn prefill(
+        &self,
+        prompt: &MultimodalInput<B>,
+        mask: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let emb = self.embed(
+            &prompt.input_ids,
+            prompt.pixel_values.as_ref(),
+            prompt.audio.as_ref(),
+            false,
+        )?;
+        self.decode(emb, Some(mask), Some(positions), cache)
+    }
+    fn step(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let emb = self.embed(&host_rows(&ids), None, None, false)?;
+        self.decode(emb, None, None, cache)
+    }
+}
+
+impl<B: Backend> CausalLm<B> for Gemma3nForConditionalGeneration<B> {
+    type Error = ModelError;
+
+    fn forward_train(
+        &self,
+        batch: &TrainBatch<B>,
+        opts: TrainOptions,
+    ) -> Result<TrainOutput<B>, ModelError> {
+        batch.validate()?;
+        // The soft-token merge needs the placeholder positions on the host.
+        let ids = host_rows(&batch.input_ids);
+        let audio = batch.audio.as_ref().map(|(features, valid)| {
+            let [n, f] = valid.dims();
+            let flat = valid.to_data().to_vec::<bool>().unwrap_or_default();
+            AudioInput {
+                features: features.clone(),
+                valid: (0..n).map(|r| flat[r * f..(r + 1) * f].to_vec()).collect(),
+            }
+        });
+        let emb = self.embed(&ids, batch.pixel_values.as_ref(), audio.as_ref(), false)?;
+        let lm = &self.model.language_model;
+        let fwd = ForwardOptions {
+            training: opts.training,
+            ..Default::default()
+        };
+        let out = lm.forward_embeds(
+            emb.inputs_embeds,
+            Some(emb.token_part),
+            Some(batch.attention_mask.clone()),
+            batch.position_ids.clone(),
+            None,
+            fwd,
+        )?;
+        Ok(lm.train_output(out.last_hidden_state, batch, opts))
     }
 }
 

@@ -1,19 +1,24 @@
 //! `automodel-cli`: run Gemma models from the command line.
 //!
-//! `generate --model <file.gguf | HF folder> --prompt TEXT [--image F]... [--audio F]...` streams a
-//! continuation. GGUF files hold Gemma 3 (model and tokenizer); a Hugging Face folder holds
-//! `config.json`, safetensors and `tokenizer.json` of Gemma 3 or Gemma 3n (images and audio need
-//! Gemma 3n). `convert --model <file.gguf> --out DIR` writes such a folder from a GGUF file.
+//! `generate --model <file.gguf | HF folder> --prompt TEXT [--image F]... [--audio F]...
+//! [--device cpu|cuda[:N]]` streams a continuation. GGUF files hold Gemma 3 (model and
+//! tokenizer); a Hugging Face folder holds `config.json`, safetensors and `tokenizer.json` of
+//! Gemma 3 or Gemma 3n (images and audio need Gemma 3n). `convert --model <file.gguf> --out DIR`
+//! writes such a folder from a GGUF file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use automodel::{AudioInput, Gemma3nForConditionalGeneration, GenerationConfig, MultimodalInput};
-use automodel_core::CpuBackend as B;
+use automodel::processor::{AUDIO_TOKEN, Gemma3nProcessor, IMAGE_TOKEN, Padding, Prompt};
+use automodel::{Gemma3nForConditionalGeneration, Generate, GenerationConfig};
+use automodel_core::device::{DeviceSpec, OnDevice, run_on};
 use automodel_text::gemma3::Gemma3ForCausalLM;
+use automodel_text::generate::TextPrompt;
 use automodel_tokenizer::GemmaTokenizer;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::prelude::Backend;
+use burn::tensor::DType;
+use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -55,10 +60,10 @@ struct GenerateArgs {
     model: PathBuf,
     #[arg(long)]
     prompt: String,
-    /// Images for Gemma 3n (PNG, JPEG, WebP).
+    /// Images for Gemma 3n (PNG, JPEG, WebP), placed after the prompt.
     #[arg(long)]
     image: Vec<PathBuf>,
-    /// Audio clips for Gemma 3n (WAV, FLAC, MP3, OGG).
+    /// Audio clips for Gemma 3n (WAV, FLAC, MP3, OGG), placed after the images.
     #[arg(long)]
     audio: Vec<PathBuf>,
     #[arg(long, default_value_t = 64)]
@@ -66,23 +71,46 @@ struct GenerateArgs {
     /// Sample instead of greedy decoding.
     #[arg(long)]
     sample: bool,
-    #[arg(long, default_value_t = 1.0)]
+    /// Sampling temperature (a positive number).
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
     temperature: f64,
+    /// Keep the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 64)]
     top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
+    /// Keep the smallest set of tokens whose probability reaches p, in (0, 1].
+    #[arg(long, default_value_t = 0.95, value_parser = probability)]
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where to run: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+}
+
+/// A positive, finite number.
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a positive number")),
+    }
+}
+
+/// A number in (0, 1].
+fn probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("`{s}` is not in (0, 1]")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Generate(a) => generate(a),
+        Command::Generate(a) => run_on(a.device, a)?,
         Command::Convert(a) => convert(a),
     }
 }
@@ -111,7 +139,15 @@ struct Streamer<'a> {
     printed: usize,
 }
 
-impl Streamer<'_> {
+impl<'a> Streamer<'a> {
+    fn new(tok: &'a GemmaTokenizer) -> Self {
+        Self {
+            tok,
+            ids: Vec::new(),
+            printed: 0,
+        }
+    }
+
     fn push(&mut self, id: i64) {
         self.ids.push(id as u32);
         if let Ok(text) = self.tok.decode(&self.ids, true)
@@ -126,21 +162,34 @@ impl Streamer<'_> {
     }
 }
 
-fn generation_config(a: &GenerateArgs, stop: Vec<i64>) -> GenerationConfig {
-    GenerationConfig {
-        max_new_tokens: a.max_new_tokens,
-        do_sample: a.sample,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-        stop_ids: stop,
-        pad_token_id: 0,
+impl GenerateArgs {
+    fn generation_config(&self, tok: &GemmaTokenizer) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            do_sample: self.sample,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop_ids: tok.stop_ids().into_iter().map(i64::from).collect(),
+            pad_token_id: i64::from(tok.pad_id),
+        }
+    }
+
+    fn has_media(&self) -> bool {
+        !self.image.is_empty() || !self.audio.is_empty()
     }
 }
 
-fn generate(a: GenerateArgs) -> anyhow::Result<()> {
-    let device = Default::default();
+impl OnDevice for GenerateArgs {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+        generate::<B::InnerBackend>(&self, &device)
+    }
+}
+
+fn generate<B: Backend>(a: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
     if !a.model.exists() {
         bail!(
             "{}: no such file or folder (expected a GGUF file or a Hugging Face folder)",
@@ -148,29 +197,25 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         );
     }
     if a.model.is_file() && a.model.extension().is_some_and(|e| e == "gguf") {
-        if !a.image.is_empty() || !a.audio.is_empty() {
+        if a.has_media() {
             bail!("images and audio need a Gemma 3n model (a Hugging Face folder)");
         }
-        let (model, tok) = automodel::convert::load_gguf::<B>(&a.model, &device, DType::F32)?;
-        return run_gemma3(&model, &tok, &a);
+        let (model, tok) = automodel::convert::load_gguf::<B>(&a.model, device, DType::F32)?;
+        return run_gemma3(&model, &tok, a);
     }
     let dir = &a.model;
     let cfg_path = dir.join("config.json");
-    let cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", cfg_path.display()))?;
-    let tok = GemmaTokenizer::from_file(dir.join("tokenizer.json"))
-        .context("a Hugging Face folder needs tokenizer.json")?;
+    let cfg = automodel_core::config::read_json(&cfg_path)?;
     match cfg.get("model_type").and_then(|v| v.as_str()) {
-        Some("gemma3n") => run_gemma3n(dir, &tok, &a),
+        Some("gemma3n") => run_gemma3n::<B>(dir, a, device),
         Some("gemma3_text") => {
-            if !a.image.is_empty() || !a.audio.is_empty() {
+            if a.has_media() {
                 bail!("images and audio need a Gemma 3n model");
             }
-            let model = Gemma3ForCausalLM::<B>::from_pretrained(dir, &device, DType::F32)?;
-            run_gemma3(&model, &tok, &a)
+            let tok = GemmaTokenizer::from_file(dir.join("tokenizer.json"))
+                .context("a Hugging Face folder needs tokenizer.json")?;
+            let model = Gemma3ForCausalLM::<B>::from_pretrained(dir, device, DType::F32)?;
+            run_gemma3(&model, &tok, a)
         }
         other => bail!(
             "{}: model_type {other:?} is not supported (gemma3n, gemma3_text)",
@@ -179,7 +224,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     }
 }
 
-fn run_gemma3(
+fn run_gemma3<B: Backend>(
     model: &Gemma3ForCausalLM<B>,
     tok: &GemmaTokenizer,
     a: &GenerateArgs,
@@ -189,107 +234,41 @@ fn run_gemma3(
         .into_iter()
         .map(i64::from)
         .collect();
-    let stop = tok.stop_ids().into_iter().map(i64::from).collect();
-    let cfg = generation_config(a, stop);
-    let mut rng = automodel::generate::SplitMix64::new(cfg.seed);
-    let mut s = Streamer {
-        tok,
-        ids: Vec::new(),
-        printed: 0,
-    };
+    let mut s = Streamer::new(tok);
     print!("{}", a.prompt);
-    model.generate_with(
-        &ids,
-        cfg.max_new_tokens,
-        &cfg.stop_ids,
-        |row| automodel::generate::pick(row, &cfg, &mut rng),
-        &mut |id| s.push(id),
-    )?;
+    model.generate(&TextPrompt::single(ids), &a.generation_config(tok), |new| {
+        s.push(new[0])
+    })?;
     println!();
     Ok(())
 }
 
-fn run_gemma3n(dir: &Path, tok: &GemmaTokenizer, a: &GenerateArgs) -> anyhow::Result<()> {
-    let device = Default::default();
-    let model = Gemma3nForConditionalGeneration::<B>::from_pretrained(dir, &device, DType::F32)?;
-    let c = &model.config;
-    let nl: Vec<i64> = tok
-        .encode("\n\n", false)?
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    let mut ids: Vec<i64> = tok
-        .encode(&a.prompt, true)?
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    let mut pixel_values = None;
-    if !a.image.is_empty() {
-        let pp = dir.join("preprocessor_config.json");
-        let proc_cfg = if pp.is_file() {
-            automodel_vision::processor::ImageProcessorConfig::from_file(&pp)?
-        } else {
-            Default::default()
-        };
-        let images = a
+fn run_gemma3n<B: Backend>(dir: &Path, a: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
+    let model = Gemma3nForConditionalGeneration::<B>::from_pretrained(dir, device, DType::F32)?;
+    let processor = Gemma3nProcessor::from_pretrained(dir, &model.config)?;
+    let prompt = Prompt {
+        text: format!(
+            "{}{}{}",
+            a.prompt,
+            IMAGE_TOKEN.repeat(a.image.len()),
+            AUDIO_TOKEN.repeat(a.audio.len())
+        ),
+        images: a
             .image
             .iter()
             .map(automodel_vision::processor::load_image)
-            .collect::<Result<Vec<_>, _>>()?;
-        pixel_values = Some(proc_cfg.preprocess::<B>(&images, &device)?);
-        for _ in &a.image {
-            ids.extend(&nl);
-            ids.push(c.boi_token_id);
-            ids.extend(std::iter::repeat_n(
-                c.image_token_id,
-                c.vision_soft_tokens_per_image,
-            ));
-            ids.push(c.eoi_token_id);
-            ids.extend(&nl);
-        }
-    }
-    let mut audio = None;
-    if !a.audio.is_empty() {
-        let fe = automodel_audio::features::FeatureExtractor::new(Default::default())?;
-        let clips = a
+            .collect::<Result<_, _>>()?,
+        audio: a
             .audio
             .iter()
             .map(|p| automodel_audio::decode::load_audio(p, 16_000).map(|w| w.samples))
-            .collect::<Result<Vec<_>, _>>()?;
-        let refs: Vec<&[f32]> = clips.iter().map(|c| c.as_slice()).collect();
-        let f = fe.extract(&refs)?;
-        let (b, t, m) = (f.features.len(), f.frames(), fe.config.feature_size);
-        let flat: Vec<f32> = f.features.iter().flatten().flatten().copied().collect();
-        audio = Some(AudioInput {
-            features: Tensor::from_data(TensorData::new(flat, [b, t, m]), &device),
-            valid: f.mask,
-        });
-        for _ in &a.audio {
-            ids.extend(&nl);
-            ids.push(c.boa_token_id);
-            ids.extend(std::iter::repeat_n(
-                c.audio_token_id,
-                c.audio_soft_tokens_per_image,
-            ));
-            ids.push(c.eoa_token_id);
-            ids.extend(&nl);
-        }
-    }
-    let gen_cfg = generation_config(a, tok.stop_ids().into_iter().map(i64::from).collect());
-    let prompt = MultimodalInput {
-        input_ids: vec![ids],
-        attention_mask: None,
-        pixel_values,
-        audio,
-        labels: None,
+            .collect::<Result<_, _>>()?,
     };
-    let mut s = Streamer {
-        tok,
-        ids: Vec::new(),
-        printed: 0,
-    };
+    let input = processor.process::<B>(std::slice::from_ref(&prompt), Padding::Left, device)?;
+    let tok = &processor.tokenizer;
+    let mut s = Streamer::new(tok);
     print!("{}", a.prompt);
-    model.generate(&prompt, &gen_cfg, |new| s.push(new[0]))?;
+    model.generate(&input, &a.generation_config(tok), |new| s.push(new[0]))?;
     println!();
     Ok(())
 }

@@ -1,50 +1,60 @@
-//! Where a model's parameters come from: a checkpoint or a random initialisation. Every module
-//! has a single constructor taking a [`ParamSource`], so loading and `from_config` share code.
+//! How a freshly built module's parameters are filled: a random initialisation, or shape-only
+//! placeholders that a checkpoint then replaces (see [`crate::tree::load`]).
+//!
+//! Constructors take an [`Initializer`] and the sizes; they never name a checkpoint key. A
+//! parameter's key is its field path in the module tree ([`crate::tree`]), so each key is written
+//! exactly once: as a field name.
 
+use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 
-use crate::weights::WeightLoader;
-
-/// How a parameter is initialised when there is no checkpoint.
+/// What a parameter holds after a random initialisation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
     Zeros,
     Ones,
-    /// Normal with the source's standard deviation.
+    /// Normal with the initializer's standard deviation.
     Normal,
 }
 
-/// A checkpoint to read parameters from, or the settings of a random initialisation.
-pub enum ParamSource<'a, B: Backend> {
-    /// Read every parameter from the checkpoint (problems are collected by the loader).
-    Checkpoint(&'a WeightLoader<'a, B>),
-    /// Random initialisation: matrices `N(0, std²)`, norm scales one (zero for `1 + w` norms).
+/// Random values, or shapes only.
+#[derive(Debug, Clone)]
+pub enum Initializer<B: Backend> {
+    /// Matrices `N(0, std²)`, norm scales one (zero for `1 + w` norms).
     Random {
         device: B::Device,
         dtype: DType,
         std: f64,
     },
-    /// Shapes only: every parameter is a broadcast view of one zero, so a full-size model can be
-    /// built to count or list its parameters without allocating them. Not for computing.
+    /// Every parameter is a broadcast view of one zero: a full-size model costs no memory. Used
+    /// to build a model before loading a checkpoint into it, and to count parameters. Not for
+    /// computing.
     Shapes { device: B::Device, dtype: DType },
 }
 
-impl<'a, B: Backend> ParamSource<'a, B> {
-    /// A random source.
+impl<B: Backend> Initializer<B> {
+    /// A random initializer.
     pub fn random(device: &B::Device, dtype: DType, std: f64) -> Self {
-        ParamSource::Random {
+        Initializer::Random {
             device: device.clone(),
             dtype,
             std,
         }
     }
 
+    /// A shapes-only initializer.
+    pub fn shapes(device: &B::Device, dtype: DType) -> Self {
+        Initializer::Shapes {
+            device: device.clone(),
+            dtype,
+        }
+    }
+
     /// The device parameters are created on.
     pub fn device(&self) -> B::Device {
         match self {
-            ParamSource::Checkpoint(l) => l.device().clone(),
-            ParamSource::Random { device, .. } | ParamSource::Shapes { device, .. } => {
+            Initializer::Random { device, .. } | Initializer::Shapes { device, .. } => {
                 device.clone()
             }
         }
@@ -53,21 +63,14 @@ impl<'a, B: Backend> ParamSource<'a, B> {
     /// The dtype parameters are created with.
     pub fn dtype(&self) -> DType {
         match self {
-            ParamSource::Checkpoint(l) => l.dtype(),
-            ParamSource::Random { dtype, .. } | ParamSource::Shapes { dtype, .. } => *dtype,
+            Initializer::Random { dtype, .. } | Initializer::Shapes { dtype, .. } => *dtype,
         }
     }
 
-    /// The checkpoint tensor `name` (in its stored layout), or a fresh one.
-    pub fn tensor<const D: usize>(
-        &self,
-        name: &str,
-        shape: [usize; D],
-        init: Init,
-    ) -> Tensor<B, D> {
+    /// A tensor of `shape` filled as `init` says.
+    pub fn tensor<const D: usize>(&self, shape: [usize; D], init: Init) -> Tensor<B, D> {
         match self {
-            ParamSource::Checkpoint(l) => l.tensor(name, shape),
-            ParamSource::Random { device, dtype, std } => match init {
+            Initializer::Random { device, dtype, std } => match init {
                 Init::Zeros => Tensor::zeros(shape, (device, *dtype)),
                 Init::Ones => Tensor::ones(shape, (device, *dtype)),
                 Init::Normal => {
@@ -75,9 +78,14 @@ impl<'a, B: Backend> ParamSource<'a, B> {
                         .cast(*dtype)
                 }
             },
-            ParamSource::Shapes { device, dtype } => {
+            Initializer::Shapes { device, dtype } => {
                 Tensor::<B, D>::zeros([1; D], (device, *dtype)).expand(shape)
             }
         }
+    }
+
+    /// A trainable parameter of `shape`.
+    pub fn param<const D: usize>(&self, shape: [usize; D], init: Init) -> Param<Tensor<B, D>> {
+        Param::from_tensor(self.tensor(shape, init))
     }
 }

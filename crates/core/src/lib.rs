@@ -10,13 +10,17 @@
 //!
 //! Everything is generic over the Burn backend; tests run on the `flex` CPU backend.
 
+pub mod config;
+pub mod device;
 pub mod error;
 pub mod init;
 pub mod loss;
 pub mod nn;
-pub mod params;
+pub mod tree;
 pub mod weights;
 
+pub use config::ConfigError;
+pub use device::DeviceSpec;
 pub use error::{CoreError, WeightError};
 
 /// The CPU backend used by tests and CI.

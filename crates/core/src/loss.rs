@@ -1,7 +1,7 @@
 //! Hugging Face's causal-LM loss.
 
 use burn::prelude::*;
-use burn::tensor::{DType, Int};
+use burn::tensor::{DType, Int, TensorData};
 
 /// Label value that is ignored by the loss.
 pub const IGNORE_INDEX: i64 = -100;
@@ -37,6 +37,140 @@ pub fn causal_lm_loss<B: Backend>(
         .reshape([b * (t - 1)]);
     let nll = (logsumexp_rows(logits) - picked).mask_fill(valid.bool_not(), 0.0);
     Some(nll.sum() / count as f64)
+}
+
+/// The summed loss of a batch and how many label tokens it covers. The mean is
+/// `sum / num_label_tokens`; a trainer that accumulates micro-batches divides the sum by the
+/// global batch's count instead (not a mean of means).
+#[derive(Debug, Clone)]
+pub struct LossSum<B: Backend> {
+    /// Sum of the token losses, float32 `[1]`.
+    pub sum: Tensor<B, 1>,
+    pub num_label_tokens: usize,
+}
+
+impl<B: Backend> LossSum<B> {
+    /// The mean over label tokens (HF's loss).
+    pub fn mean(&self) -> Tensor<B, 1> {
+        self.sum.clone() / self.num_label_tokens as f64
+    }
+}
+
+/// Rows of logits one chunk of [`lm_head_loss`] holds: about 64 MiB of float32 logits.
+fn chunk_rows(vocab: usize) -> usize {
+    ((64 << 20) / (4 * vocab.max(1))).max(1)
+}
+
+/// The LM head and HF's causal-LM loss in one, for training: `hidden` `[B, T, H]` (the final
+/// hidden states), the head `table` `[V, H]` (a tied embedding), optional logit soft-cap,
+/// unshifted `labels` `[B, T]`.
+///
+/// Only positions whose next label is not `-100` are computed, in chunks of rows, so
+/// `[B, T, V]` logits never exist: the value and the gradients are computed chunk by chunk
+/// without the autodiff graph (softmax minus one-hot through the soft-cap, in float32 with the
+/// blocked log-sum-exp), and attached to `hidden` and `table` as `Σ hidden ⊙ G_h + Σ table ⊙ G_w`
+/// minus its detached value, so the result carries the exact loss value and backward delivers
+/// exactly `G_h` and `G_w`. With `grad` false (evaluation) no gradient is computed; `G_w` is
+/// skipped when the table is frozen.
+///
+/// Returns `None` when no position is labelled. Labels must lie in `[0, V)` or be `-100`.
+pub fn lm_head_loss<B: Backend>(
+    hidden: Tensor<B, 3>,
+    table: Tensor<B, 2>,
+    softcap: Option<f64>,
+    labels: Tensor<B, 2, Int>,
+    grad: bool,
+) -> Option<LossSum<B>> {
+    let step = chunk_rows(table.dims()[0]);
+    lm_head_loss_in_chunks(hidden, table, softcap, labels, grad, step)
+}
+
+fn lm_head_loss_in_chunks<B: Backend>(
+    hidden: Tensor<B, 3>,
+    table: Tensor<B, 2>,
+    softcap: Option<f64>,
+    labels: Tensor<B, 2, Int>,
+    grad: bool,
+    step: usize,
+) -> Option<LossSum<B>> {
+    let [b, t, h] = hidden.dims();
+    let [v, _] = table.dims();
+    let device = hidden.device();
+    let dtype = hidden.dtype();
+    let lab = labels
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .expect("int labels");
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for bi in 0..b {
+        for p in 0..t.saturating_sub(1) {
+            let y = lab[bi * t + p + 1];
+            if y != IGNORE_INDEX {
+                rows.push((bi * t + p) as i64);
+                targets.push(y.clamp(0, v as i64 - 1));
+            }
+        }
+    }
+    let n = rows.len();
+    if n == 0 {
+        return None;
+    }
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
+    let selected = hidden.reshape([b * t, h]).select(0, idx); // [N, H]
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
+    let (hd, wd) = (selected.clone().detach(), table.clone().detach());
+    let want_w = grad && table.is_require_grad();
+    let mut total = Tensor::<B, 1>::zeros([1], (&device, DType::F32));
+    let mut g_h = Vec::new();
+    let mut g_w = want_w.then(|| Tensor::<B, 2>::zeros([v, h], (&device, DType::F32)));
+    for start in (0..n).step_by(step) {
+        let len = step.min(n - start);
+        let hc = hd.clone().narrow(0, start, len);
+        let tc = targets.clone().narrow(0, start, len).reshape([len, 1]);
+        let mut logits = hc.clone().matmul(wd.clone().transpose());
+        if let Some(cap) = softcap {
+            logits = crate::nn::softcap(logits, cap);
+        }
+        let logits = logits.cast(DType::F32);
+        let lse = logsumexp_rows(logits.clone()).reshape([len, 1]);
+        let picked = logits.clone().gather(1, tc.clone());
+        total = total + (lse.clone() - picked).sum();
+        if !grad {
+            continue;
+        }
+        // d(Σ nll)/d logits = softmax − one-hot, then through the soft-cap
+        let onehot = Tensor::<B, 2>::zeros([len, v], (&device, DType::F32)).scatter(
+            1,
+            tc,
+            Tensor::ones([len, 1], (&device, DType::F32)),
+            burn::tensor::IndexingUpdateOp::Add,
+        );
+        let mut dz = (logits.clone() - lse).exp() - onehot;
+        if let Some(cap) = softcap {
+            let th = logits / cap;
+            dz = dz * (th.clone() * th).neg().add_scalar(1.0);
+        }
+        let dz = dz.cast(dtype);
+        g_h.push(dz.clone().matmul(wd.clone()));
+        if let Some(gw) = g_w.take() {
+            g_w = Some(gw + dz.transpose().matmul(hc).cast(DType::F32));
+        }
+    }
+    let mut sum = total;
+    if grad {
+        let g_h = Tensor::cat(g_h, 0);
+        let mut surrogate = (selected * g_h).cast(DType::F32).sum();
+        if let Some(gw) = g_w {
+            surrogate = surrogate + (table * gw.cast(dtype)).cast(DType::F32).sum();
+        }
+        sum = sum + (surrogate.clone() - surrogate.detach());
+    }
+    Some(LossSum {
+        sum,
+        num_label_tokens: n,
+    })
 }
 
 /// Rows longer than this are summed in blocks of this size (see [`blocked_row_sum`]).
@@ -139,6 +273,75 @@ mod tests {
             blocked_row_sum(x).into_data().to_vec::<f32>().unwrap(),
             [6.0]
         );
+    }
+
+    #[test]
+    fn lm_head_loss_has_the_value_and_gradients_of_the_full_loss() {
+        type A = burn::backend::Autodiff<B>;
+        let dev = Default::default();
+        let (b, t, h, v) = (2, 5, 4, 3000);
+        let hv: Vec<f32> = uniform(b * t * h, 3)
+            .into_iter()
+            .map(|u| 4.0 * u - 2.0)
+            .collect();
+        let wv: Vec<f32> = uniform(v * h, 4)
+            .into_iter()
+            .map(|u| 2.0 * u - 1.0)
+            .collect();
+        let labels =
+            Tensor::<A, 2, Int>::from_ints([[7, 1, -100, 2999, 5], [0, -100, -100, 42, 17]], &dev);
+        for cap in [None, Some(3.0)] {
+            let run = |chunked: bool| {
+                let hid = Tensor::<A, 3>::from_data(TensorData::new(hv.clone(), [b, t, h]), &dev)
+                    .require_grad();
+                let w = Tensor::<A, 2>::from_data(TensorData::new(wv.clone(), [v, h]), &dev)
+                    .require_grad();
+                let loss = if chunked {
+                    // 5 labelled rows in chunks of 4: two chunks
+                    lm_head_loss_in_chunks(hid.clone(), w.clone(), cap, labels.clone(), true, 4)
+                        .unwrap()
+                        .mean()
+                } else {
+                    let mut logits = hid
+                        .clone()
+                        .reshape([b * t, h])
+                        .matmul(w.clone().transpose())
+                        .reshape([b, t, v]);
+                    if let Some(c) = cap {
+                        logits = crate::nn::softcap(logits, c);
+                    }
+                    causal_lm_loss(logits, labels.clone()).unwrap()
+                };
+                let value = loss.clone().into_scalar().elem::<f32>();
+                let grads = loss.backward();
+                let gh = hid
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
+                let gw = w.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+                (value, gh, gw)
+            };
+            let (lf, ghf, gwf) = run(false);
+            let (lc, ghc, gwc) = run(true);
+            assert!((lf - lc).abs() <= 1e-6 * lf.abs(), "{lf} vs {lc}");
+            for (a, e) in [(ghc, ghf), (gwc, gwf)] {
+                let max = e.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let err = a
+                    .iter()
+                    .zip(&e)
+                    .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(err <= 1e-5 * max + 1e-9, "cap {cap:?}: {err} of {max}");
+            }
+        }
+        // evaluation: the same value, no gradient work; nothing labelled: None
+        let hid = Tensor::<B, 3>::from_data(TensorData::new(hv.clone(), [b, t, h]), &dev);
+        let w = Tensor::<B, 2>::from_data(TensorData::new(wv.clone(), [v, h]), &dev);
+        let l = lm_head_loss(hid.clone(), w.clone(), None, labels.inner(), false).unwrap();
+        assert_eq!(l.num_label_tokens, 5);
+        let none = Tensor::<B, 2, Int>::from_ints([[1, -100, -100, -100, -100]; 2], &dev);
+        assert!(lm_head_loss(hid, w, None, none, false).is_none());
     }
 
     #[test]

@@ -2,11 +2,10 @@
 
 use std::path::Path;
 
-use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
-use automodel_core::weights::SafeTensorsFiles;
-
 use crate::compare::{Check, Tolerance, compare};
+use crate::tensors::reference;
 use crate::{ParityError, open};
+use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
 
 const LOG_MEL: Tolerance = Tolerance::Elementwise {
     atol: 1e-3,
@@ -23,32 +22,6 @@ const FILTERS: Tolerance = Tolerance::Elementwise {
     atol: 1e-12,
     rtol: 0.0,
 };
-
-fn reference(files: &SafeTensorsFiles, name: &str) -> Result<(Vec<f64>, Vec<usize>), ParityError> {
-    let shape = files.shape(name).map(|s| s.to_vec()).unwrap_or_default();
-    let raw = files.raw(name)?;
-    let v = match raw.dtype {
-        automodel_core::weights::Dtype::BOOL | automodel_core::weights::Dtype::I64 => files
-            .to_i64_vec(name)?
-            .into_iter()
-            .map(|x| x as f64)
-            .collect(),
-        automodel_core::weights::Dtype::F64 => raw
-            .bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        _ => files.to_f32_vec(name)?.into_iter().map(f64::from).collect(),
-    };
-    Ok((v, shape))
-}
-
-fn err(dir: &Path) -> impl Fn(automodel_audio::AudioError) -> ParityError + '_ {
-    move |e| ParityError::Case {
-        path: dir.to_path_buf(),
-        message: e.to_string(),
-    }
-}
 
 fn flat_features(
     f: &automodel_audio::features::AudioFeatures,
@@ -82,11 +55,11 @@ pub fn feature_extractor(dir: &Path) -> Result<Vec<Check>, ParityError> {
     let outputs = open(dir, "outputs.safetensors")?;
     let cfg_path = dir.join("preprocessor_config.json");
     let cfg = if cfg_path.is_file() {
-        FeatureExtractorConfig::from_file(&cfg_path).map_err(err(dir))?
+        FeatureExtractorConfig::from_file(&cfg_path)?
     } else {
         FeatureExtractorConfig::default()
     };
-    let fe = FeatureExtractor::new(cfg).map_err(err(dir))?;
+    let fe = FeatureExtractor::new(cfg)?;
     let (wave, shape) = reference(&inputs, "raw_audio")?;
     let (lens, _) = reference(&inputs, "raw_audio_lengths")?;
     let clips: Vec<Vec<f32>> = (0..shape[0])
@@ -112,12 +85,12 @@ pub fn feature_extractor(dir: &Path) -> Result<Vec<Check>, ParityError> {
         checks.push(check("mel_filters", &m, &[m.len() / mels, mels], FILTERS)?);
     }
     let refs: Vec<&[f32]> = clips.iter().map(|c| c.as_slice()).collect();
-    let batch = fe.extract(&refs).map_err(err(dir))?;
+    let batch = fe.extract(&refs)?;
     let (f, fs, m, ms) = flat_features(&batch);
     checks.push(check("input_features", &f, &fs, LOG_MEL)?);
     checks.push(check("input_features_mask", &m, &ms, Tolerance::Exact)?);
     if outputs.contains("single_input_features") {
-        let single = fe.extract(&refs[refs.len() - 1..]).map_err(err(dir))?;
+        let single = fe.extract(&refs[refs.len() - 1..])?;
         let (f, fs, m, ms) = flat_features(&single);
         checks.push(check("single_input_features", &f, &fs, LOG_MEL)?);
         checks.push(check(

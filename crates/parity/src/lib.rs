@@ -10,6 +10,7 @@ mod audio;
 mod compare;
 pub mod gemma3;
 mod multimodal;
+mod tensors;
 mod text;
 mod vision;
 
@@ -28,7 +29,15 @@ pub enum ParityError {
     #[error(transparent)]
     Weights(#[from] automodel_core::WeightError),
     #[error(transparent)]
+    Config(#[from] automodel_core::ConfigError),
+    #[error(transparent)]
     Text(#[from] automodel_text::TextError),
+    #[error(transparent)]
+    Vision(#[from] automodel_vision::VisionError),
+    #[error(transparent)]
+    Audio(#[from] automodel_audio::AudioError),
+    #[error(transparent)]
+    Model(#[from] automodel::ModelError),
 }
 
 /// Outcome of one case folder.

@@ -4,26 +4,20 @@
 use std::path::Path;
 
 use automodel::{
-    AudioInput, ForwardOptions, Gemma3nForConditionalGeneration, GenerationConfig, MultimodalInput,
+    AudioInput, ForwardOptions, Gemma3nForConditionalGeneration, Generate, GenerationConfig,
+    MultimodalInput,
 };
 use automodel_core::weights::SafeTensorsFiles;
+use automodel_text::generate::ids_tensor;
+use automodel_text::{CausalLm, TrainBatch, TrainOptions};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData};
 
 use crate::compare::{Check, Tolerance};
-use crate::text::{
-    EMBED, LOGITS, check, forward_tolerance, loss_gradient_checks, output_check, reference, rows,
-    values,
-};
+use crate::tensors::{check, float_tensor, id_values, output_check, reference, rows, values};
+use crate::text::{EMBED, LOGITS, forward_tolerance, loss_gradient_checks};
 use crate::{ParityError, open, read_meta};
-
-fn model_err(dir: &Path) -> impl Fn(automodel::ModelError) -> ParityError + '_ {
-    move |e| ParityError::Case {
-        path: dir.to_path_buf(),
-        message: e.to_string(),
-    }
-}
 
 /// The model inputs of a case folder (media included when present).
 fn inputs<B: Backend>(
@@ -32,30 +26,18 @@ fn inputs<B: Backend>(
     with_labels: bool,
 ) -> Result<MultimodalInput<B>, ParityError> {
     let pixel_values = if files.contains("pixel_values") {
-        let (v, s) = reference(files, "pixel_values")?;
-        Some(Tensor::from_data(
-            TensorData::new(
-                v.into_iter().map(|x| x as f32).collect::<Vec<_>>(),
-                [s[0], s[1], s[2], s[3]],
-            ),
-            (device, DType::F32),
-        ))
+        Some(float_tensor::<B, 4>(files, "pixel_values", device)?)
     } else {
         None
     };
     let audio = if files.contains("input_features") {
-        let (v, s) = reference(files, "input_features")?;
+        let features = float_tensor::<B, 3>(files, "input_features", device)?;
+        let frames = features.dims()[1];
         let (m, _) = reference(files, "input_features_mask")?;
         Some(AudioInput {
-            features: Tensor::from_data(
-                TensorData::new(
-                    v.into_iter().map(|x| x as f32).collect::<Vec<_>>(),
-                    [s[0], s[1], s[2]],
-                ),
-                (device, DType::F32),
-            ),
+            features,
             valid: m
-                .chunks(s[1])
+                .chunks(frames.max(1))
                 .map(|r| r.iter().map(|&x| x != 0.0).collect())
                 .collect(),
         })
@@ -75,6 +57,31 @@ fn inputs<B: Backend>(
     })
 }
 
+/// The same inputs as a training batch of tensors.
+fn train_batch<B: Backend>(input: &MultimodalInput<B>, device: &B::Device) -> TrainBatch<B> {
+    let ids = ids_tensor::<B>(&input.input_ids, device);
+    let mask = input
+        .attention_mask
+        .as_ref()
+        .map_or_else(|| ids.ones_like(), |m| ids_tensor::<B>(m, device));
+    let labels = input
+        .labels
+        .as_ref()
+        .map_or_else(|| ids.full_like(-100), |l| ids_tensor::<B>(l, device));
+    let audio = input.audio.as_ref().map(|a| {
+        let [n, f] = [a.valid.len(), a.valid.first().map_or(0, |r| r.len())];
+        let flat: Vec<bool> = a.valid.iter().flatten().copied().collect();
+        let valid = Tensor::from_data(TensorData::new(flat, [n, f]), device);
+        (a.features.clone(), valid)
+    });
+    TrainBatch {
+        attention_mask: mask,
+        pixel_values: input.pixel_values.clone(),
+        audio,
+        ..TrainBatch::text(ids, labels)
+    }
+}
+
 /// `image`, `audio`, `multimodal`: every output tensor and every parameter's gradient.
 pub fn forward_backward<B: AutodiffBackend>(
     dir: &Path,
@@ -82,15 +89,19 @@ pub fn forward_backward<B: AutodiffBackend>(
 ) -> Result<Vec<Check>, ParityError> {
     let meta = read_meta(dir)?;
     let outputs = open(dir, "outputs.safetensors")?;
-    let model = Gemma3nForConditionalGeneration::<B>::from_pretrained(dir, device, DType::F32)
-        .map_err(model_err(dir))?;
+    let model = Gemma3nForConditionalGeneration::<B>::from_pretrained(dir, device, DType::F32)?;
     let input = inputs::<B>(&open(dir, "inputs.safetensors")?, device, true)?;
     let opts = ForwardOptions {
         output_hidden_states: true,
         trace: true,
         training: false,
     };
-    let out = model.forward(&input, opts).map_err(model_err(dir))?;
+    let out = model.forward(&input, opts)?;
+    // The loss and its gradients come from the training entry point (the memory-lean head).
+    let loss = model
+        .forward_train(&train_batch(&input, device), TrainOptions::gradients())?
+        .loss
+        .map(|l| l.mean());
 
     let mut checks = Vec::new();
     for name in outputs.names().filter(|n| !n.starts_with("grad.")) {
@@ -100,7 +111,7 @@ pub fn forward_backward<B: AutodiffBackend>(
         });
         let got = match name {
             "logits" => Some(values(out.logits.clone())),
-            "loss" => out.loss.clone().map(|l| (values(l).0, vec![])),
+            "loss" => loss.clone().map(|l| (values(l).0, vec![])),
             "last_hidden_state" => Some(values(out.text.last_hidden_state.clone())),
             "inputs_embeds" => Some(values(out.text.inputs_embeds.clone())),
             "per_layer_inputs" => Some(values(out.text.per_layer_inputs.clone())),
@@ -141,8 +152,9 @@ pub fn forward_backward<B: AutodiffBackend>(
     }
     checks.extend(loss_gradient_checks(
         dir,
-        out.loss,
-        &model.params(),
+        loss,
+        &model,
+        "",
         &outputs,
         &meta,
         |_| true,
@@ -154,8 +166,7 @@ pub fn forward_backward<B: AutodiffBackend>(
 pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>, ParityError> {
     let meta = read_meta(dir)?;
     let outputs = open(dir, "outputs.safetensors")?;
-    let model = Gemma3nForConditionalGeneration::<B>::from_pretrained(dir, device, DType::F32)
-        .map_err(model_err(dir))?;
+    let model = Gemma3nForConditionalGeneration::<B>::from_pretrained(dir, device, DType::F32)?;
     let prompt = inputs::<B>(&open(dir, "inputs.safetensors")?, device, false)?;
     let want = rows(&outputs, "generated_ids")?;
     let max_new = meta
@@ -173,25 +184,17 @@ pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>
         stop_ids,
         ..Default::default()
     };
-    let greedy = model
-        .generate(&prompt, &cfg, |_| {})
-        .map_err(model_err(dir))?;
-    let as_f64 = |r: &Vec<Vec<i64>>| -> (Vec<f64>, Vec<usize>) {
-        (
-            r.iter().flatten().map(|&x| x as f64).collect(),
-            vec![r.len(), r[0].len()],
-        )
-    };
+    let greedy = model.generate(&prompt, &cfg, |_| {})?;
     let mut checks = vec![
         check(
             "generated_ids",
-            as_f64(&greedy.generated),
+            id_values(&greedy.generated),
             &outputs,
             Tolerance::Exact,
         )?,
         check(
             "sequences",
-            as_f64(&greedy.sequences),
+            id_values(&greedy.sequences),
             &outputs,
             Tolerance::Exact,
         )?,
@@ -214,9 +217,7 @@ pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>
         labels: None,
         ..prompt
     };
-    let out = model
-        .forward(&full, ForwardOptions::default())
-        .map_err(model_err(dir))?;
+    let out = model.forward(&full, ForwardOptions::default())?;
     let n = seq[0].len() - (p - 1);
     checks.push(check(
         "nocache_logits",

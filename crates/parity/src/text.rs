@@ -3,15 +3,19 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use automodel_core::params::ParamList;
-use automodel_core::weights::SafeTensorsFiles;
-use automodel_text::generate::ids_tensor;
-use automodel_text::{ForwardOptions, Gemma3nForCausalLM, Gemma3nTextConfig};
+use automodel_core::tree::{self, ParamInfo};
+use automodel_core::weights::{SafeTensorsFiles, TensorMap};
+use automodel_text::generate::{TextPrompt, ids_tensor};
+use automodel_text::{
+    CausalLm, ForwardOptions, Gemma3nForCausalLM, Gemma3nTextConfig, Generate, GenerationConfig,
+    TrainBatch, TrainOptions,
+};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, TensorData};
 
 use crate::compare::{Check, Tolerance, compare};
+use crate::tensors::{check, data_values, id_values, output_check, reference, rows, values};
 use crate::{ParityError, open, read_meta};
 
 pub(crate) const EMBED: Tolerance = Tolerance::Elementwise {
@@ -39,72 +43,14 @@ const BF16_LOGITS: Tolerance = Tolerance::Elementwise {
     rtol: 5e-2,
 };
 
-/// Values and shape of a tensor, as f64.
-pub(crate) fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<f64>, Vec<usize>) {
-    data_values(t.into_data())
-}
-
-pub(crate) fn data_values(d: TensorData) -> (Vec<f64>, Vec<usize>) {
-    let shape = d.shape.to_vec();
-    let v = d
-        .convert_dtype(DType::F32)
-        .to_vec::<f32>()
-        .expect("f32")
-        .into_iter()
-        .map(f64::from)
-        .collect();
-    (v, shape)
-}
-
-pub(crate) fn reference(
-    files: &SafeTensorsFiles,
-    name: &str,
-) -> Result<(Vec<f64>, Vec<usize>), ParityError> {
-    let shape = files.shape(name).map(|s| s.to_vec()).unwrap_or_default();
-    let raw = files.raw(name)?;
-    let v = match raw.dtype {
-        automodel_core::weights::Dtype::I64 | automodel_core::weights::Dtype::BOOL => files
-            .to_i64_vec(name)?
-            .into_iter()
-            .map(|x| x as f64)
-            .collect(),
-        _ => files.to_f32_vec(name)?.into_iter().map(f64::from).collect(),
-    };
-    Ok((v, shape))
-}
-
-pub(crate) fn check(
-    name: &str,
-    got: (Vec<f64>, Vec<usize>),
-    files: &SafeTensorsFiles,
-    tol: Tolerance,
-) -> Result<Check, ParityError> {
-    let (want, want_shape) = reference(files, name)?;
-    Ok(compare(name, &got.0, &got.1, &want, &want_shape, tol))
-}
-
-/// [`check`] for an output the model may not have produced (a failed check then).
-pub(crate) fn output_check(
-    name: &str,
-    got: Option<(Vec<f64>, Vec<usize>)>,
-    files: &SafeTensorsFiles,
-    tol: Tolerance,
-) -> Result<Check, ParityError> {
-    match got {
-        Some(g) => check(name, g, files, tol),
-        None => Ok(Check::failed(
-            name,
-            tol,
-            "the model produced no such tensor",
-        )),
-    }
-}
-
-/// Backpropagate the case's loss and check the gradients (see [`gradient_checks`]).
-pub(crate) fn loss_gradient_checks<B: AutodiffBackend>(
+/// Backpropagate the case's loss and check the gradient of every parameter of `module` (keys
+/// under `prefix`; see [`gradient_checks`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn loss_gradient_checks<B: AutodiffBackend, M: Module<B>>(
     dir: &Path,
     loss: Option<Tensor<B, 1>>,
-    params: &ParamList<B>,
+    module: &M,
+    prefix: &str,
     outputs: &SafeTensorsFiles,
     meta: &serde_json::Value,
     ours_prefix: impl Fn(&str) -> bool,
@@ -114,19 +60,9 @@ pub(crate) fn loss_gradient_checks<B: AutodiffBackend>(
         message: "no labelled token".into(),
     })?;
     let grads = loss.backward();
-    gradient_checks::<B>(params, &grads, outputs, meta, ours_prefix)
-}
-
-pub(crate) fn rows(files: &SafeTensorsFiles, name: &str) -> Result<Vec<Vec<i64>>, ParityError> {
-    let shape = files.shape(name).map(|s| s.to_vec()).unwrap_or_default();
-    let v = files.to_i64_vec(name)?;
-    if shape.len() != 2 {
-        return Err(ParityError::Case {
-            path: name.into(),
-            message: format!("`{name}` must be 2-D, is {shape:?}"),
-        });
-    }
-    Ok(v.chunks(shape[1]).map(|c| c.to_vec()).collect())
+    let infos = tree::param_infos(module, prefix);
+    let got = tree::hf_grads(module, prefix, &grads);
+    gradient_checks(&infos, &got, outputs, meta, ours_prefix)
 }
 
 fn load_model<B: Backend>(
@@ -181,12 +117,17 @@ pub fn forward_backward<B: AutodiffBackend>(
         trace: true,
         training: false,
     };
-    let out = model.forward(
-        ids_t.clone(),
-        Some(&mask),
-        Some(ids_tensor::<B>(&labels, device)),
-        opts,
-    )?;
+    let mask_t = ids_tensor::<B>(&mask, device);
+    let out = model.forward(ids_t.clone(), Some(mask_t.clone()), None, opts)?;
+    // The loss and its gradients come from the training entry point (the memory-lean head).
+    let batch = TrainBatch {
+        attention_mask: mask_t,
+        ..TrainBatch::text(ids_t.clone(), ids_tensor::<B>(&labels, device))
+    };
+    let loss = model
+        .forward_train(&batch, TrainOptions::gradients())?
+        .loss
+        .map(|l| l.mean());
 
     let mut checks = Vec::new();
     for name in outputs.names().filter(|n| !n.starts_with("grad.")) {
@@ -200,7 +141,7 @@ pub fn forward_backward<B: AutodiffBackend>(
         };
         let got = match name {
             "logits" => Some(values(out.logits.clone())),
-            "loss" => out.loss.clone().map(|l| (values(l).0, vec![])),
+            "loss" => loss.clone().map(|l| (values(l).0, vec![])),
             "last_hidden_state" => Some(values(out.model.last_hidden_state.clone())),
             "inputs_embeds" => Some(values(out.model.inputs_embeds.clone())),
             "per_layer_inputs" => Some(values(out.model.per_layer_inputs.clone())),
@@ -220,8 +161,9 @@ pub fn forward_backward<B: AutodiffBackend>(
     }
     checks.extend(loss_gradient_checks(
         dir,
-        out.loss,
-        &model.params(),
+        loss,
+        &model.model,
+        &model.prefix,
         &outputs,
         &meta,
         |k| k.starts_with(&model.prefix),
@@ -232,9 +174,9 @@ pub fn forward_backward<B: AutodiffBackend>(
 /// Every parameter's gradient against `grad.<key>` (relative-max tolerance); parameters the
 /// reference lists as zero/None must have no or an all-zero gradient; reference gradients of
 /// parameters (selected by `ours_prefix`) the model lacks are failures.
-pub(crate) fn gradient_checks<B: AutodiffBackend>(
-    params: &ParamList<B>,
-    grads: &B::Gradients,
+pub(crate) fn gradient_checks(
+    params: &[ParamInfo],
+    grads: &TensorMap,
     outputs: &SafeTensorsFiles,
     meta: &serde_json::Value,
     ours_prefix: impl Fn(&str) -> bool,
@@ -244,10 +186,11 @@ pub(crate) fn gradient_checks<B: AutodiffBackend>(
         .union(&string_list(meta, "grad_params_none"))
         .cloned()
         .collect();
-    let ours: BTreeSet<&str> = params.keys().into_iter().collect();
-    for (key, p) in &params.entries {
+    let ours: BTreeSet<&str> = params.iter().map(|p| p.key.as_str()).collect();
+    for p in params {
+        let key = &p.key;
         let name = format!("grad.{key}");
-        let g = p.hf_grad(grads);
+        let g = grads.get(key).cloned();
         if outputs.contains(&name) {
             match g {
                 Some(g) => checks.push(check(&name, data_values(g), outputs, GRAD)?),
@@ -260,7 +203,7 @@ pub(crate) fn gradient_checks<B: AutodiffBackend>(
         } else if zero_or_none.contains(key.as_str()) {
             let (v, shape) = g
                 .map(data_values)
-                .unwrap_or_else(|| (vec![0.0; p.numel()], p.hf_shape()));
+                .unwrap_or_else(|| (vec![0.0; p.numel()], p.shape.clone()));
             let zeros = vec![0.0; v.len()];
             checks.push(compare(
                 format!("{name} (zero in reference)"),
@@ -315,23 +258,21 @@ pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>
             .map(|e| e.to_vec())
             .unwrap_or_default(),
     };
-    let greedy = model.generate_greedy(&prompt, Some(&mask), max_new, &eos, |_| {})?;
-    let as_f64 = |r: &Vec<Vec<i64>>| -> (Vec<f64>, Vec<usize>) {
-        (
-            r.iter().flatten().map(|&x| x as f64).collect(),
-            vec![r.len(), r.first().map_or(0, |x| x.len())],
-        )
-    };
+    let greedy = model.generate(
+        &TextPrompt::new(prompt.clone()).with_mask(mask.clone()),
+        &GenerationConfig::greedy(max_new, eos),
+        |_| {},
+    )?;
     let mut checks = vec![
         check(
             "generated_ids",
-            as_f64(&greedy.generated),
+            id_values(&greedy.generated),
             &outputs,
             Tolerance::Exact,
         )?,
         check(
             "sequences",
-            as_f64(&greedy.sequences),
+            id_values(&greedy.sequences),
             &outputs,
             Tolerance::Exact,
         )?,
@@ -352,7 +293,7 @@ pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>
         .collect();
     let out = model.forward(
         ids_tensor::<B>(&seq, device),
-        Some(&full_mask),
+        Some(ids_tensor::<B>(&full_mask, device)),
         None,
         ForwardOptions::default(),
     )?;
@@ -375,7 +316,7 @@ pub fn bf16<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>, Pa
     let mask = rows(&inputs, "attention_mask")?;
     let out = model.forward(
         ids_tensor::<B>(&ids, device),
-        Some(&mask),
+        Some(ids_tensor::<B>(&mask, device)),
         None,
         ForwardOptions::default(),
     )?;

@@ -2,44 +2,17 @@
 
 use std::path::Path;
 
-use automodel_core::weights::SafeTensorsFiles;
 use automodel_vision::processor::{ImageProcessorConfig, RgbImage};
-use burn::prelude::*;
-use burn::tensor::DType;
 
 use crate::compare::{Check, Tolerance, compare};
+use crate::tensors::{reference, values};
 use crate::{ParityError, open};
-
-fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<f64>, Vec<usize>) {
-    let d = t.into_data();
-    let shape = d.shape.to_vec();
-    (
-        d.convert_dtype(DType::F32)
-            .to_vec::<f32>()
-            .expect("f32")
-            .into_iter()
-            .map(f64::from)
-            .collect(),
-        shape,
-    )
-}
-
-fn reference(files: &SafeTensorsFiles, name: &str) -> Result<(Vec<f64>, Vec<usize>), ParityError> {
-    let shape = files.shape(name).map(|s| s.to_vec()).unwrap_or_default();
-    let raw = files.raw(name)?;
-    let v = match raw.dtype {
-        automodel_core::weights::Dtype::U8 => raw.bytes.iter().map(|&b| b as f64).collect(),
-        _ => files.to_f32_vec(name)?.into_iter().map(f64::from).collect(),
-    };
-    Ok((v, shape))
-}
 
 /// `image_processor`: the resize on uint8 and the final pixel values.
 pub fn processor(dir: &Path) -> Result<Vec<Check>, ParityError> {
     let inputs = open(dir, "inputs.safetensors")?;
     let outputs = open(dir, "outputs.safetensors")?;
-    let cfg = ImageProcessorConfig::from_file(dir.join("preprocessor_config.json"))
-        .map_err(vision_err(dir))?;
+    let cfg = ImageProcessorConfig::from_file(dir.join("preprocessor_config.json"))?;
     let mut images = Vec::new();
     let mut names: Vec<&str> = inputs.names().filter(|n| n.starts_with("image_")).collect();
     names.sort_by_key(|n| n["image_".len()..].parse::<usize>().unwrap_or(usize::MAX));
@@ -78,9 +51,7 @@ pub fn processor(dir: &Path) -> Result<Vec<Check>, ParityError> {
             Tolerance::Exact,
         ));
     }
-    let pv = cfg
-        .preprocess::<burn::backend::Flex>(&images, &Default::default())
-        .map_err(vision_err(dir))?;
+    let pv = cfg.preprocess::<burn::backend::Flex>(&images, &Default::default())?;
     let (want, ws) = reference(&outputs, "pixel_values")?;
     let got = values(pv);
     checks.push(compare(
@@ -92,11 +63,4 @@ pub fn processor(dir: &Path) -> Result<Vec<Check>, ParityError> {
         Tolerance::Exact,
     ));
     Ok(checks)
-}
-
-fn vision_err(dir: &Path) -> impl Fn(automodel_vision::VisionError) -> ParityError + '_ {
-    move |e| ParityError::Case {
-        path: dir.to_path_buf(),
-        message: e.to_string(),
-    }
 }

@@ -1,18 +1,18 @@
-//! Self-attention: GQA, q/k/v RMS norms, split-half RoPE, scale 1.0, sliding or global masks, and
-//! KV sharing.
+//! Self-attention shared by Gemma 3 and Gemma 3n: GQA, q/k(/v) RMS norms, split-half RoPE,
+//! sliding or global masks, optional KV sharing; and the per-forward inputs every layer of one
+//! attention type shares (RoPE tables and masks, built on the device from tensors).
 
 use std::collections::HashMap;
 
-use automodel_core::init::ParamSource;
+use automodel_core::init::Initializer;
 use automodel_core::nn::rope::{RopeTables, apply_rope};
 use automodel_core::nn::{Linear, RmsNorm};
-use automodel_core::params::{ParamList, join};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, DType, TensorData};
+use burn::tensor::{Bool, DType, Int};
 
 use crate::cache::KvCache;
-use crate::config::{Gemma3nTextConfig, KvSharing, LayerType};
+use crate::config::{KvSharing, LayerType};
 use crate::error::TextError;
 
 /// Per-forward inputs shared by every layer of one attention type.
@@ -25,19 +25,6 @@ pub struct AttentionInputs<B: Backend> {
     pub mask: Tensor<B, 4, Bool>,
 }
 
-/// Everything one forward call's attention needs, shared by the Gemma 3 and Gemma 3n decoders:
-/// the checked padding mask and position ids of the new tokens, and RoPE tables and masks for
-/// each layer type (global: causal over everything; sliding: causal within `sliding_window`,
-/// over the keys a cache still holds).
-#[derive(Debug, Clone)]
-pub struct StepInputs<B: Backend> {
-    pub by_type: HashMap<LayerType, AttentionInputs<B>>,
-    /// Attention mask of the new tokens (1 = real token), `[B][T]`.
-    pub new_mask: Vec<Vec<i64>>,
-    /// Position ids of the new tokens, `[B][T]`.
-    pub positions: Vec<Vec<i64>>,
-}
-
 /// The RoPE and window settings [`StepInputs::new`] needs from a config.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionGeometry {
@@ -47,15 +34,28 @@ pub struct AttentionGeometry {
     pub sliding_window: usize,
 }
 
+/// Everything one forward call's attention needs: the new tokens' mask and position ids, and RoPE
+/// tables and masks for each layer type (global: causal over everything; sliding: causal within
+/// `sliding_window`, over the keys a cache still holds). All of it is built on the device.
+#[derive(Debug, Clone)]
+pub struct StepInputs<B: Backend> {
+    pub by_type: HashMap<LayerType, AttentionInputs<B>>,
+    /// Attention mask of the new tokens `[B, T]`: 0 = padding, otherwise the segment the token
+    /// belongs to (1 for an ordinary batch; packed batches number their samples 1, 2, …).
+    pub new_mask: Tensor<B, 2, Int>,
+    /// Position ids of the new tokens `[B, T]`.
+    pub positions: Tensor<B, 2, Int>,
+}
+
 impl<B: Backend> StepInputs<B> {
     /// For `[b, t]` new tokens continuing `cache` (positions default to `past..past + t`).
-    /// Mask and position rows must match the batch; a cache must hold the same batch.
+    /// Mask and positions must be `[b, t]`; a cache must hold the same batch.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         b: usize,
         t: usize,
-        attention_mask: Option<&[Vec<i64>]>,
-        position_ids: Option<&[Vec<i64>]>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        position_ids: Option<Tensor<B, 2, Int>>,
         cache: Option<&KvCache<B>>,
         geometry: AttentionGeometry,
         device: &B::Device,
@@ -66,17 +66,20 @@ impl<B: Backend> StepInputs<B> {
                 "the inputs must hold at least one token; got [{b}, {t}]"
             )));
         }
-        let rows =
-            |name: &str, m: Option<&[Vec<i64>]>| -> Result<Option<Vec<Vec<i64>>>, TextError> {
-                match m {
-                    Some(m) if m.len() != b || m.iter().any(|r| r.len() != t) => Err(
-                        TextError::Input(format!("{name} must be [{b}, {t}] like the inputs")),
-                    ),
-                    m => Ok(m.map(|m| m.to_vec())),
-                }
-            };
-        let new_mask =
-            rows("attention_mask", attention_mask)?.unwrap_or_else(|| vec![vec![1; t]; b]);
+        for (name, m) in [
+            ("attention_mask", &attention_mask),
+            ("position_ids", &position_ids),
+        ] {
+            if let Some(m) = m
+                && m.dims() != [b, t]
+            {
+                return Err(TextError::Input(format!(
+                    "{name} must be [{b}, {t}] like the inputs, got {:?}",
+                    m.dims()
+                )));
+            }
+        }
+        let new_mask = attention_mask.unwrap_or_else(|| Tensor::ones([b, t], device));
         let past = cache.map_or(0, |c| c.seq_len());
         if let Some(cb) = cache.and_then(|c| c.batch_size())
             && cb != b
@@ -85,16 +88,20 @@ impl<B: Backend> StepInputs<B> {
                 "the cache holds a batch of {cb}, the inputs have {b} rows"
             )));
         }
-        let positions = rows("position_ids", position_ids)?
-            .unwrap_or_else(|| vec![(past as i64..(past + t) as i64).collect(); b]);
+        let positions = match position_ids {
+            Some(p) => p,
+            None => match cache.and_then(|c| c.next_positions()) {
+                Some(next) => {
+                    next.expand([b, t]) + Tensor::arange(0..t as i64, device).unsqueeze::<2>()
+                }
+                None => Tensor::<B, 1, Int>::arange(0..t as i64, device)
+                    .unsqueeze::<2>()
+                    .expand([b, t]),
+            },
+        };
         // the full padding history: cached positions, then the new ones
-        let padding: Vec<Vec<i64>> = match cache {
-            Some(c) if past > 0 => c
-                .mask
-                .iter()
-                .zip(&new_mask)
-                .map(|(old, new)| [old.as_slice(), new].concat())
-                .collect(),
+        let padding = match cache.and_then(|c| c.mask.clone()) {
+            Some(old) if past > 0 => Tensor::cat(vec![old, new_mask.clone()], 1),
             _ => new_mask.clone(),
         };
         let AttentionGeometry {
@@ -107,8 +114,7 @@ impl<B: Backend> StepInputs<B> {
             (LayerType::Sliding, theta_local),
             (LayerType::Full, theta_global),
         ] {
-            let (cos, sin) =
-                RopeTables::new(theta, head_dim).cos_sin::<B>(&positions, device, dtype);
+            let (cos, sin) = RopeTables::new(theta, head_dim).cos_sin(positions.clone(), dtype);
             let (key_start, window) = match ty {
                 LayerType::Full => (0, None),
                 // a cache keeps only the last window − 1 keys of sliding layers
@@ -118,7 +124,7 @@ impl<B: Backend> StepInputs<B> {
                 ),
                 LayerType::Sliding => (0, Some(sliding_window)),
             };
-            let mask = build_mask::<B>(&padding, past, t, key_start, window, device);
+            let mask = build_mask(padding.clone(), past, t, key_start, window);
             by_type.insert(ty, AttentionInputs { cos, sin, mask });
         }
         Ok(Self {
@@ -128,27 +134,41 @@ impl<B: Backend> StepInputs<B> {
         })
     }
 
-    /// Record the new tokens' mask and last positions in `cache` once every layer has run.
+    /// Record the new tokens' mask and positions in `cache` once every layer has run.
     pub fn commit(self, cache: &mut KvCache<B>) {
-        cache.last_position = self
-            .positions
-            .iter()
-            .map(|r| *r.last().expect("new() refuses t = 0"))
-            .collect();
-        if cache.seq_len() == 0 {
-            cache.mask = self.new_mask;
-        } else {
-            for (old, new) in cache.mask.iter_mut().zip(self.new_mask) {
-                old.extend(new);
-            }
-        }
+        let t = self.positions.dims()[1];
+        cache.last_position = Some(self.positions.narrow(1, t - 1, 1));
+        cache.mask = Some(match cache.mask.take() {
+            Some(old) => Tensor::cat(vec![old, self.new_mask], 1),
+            None => self.new_mask,
+        });
     }
 }
 
 /// K/V lent by `Store` layers to `Reuse` layers during one forward, by attention type.
 pub type SharedKv<B> = HashMap<LayerType, (Tensor<B, 4>, Tensor<B, 4>)>;
 
-/// HF `Gemma3nTextAttention`. KV-reusing layers have no k/v projections.
+/// The shape and behaviour of one attention layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionSpec {
+    pub hidden_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Query scale after RoPE (`query_pre_attn_scalar^-½` for Gemma 3); `None` = 1 (Gemma 3n,
+    /// whose q and k are RMS-normed).
+    pub query_scale: Option<f64>,
+    pub rms_norm_eps: f64,
+    /// Gemma 1–3 norms scale by `1 + w`; Gemma 3n's by `w`.
+    pub norm_plus_one: bool,
+    /// Gemma 3n RMS-normalises the values (no learned scale).
+    pub v_norm: bool,
+    pub layer_idx: usize,
+    pub layer_type: LayerType,
+    pub sharing: KvSharing,
+}
+
+/// HF `Gemma3Attention` / `Gemma3nTextAttention`. KV-reusing layers have no k/v projections.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     pub q_proj: Linear<B>,
@@ -157,52 +177,38 @@ pub struct Attention<B: Backend> {
     pub o_proj: Linear<B>,
     pub q_norm: RmsNorm<B>,
     pub k_norm: Option<RmsNorm<B>>,
-    pub v_norm: RmsNorm<B>,
+    pub v_norm: Option<RmsNorm<B>>,
     #[module(skip)]
-    pub num_heads: usize,
-    #[module(skip)]
-    pub num_kv_heads: usize,
-    #[module(skip)]
-    pub head_dim: usize,
-    #[module(skip)]
-    pub layer_idx: usize,
-    #[module(skip)]
-    pub layer_type: LayerType,
-    #[module(skip)]
-    pub sharing: KvSharing,
+    pub spec: AttentionSpec,
 }
 
 impl<B: Backend> Attention<B> {
-    pub fn new(
-        src: &ParamSource<'_, B>,
-        name: &str,
-        cfg: &Gemma3nTextConfig,
-        layer_idx: usize,
-    ) -> Self {
-        let (h, nh, nkv, d, eps) = (
-            cfg.hidden_size,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-            cfg.rms_norm_eps,
-        );
-        let sharing = cfg.kv_sharing().expect("validated")[layer_idx];
-        let own = !matches!(sharing, KvSharing::Reuse { .. });
-        Self {
-            q_proj: Linear::new(src, &join(name, "q_proj"), h, nh * d),
-            k_proj: own.then(|| Linear::new(src, &join(name, "k_proj"), h, nkv * d)),
-            v_proj: own.then(|| Linear::new(src, &join(name, "v_proj"), h, nkv * d)),
-            o_proj: Linear::new(src, &join(name, "o_proj"), nh * d, h),
-            q_norm: RmsNorm::new(src, &join(name, "q_norm"), d, eps, false),
-            k_norm: own.then(|| RmsNorm::new(src, &join(name, "k_norm"), d, eps, false)),
-            v_norm: RmsNorm::without_scale(eps),
+    pub fn new(init: &Initializer<B>, spec: AttentionSpec) -> Self {
+        let AttentionSpec {
+            hidden_size: h,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
-            layer_idx,
-            layer_type: cfg.layer_types()[layer_idx],
-            sharing,
+            rms_norm_eps: eps,
+            norm_plus_one: plus,
+            ..
+        } = spec;
+        let own = !matches!(spec.sharing, KvSharing::Reuse { .. });
+        Self {
+            q_proj: Linear::new(init, h, nh * d),
+            k_proj: own.then(|| Linear::new(init, h, nkv * d)),
+            v_proj: own.then(|| Linear::new(init, h, nkv * d)),
+            o_proj: Linear::new(init, nh * d, h),
+            q_norm: RmsNorm::new(init, d, eps, plus),
+            k_norm: own.then(|| RmsNorm::new(init, d, eps, plus)),
+            v_norm: spec.v_norm.then(|| RmsNorm::without_scale(eps)),
+            spec,
         }
+    }
+
+    /// The layer's attention kind.
+    pub fn layer_type(&self) -> LayerType {
+        self.spec.layer_type
     }
 
     /// `x`: normed hidden states `[B, T, H]` → `[B, T, H]` (after `o_proj`).
@@ -214,63 +220,49 @@ impl<B: Backend> Attention<B> {
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
-        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let s = &self.spec;
+        let (nh, nkv, d) = (s.num_heads, s.num_kv_heads, s.head_dim);
         let q = self
             .q_norm
             .forward(self.q_proj.forward(x.clone()).reshape([b, t, nh, d]));
-        let q = apply_rope(q, &inputs.cos, &inputs.sin).swap_dims(1, 2);
-
-        let (k, v) = match self.sharing {
-            KvSharing::Reuse { source } => {
-                shared.get(&self.layer_type).cloned().unwrap_or_else(|| {
-                    panic!(
-                        "layer {} reuses layer {source}'s K/V, which has not run",
-                        self.layer_idx
-                    )
-                })
-            }
-            _ => {
-                let k_proj = self.k_proj.as_ref().expect("own K/V");
-                let v_proj = self.v_proj.as_ref().expect("own K/V");
-                let k_norm = self.k_norm.as_ref().expect("own K/V");
+        let mut q = apply_rope(q, &inputs.cos, &inputs.sin).swap_dims(1, 2);
+        if let Some(scale) = s.query_scale {
+            q = q * scale;
+        }
+        let (k, v) = match (&self.k_proj, &self.v_proj, &self.k_norm) {
+            (Some(k_proj), Some(v_proj), Some(k_norm)) => {
                 let k = k_norm.forward(k_proj.forward(x.clone()).reshape([b, t, nkv, d]));
                 let k = apply_rope(k, &inputs.cos, &inputs.sin).swap_dims(1, 2);
-                let v = self
-                    .v_norm
-                    .forward(v_proj.forward(x).reshape([b, t, nkv, d]))
-                    .swap_dims(1, 2);
+                let mut v = v_proj.forward(x).reshape([b, t, nkv, d]);
+                if let Some(n) = &self.v_norm {
+                    v = n.forward(v);
+                }
+                let v = v.swap_dims(1, 2);
                 let (k, v) = match cache {
-                    Some(c) => c.update(self.layer_idx, k, v),
+                    Some(c) => c.update(s.layer_idx, k, v),
                     None => (k, v),
                 };
-                if self.sharing == KvSharing::Store {
-                    shared.insert(self.layer_type, (k.clone(), v.clone()));
+                if s.sharing == KvSharing::Store {
+                    shared.insert(s.layer_type, (k.clone(), v.clone()));
                 }
                 (k, v)
             }
+            // A reusing layer: the config validation guarantees its source layer (an earlier
+            // layer of the same type) has run.
+            _ => shared.get(&s.layer_type).cloned().unwrap_or_else(|| {
+                panic!(
+                    "layer {} reuses K/V that no earlier layer stored ({:?})",
+                    s.layer_idx, s.sharing
+                )
+            }),
         };
         let out = attend(q, k, v, &inputs.mask, nh / nkv);
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, t, nh * d]))
     }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        self.q_proj.params(&join(name, "q_proj"), out);
-        if let Some(k) = &self.k_proj {
-            k.params(&join(name, "k_proj"), out);
-        }
-        if let Some(v) = &self.v_proj {
-            v.params(&join(name, "v_proj"), out);
-        }
-        self.o_proj.params(&join(name, "o_proj"), out);
-        self.q_norm.params(&join(name, "q_norm"), out);
-        if let Some(k) = &self.k_norm {
-            k.params(&join(name, "k_norm"), out);
-        }
-    }
 }
 
-/// Eager attention with scale 1.0: `softmax_f32(q·kᵀ + mask)·v`; `q` `[B, NH, T, D]`, `k`/`v`
+/// Eager attention: `softmax_f32(q·kᵀ + mask)·v`; `q` `[B, NH, T, D]` (already scaled), `k`/`v`
 /// `[B, NKV, S, D]` with each KV head serving `groups` query heads.
 pub fn attend<B: Backend>(
     q: Tensor<B, 4>,
@@ -301,28 +293,88 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
 }
 
 /// The attention mask `[B, 1, T, S]` (true = masked) for `t` queries at absolute indices
-/// `past..past+t` over keys at indices `key_start..past+t`: a key is visible iff it is not after
-/// the query, not padding, and — with a window `w` — among the `w` latest (`k > q − w`).
+/// `past..past+t` over keys at indices `key_start..past+t`, from the padding history `[B, past+t]`
+/// (0 = padding, otherwise a segment id). A key is visible iff it is not after the query, not
+/// padding, in the query's segment (a padding query sees every earlier real key, as HF's), and —
+/// with a window `w` — among the `w` latest (`k > q − w`).
 pub fn build_mask<B: Backend>(
-    padding: &[Vec<i64>],
+    padding: Tensor<B, 2, Int>,
     past: usize,
     t: usize,
     key_start: usize,
     window: Option<usize>,
-    device: &B::Device,
 ) -> Tensor<B, 4, Bool> {
-    let b = padding.len();
+    let device = padding.device();
+    let b = padding.dims()[0];
     let total = past + t;
     let s = total - key_start;
-    let mut data = Vec::with_capacity(b * t * s);
-    for row in padding {
-        for i in 0..t {
-            let q = past + i;
-            for (kk, &real) in row.iter().enumerate().take(total).skip(key_start) {
-                let visible = kk <= q && real != 0 && window.is_none_or(|w| kk + w > q);
-                data.push(!visible);
-            }
-        }
+    let shape = [b, 1, t, s];
+    let q = Tensor::<B, 1, Int>::arange(past as i64..total as i64, &device)
+        .reshape([1, 1, t, 1])
+        .expand(shape);
+    let k = Tensor::<B, 1, Int>::arange(key_start as i64..total as i64, &device)
+        .reshape([1, 1, 1, s])
+        .expand(shape);
+    let mut visible = k.clone().lower_equal(q.clone());
+    if let Some(w) = window {
+        visible = visible.bool_and((k + w as i64).greater(q));
     }
-    Tensor::from_data(TensorData::new(data, [b, 1, t, s]), device)
+    let key_seg = padding
+        .clone()
+        .narrow(1, key_start, s)
+        .reshape([b, 1, 1, s])
+        .expand(shape);
+    let query_seg = padding
+        .narrow(1, past, t)
+        .reshape([b, 1, t, 1])
+        .expand(shape);
+    let same = query_seg
+        .clone()
+        .equal(key_seg.clone())
+        .bool_or(query_seg.equal_elem(0));
+    visible
+        .bool_and(key_seg.not_equal_elem(0))
+        .bool_and(same)
+        .bool_not()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    type B = automodel_core::CpuBackend;
+
+    fn rows(m: Tensor<B, 4, Bool>) -> Vec<Vec<u8>> {
+        let [b, _, t, s] = m.dims();
+        let v = m.into_data().to_vec::<bool>().unwrap();
+        (0..b * t)
+            .map(|r| v[r * s..(r + 1) * s].iter().map(|&x| !x as u8).collect())
+            .collect()
+    }
+
+    #[test]
+    fn masks_are_causal_windowed_padded_and_never_cross_segments() {
+        let dev = Default::default();
+        // one padded row, one packed row of two samples
+        let pad = Tensor::<B, 2, Int>::from_ints([[0, 1, 1, 1, 1], [1, 1, 1, 2, 2]], &dev);
+        let m = rows(build_mask(pad.clone(), 0, 5, 0, None));
+        assert_eq!(
+            m[0],
+            [0, 0, 0, 0, 0],
+            "a padding query sees no earlier real key"
+        );
+        assert_eq!(m[4], [0, 1, 1, 1, 1]);
+        assert_eq!(
+            m[7],
+            [1, 1, 1, 0, 0],
+            "row 2, position 2: its own sample only"
+        );
+        assert_eq!(m[8], [0, 0, 0, 1, 0], "the second sample starts fresh");
+        assert_eq!(m[9], [0, 0, 0, 1, 1]);
+        let w = rows(build_mask(pad, 0, 5, 0, Some(2)));
+        assert_eq!(w[4], [0, 0, 0, 1, 1]);
+        // with a cache: 3 past keys of which the window keeps the last 1, 2 new queries
+        let pad = Tensor::<B, 2, Int>::from_ints([[1, 1, 1, 1, 1]], &dev);
+        let c = rows(build_mask(pad, 3, 2, 2, Some(2)));
+        assert_eq!(c, [vec![1, 1, 0], vec![0, 1, 1]]);
+    }
 }

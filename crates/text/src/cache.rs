@@ -1,8 +1,7 @@
 //! KV cache for decoding: full layers keep every key, sliding layers only their window.
 
 use burn::prelude::*;
-
-use crate::config::{Gemma3nTextConfig, KvSharing, LayerType};
+use burn::tensor::Int;
 
 /// Keys/values of one cache-owning layer, `[B, NKV, S, D]`.
 #[derive(Debug, Clone)]
@@ -11,73 +10,54 @@ struct LayerKv<B: Backend> {
     v: Tensor<B, 4>,
 }
 
-/// The decoding cache of a [`crate::Gemma3nTextModel`].
+/// The decoding cache of a Gemma decoder.
 ///
 /// Only layers that compute their own K/V own an entry; KV-reusing layers read their source
 /// layer's (post-update) K/V. A sliding layer keeps the last `sliding_window − 1` keys, which is
-/// all the next token can see (HF `DynamicSlidingWindowLayer`). The cache also remembers the
-/// attention mask and the position of every token seen so far.
+/// all the next token can see (HF `DynamicSlidingWindowLayer`). The cache also keeps, on the
+/// device, the attention mask of every token seen so far and the last position of each row.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<LayerKv<B>>>,
     windows: Vec<Option<usize>>,
     owners: Vec<bool>,
-    /// Attention mask (1 = real token) of every position seen, per batch row.
-    pub mask: Vec<Vec<i64>>,
-    /// Position id of the last token seen, per batch row.
-    pub last_position: Vec<i64>,
+    /// Attention mask (0 = padding) of every position seen, `[B, S]`.
+    pub mask: Option<Tensor<B, 2, Int>>,
+    /// Position id of the last token seen, `[B, 1]`.
+    pub last_position: Option<Tensor<B, 2, Int>>,
 }
 
 impl<B: Backend> KvCache<B> {
-    /// An empty cache for `cfg`.
-    pub fn new(cfg: &Gemma3nTextConfig) -> Self {
-        let kv = cfg.kv_sharing().expect("validated config");
-        let types = cfg.layer_types();
+    /// An empty cache: per layer `Some(window)` for sliding layers, and whether the layer owns
+    /// K/V (KV-reusing layers do not).
+    pub fn new(windows: Vec<Option<usize>>, owners: Vec<bool>) -> Self {
+        assert_eq!(
+            windows.len(),
+            owners.len(),
+            "one window and owner per layer"
+        );
         Self {
-            layers: vec![None; cfg.num_hidden_layers],
-            windows: types
-                .iter()
-                .map(|t| {
-                    if *t == LayerType::Sliding {
-                        Some(cfg.sliding_window)
-                    } else {
-                        None
-                    }
-                })
-                .collect(),
-            owners: kv
-                .iter()
-                .map(|m| !matches!(m, KvSharing::Reuse { .. }))
-                .collect(),
-            mask: Vec::new(),
-            last_position: Vec::new(),
-        }
-    }
-
-    /// An empty cache for a plain decoder: one entry per layer, `Some(window)` for sliding layers.
-    pub fn for_layers(windows: Vec<Option<usize>>) -> Self {
-        let n = windows.len();
-        Self {
-            layers: vec![None; n],
+            layers: vec![None; windows.len()],
             windows,
-            owners: vec![true; n],
-            mask: Vec::new(),
-            last_position: Vec::new(),
+            owners,
+            mask: None,
+            last_position: None,
         }
     }
 
     /// Number of tokens seen so far.
     pub fn seq_len(&self) -> usize {
-        self.mask.first().map_or(0, |m| m.len())
+        self.mask.as_ref().map_or(0, |m| m.dims()[1])
     }
 
     /// Batch size, once known.
     pub fn batch_size(&self) -> Option<usize> {
-        if self.mask.is_empty() {
-            None
-        } else {
-            Some(self.mask.len())
-        }
+        self.mask.as_ref().map(|m| m.dims()[0])
+    }
+
+    /// Position ids of the next token of each row, `[B, 1]`, once a token was seen.
+    pub fn next_positions(&self) -> Option<Tensor<B, 2, Int>> {
+        self.last_position.clone().map(|p| p + 1)
     }
 
     /// Number of layers holding an entry (KV-reusing layers never do).

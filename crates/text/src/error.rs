@@ -1,21 +1,12 @@
 //! Errors of the text crate.
 
-use std::path::PathBuf;
-
-use automodel_core::WeightError;
+use automodel_core::{ConfigError, WeightError};
 
 /// Errors of config parsing, weight loading, inputs and MatFormer extraction.
 #[derive(Debug, thiserror::Error)]
 pub enum TextError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid JSON: {message}")]
-    Json { path: PathBuf, message: String },
-    #[error("config field `{field}`: {message}")]
-    Config { field: String, message: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Weights(#[from] WeightError),
     #[error("invalid input: {0}")]
@@ -25,10 +16,8 @@ pub enum TextError {
 }
 
 impl TextError {
+    /// A bad value of config field `field`.
     pub(crate) fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
-        TextError::Config {
-            field: field.into(),
-            message: message.into(),
-        }
+        TextError::Config(ConfigError::field(field, message))
     }
 }

@@ -1,13 +1,12 @@
 //! Gated feed-forward network with optional gaussian top-k activation sparsity.
 
-use automodel_core::init::ParamSource;
+use automodel_core::init::Initializer;
 use automodel_core::nn::{Linear, gelu_tanh, normal_icdf};
-use automodel_core::params::{ParamList, join};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-/// `down(gelu_tanh(sparsify(gate(x))) ⊙ up(x))` (HF `Gemma3nTextMLP`). The width is per layer
-/// (MatFormer).
+/// `down(gelu_tanh(sparsify(gate(x))) ⊙ up(x))` (HF `Gemma3MLP` / `Gemma3nTextMLP`). The width
+/// is per layer (MatFormer); Gemma 3 has no sparsity.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     pub gate_proj: Linear<B>,
@@ -19,17 +18,11 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn new(
-        src: &ParamSource<'_, B>,
-        name: &str,
-        hidden: usize,
-        width: usize,
-        sparsity: f64,
-    ) -> Self {
+    pub fn new(init: &Initializer<B>, hidden: usize, width: usize, sparsity: f64) -> Self {
         Self {
-            gate_proj: Linear::new(src, &join(name, "gate_proj"), hidden, width),
-            up_proj: Linear::new(src, &join(name, "up_proj"), hidden, width),
-            down_proj: Linear::new(src, &join(name, "down_proj"), width, hidden),
+            gate_proj: Linear::new(init, hidden, width),
+            up_proj: Linear::new(init, hidden, width),
+            down_proj: Linear::new(init, width, hidden),
             activation_sparsity: sparsity,
         }
     }
@@ -46,12 +39,6 @@ impl<B: Backend> Mlp<B> {
         }
         let up = self.up_proj.forward(x);
         self.down_proj.forward(gelu_tanh(gate) * up)
-    }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        self.gate_proj.params(&join(name, "gate_proj"), out);
-        self.up_proj.params(&join(name, "up_proj"), out);
-        self.down_proj.params(&join(name, "down_proj"), out);
     }
 }
 

@@ -1,8 +1,10 @@
 //! KV cache, KV sharing and training-mode behaviour on a random tiny model.
 
 use automodel_core::CpuBackend as B;
-use automodel_text::generate::{ids_tensor, positions_from_mask};
-use automodel_text::{ForwardOptions, Gemma3nForCausalLM, Gemma3nTextConfig, KvCache, TextError};
+use automodel_text::generate::{TextPrompt, ids_tensor, positions_from_mask};
+use automodel_text::{
+    ForwardOptions, Gemma3nForCausalLM, Gemma3nTextConfig, Generate, GenerationConfig, TextError,
+};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
@@ -10,7 +12,8 @@ use burn::tensor::{DType, Distribution};
 fn model() -> Gemma3nForCausalLM<B> {
     let dev = Default::default();
     B::seed(&dev, 7);
-    let mut m = Gemma3nForCausalLM::<B>::init(&Gemma3nTextConfig::tiny(), &dev, DType::F32);
+    let mut m =
+        Gemma3nForCausalLM::<B>::init(&Gemma3nTextConfig::tiny(), &dev, DType::F32).unwrap();
     // Switch the per-layer-embedding branch on (HF initialises its scale to zero).
     for l in &mut m.model.layers {
         l.altup.correct_output_scale =
@@ -45,7 +48,7 @@ fn chunked_prefill_with_cache_equals_one_pass() {
         .unwrap();
     let want = flat(m.lm_logits(one.model.last_hidden_state));
 
-    let mut cache = KvCache::new(m.config());
+    let mut cache = m.model.new_cache();
     let mut got = Vec::new();
     for (start, len) in [(0, 9), (9, 1), (10, 4)] {
         let chunk: Vec<Vec<i64>> = all.iter().map(|r| r[start..start + len].to_vec()).collect();
@@ -85,7 +88,13 @@ fn greedy_generation_matches_recomputation_and_stops_at_eos() {
     let m = model();
     let dev = Default::default();
     let prompt = ids(11);
-    let out = m.generate_greedy(&prompt, None, 6, &[], |_| {}).unwrap();
+    let out = m
+        .generate(
+            &TextPrompt::new(prompt.clone()),
+            &GenerationConfig::greedy(6, vec![]),
+            |_| {},
+        )
+        .unwrap();
     assert_eq!(out.generated[0].len(), 6);
     // Every generated token is the argmax of an uncached forward over the sequence so far.
     let seq: Vec<Vec<i64>> = out
@@ -113,7 +122,13 @@ fn greedy_generation_matches_recomputation_and_stops_at_eos() {
 
     // Stopping: the first generated id of row 0 as eos ends row 0; row 1 continues until done.
     let eos = out.generated[0][0];
-    let stopped = m.generate_greedy(&prompt, None, 6, &[eos], |_| {}).unwrap();
+    let stopped = m
+        .generate(
+            &TextPrompt::new(prompt),
+            &GenerationConfig::greedy(6, vec![eos]),
+            |_| {},
+        )
+        .unwrap();
     assert_eq!(stopped.generated[0][0], eos);
     if stopped.generated[0].len() > 1 {
         assert!(
@@ -128,7 +143,11 @@ fn left_padded_batch_decodes_like_the_unpadded_row() {
     let m = model();
     let short: Vec<i64> = ids(6)[0].clone();
     let alone = m
-        .generate_greedy(std::slice::from_ref(&short), None, 4, &[], |_| {})
+        .generate(
+            &TextPrompt::single(short.clone()),
+            &GenerationConfig::greedy(4, vec![]),
+            |_| {},
+        )
         .unwrap();
     let long = ids(9)[1].clone();
     let padded = [vec![0, 0, 0], short.clone()].concat();
@@ -138,7 +157,11 @@ fn left_padded_batch_decodes_like_the_unpadded_row() {
         vec![0, 0, 0, 0, 1, 2, 3, 4, 5]
     );
     let batch = m
-        .generate_greedy(&[padded, long], Some(&mask), 4, &[], |_| {})
+        .generate(
+            &TextPrompt::new(vec![padded, long]).with_mask(mask),
+            &GenerationConfig::greedy(4, vec![]),
+            |_| {},
+        )
         .unwrap();
     assert_eq!(batch.generated[0], alone.generated[0]);
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::VisionError;
+use automodel_core::config::{ConfigError, deserialize, read_config};
 
 /// Width of the MSFA output (hard-coded in timm's `MobileNetV5Encoder`).
 pub const NUM_FEATURES: usize = 2048;
@@ -41,58 +41,69 @@ impl Default for Gemma3nVisionConfig {
     }
 }
 
+/// `er`: EdgeResidual (FusedMBConv), timm's names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErArgs {
+    pub exp_kernel_size: usize,
+    pub exp_ratio: f64,
+    pub pw_kernel_size: usize,
+    pub stride: usize,
+    pub out_chs: usize,
+    /// Expansion computed from this width instead of the input's (0 = the input's).
+    pub force_in_chs: usize,
+    pub noskip: bool,
+}
+
+/// `uir`: Universal Inverted Residual, timm's names (kernel 0 = no such depthwise conv).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UirArgs {
+    pub dw_kernel_size_start: usize,
+    pub dw_kernel_size_mid: usize,
+    pub dw_kernel_size_end: usize,
+    pub exp_ratio: f64,
+    pub stride: usize,
+    pub out_chs: usize,
+    pub noskip: bool,
+}
+
+/// `mqa`: Mobile multi-query attention, timm's names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqaArgs {
+    pub num_heads: usize,
+    pub key_dim: usize,
+    pub value_dim: usize,
+    /// Stride of the key/value down-sampling (1 = none).
+    pub kv_stride: usize,
+    pub dw_kernel_size: usize,
+    pub stride: usize,
+    pub out_chs: usize,
+    pub noskip: bool,
+}
+
 /// One block of the encoder (timm `BlockArgs`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum BlockArgs {
-    /// `er`: EdgeResidual (FusedMBConv).
-    EdgeResidual {
-        exp_kernel_size: usize,
-        exp_ratio: f64,
-        pw_kernel_size: usize,
-        stride: usize,
-        out_chs: usize,
-        force_in_chs: usize,
-        noskip: bool,
-    },
-    /// `uir`: Universal Inverted Residual.
-    Uir {
-        dw_kernel_size_start: usize,
-        dw_kernel_size_mid: usize,
-        dw_kernel_size_end: usize,
-        exp_ratio: f64,
-        stride: usize,
-        out_chs: usize,
-        noskip: bool,
-    },
-    /// `mqa`: Mobile multi-query attention.
-    Mqa {
-        num_heads: usize,
-        key_dim: usize,
-        value_dim: usize,
-        kv_stride: usize,
-        dw_kernel_size: usize,
-        stride: usize,
-        out_chs: usize,
-        noskip: bool,
-    },
+    EdgeResidual(ErArgs),
+    Uir(UirArgs),
+    Mqa(MqaArgs),
 }
 
 impl BlockArgs {
     /// Output channels.
     pub fn out_chs(&self) -> usize {
         match self {
-            BlockArgs::EdgeResidual { out_chs, .. }
-            | BlockArgs::Uir { out_chs, .. }
-            | BlockArgs::Mqa { out_chs, .. } => *out_chs,
+            BlockArgs::EdgeResidual(a) => a.out_chs,
+            BlockArgs::Uir(a) => a.out_chs,
+            BlockArgs::Mqa(a) => a.out_chs,
         }
     }
 
     /// Stride of the block.
     pub fn stride(&self) -> usize {
         match self {
-            BlockArgs::EdgeResidual { stride, .. }
-            | BlockArgs::Uir { stride, .. }
-            | BlockArgs::Mqa { stride, .. } => *stride,
+            BlockArgs::EdgeResidual(a) => a.stride,
+            BlockArgs::Uir(a) => a.stride,
+            BlockArgs::Mqa(a) => a.stride,
         }
     }
 }
@@ -150,8 +161,8 @@ pub fn mobilenetv5_300m_arch() -> Vec<Vec<String>> {
 
 /// Decode one timm arch string (`er_r1_k3_s2_e4_c128`, `uir_r1_a3_k5_s2_e6_c256`,
 /// `mqa_r1_k3_h12_v2_s1_d64_c640`). Repeats (`r`) must be 1.
-pub fn decode_block(s: &str) -> Result<BlockArgs, VisionError> {
-    let bad = |m: String| VisionError::config("block_args", format!("`{s}`: {m}"));
+pub fn decode_block(s: &str) -> Result<BlockArgs, ConfigError> {
+    let bad = |m: String| ConfigError::field("block_args", format!("`{s}`: {m}"));
     let mut parts = s.split('_');
     let kind = parts.next().unwrap_or_default();
     let mut opt = std::collections::HashMap::new();
@@ -164,7 +175,7 @@ pub fn decode_block(s: &str) -> Result<BlockArgs, VisionError> {
         let (k, v) = p.split_at(1);
         opt.insert(k.to_string(), v.to_string());
     }
-    let int = |k: &str, default: Option<usize>| -> Result<usize, VisionError> {
+    let int = |k: &str, default: Option<usize>| -> Result<usize, ConfigError> {
         match opt.get(k) {
             Some(v) => v
                 .parse()
@@ -172,7 +183,7 @@ pub fn decode_block(s: &str) -> Result<BlockArgs, VisionError> {
             None => default.ok_or_else(|| bad(format!("option `{k}` is missing"))),
         }
     };
-    let float = |k: &str, default: f64| -> Result<f64, VisionError> {
+    let float = |k: &str, default: f64| -> Result<f64, ConfigError> {
         opt.get(k).map_or(Ok(default), |v| {
             v.parse()
                 .map_err(|_| bad(format!("`{k}{v}` is not a number")))
@@ -182,7 +193,7 @@ pub fn decode_block(s: &str) -> Result<BlockArgs, VisionError> {
         return Err(bad("repeats other than r1 are not supported".into()));
     }
     Ok(match kind {
-        "er" => BlockArgs::EdgeResidual {
+        "er" => BlockArgs::EdgeResidual(ErArgs {
             exp_kernel_size: int("k", None)?,
             exp_ratio: float("e", 1.0)?,
             pw_kernel_size: int("p", Some(1))?,
@@ -190,8 +201,8 @@ pub fn decode_block(s: &str) -> Result<BlockArgs, VisionError> {
             out_chs: int("c", None)?,
             force_in_chs: int("f", Some(0))?,
             noskip,
-        },
-        "uir" => BlockArgs::Uir {
+        }),
+        "uir" => BlockArgs::Uir(UirArgs {
             dw_kernel_size_start: int("a", Some(0))?,
             dw_kernel_size_mid: int("k", Some(0))?,
             dw_kernel_size_end: int("b", Some(0))?,
@@ -199,10 +210,10 @@ pub fn decode_block(s: &str) -> Result<BlockArgs, VisionError> {
             stride: int("s", Some(1))?,
             out_chs: int("c", None)?,
             noskip,
-        },
+        }),
         "mqa" => {
             let d = int("d", None)?;
-            BlockArgs::Mqa {
+            BlockArgs::Mqa(MqaArgs {
                 num_heads: int("h", None)?,
                 key_dim: d,
                 value_dim: d,
@@ -211,7 +222,7 @@ pub fn decode_block(s: &str) -> Result<BlockArgs, VisionError> {
                 stride: int("s", Some(1))?,
                 out_chs: int("c", None)?,
                 noskip,
-            }
+            })
         }
         other => {
             return Err(bad(format!(
@@ -222,22 +233,22 @@ pub fn decode_block(s: &str) -> Result<BlockArgs, VisionError> {
 }
 
 /// Decode one of timm's block dicts (as HF stores them in `model_args.block_args`).
-pub fn block_from_json(v: &Value, at: &str) -> Result<BlockArgs, VisionError> {
+pub fn block_from_json(v: &Value, at: &str) -> Result<BlockArgs, ConfigError> {
     let field = |k: &str| format!("{at}.{k}");
-    let int = |k: &str, default: Option<usize>| -> Result<usize, VisionError> {
+    let int = |k: &str, default: Option<usize>| -> Result<usize, ConfigError> {
         match v.get(k) {
             Some(x) if !x.is_null() => x
                 .as_u64()
                 .map(|x| x as usize)
-                .ok_or_else(|| VisionError::config(field(k), "must be a non-negative integer")),
-            _ => default.ok_or_else(|| VisionError::config(field(k), "is missing")),
+                .ok_or_else(|| ConfigError::field(field(k), "must be a non-negative integer")),
+            _ => default.ok_or_else(|| ConfigError::field(field(k), "is missing")),
         }
     };
-    let float = |k: &str, default: f64| -> Result<f64, VisionError> {
+    let float = |k: &str, default: f64| -> Result<f64, ConfigError> {
         match v.get(k) {
             Some(x) if !x.is_null() => x
                 .as_f64()
-                .ok_or_else(|| VisionError::config(field(k), "must be a number")),
+                .ok_or_else(|| ConfigError::field(field(k), "must be a number")),
             _ => Ok(default),
         }
     };
@@ -245,7 +256,7 @@ pub fn block_from_json(v: &Value, at: &str) -> Result<BlockArgs, VisionError> {
     if let Some(se) = v.get("se_ratio").and_then(|x| x.as_f64())
         && se != 0.0
     {
-        return Err(VisionError::config(
+        return Err(ConfigError::field(
             field("se_ratio"),
             "squeeze-excite is not supported (expected 0)",
         ));
@@ -253,9 +264,9 @@ pub fn block_from_json(v: &Value, at: &str) -> Result<BlockArgs, VisionError> {
     let kind = v
         .get("block_type")
         .and_then(|x| x.as_str())
-        .ok_or_else(|| VisionError::config(field("block_type"), "is missing"))?;
+        .ok_or_else(|| ConfigError::field(field("block_type"), "is missing"))?;
     Ok(match kind {
-        "er" => BlockArgs::EdgeResidual {
+        "er" => BlockArgs::EdgeResidual(ErArgs {
             exp_kernel_size: int("exp_kernel_size", None)?,
             exp_ratio: float("exp_ratio", 1.0)?,
             pw_kernel_size: int("pw_kernel_size", Some(1))?,
@@ -263,8 +274,8 @@ pub fn block_from_json(v: &Value, at: &str) -> Result<BlockArgs, VisionError> {
             out_chs: int("out_chs", None)?,
             force_in_chs: int("force_in_chs", Some(0))?,
             noskip,
-        },
-        "uir" => BlockArgs::Uir {
+        }),
+        "uir" => BlockArgs::Uir(UirArgs {
             dw_kernel_size_start: int("dw_kernel_size_start", Some(0))?,
             dw_kernel_size_mid: int("dw_kernel_size_mid", Some(0))?,
             dw_kernel_size_end: int("dw_kernel_size_end", Some(0))?,
@@ -272,8 +283,8 @@ pub fn block_from_json(v: &Value, at: &str) -> Result<BlockArgs, VisionError> {
             stride: int("stride", Some(1))?,
             out_chs: int("out_chs", None)?,
             noskip,
-        },
-        "mqa" => BlockArgs::Mqa {
+        }),
+        "mqa" => BlockArgs::Mqa(MqaArgs {
             num_heads: int("num_heads", None)?,
             key_dim: int("key_dim", None)?,
             value_dim: int("value_dim", None)?,
@@ -282,9 +293,9 @@ pub fn block_from_json(v: &Value, at: &str) -> Result<BlockArgs, VisionError> {
             stride: int("stride", Some(1))?,
             out_chs: int("out_chs", None)?,
             noskip,
-        },
+        }),
         other => {
-            return Err(VisionError::config(
+            return Err(ConfigError::field(
                 field("block_type"),
                 format!("`{other}` is not supported (er, uir, mqa)"),
             ));
@@ -294,41 +305,25 @@ pub fn block_from_json(v: &Value, at: &str) -> Result<BlockArgs, VisionError> {
 
 impl Gemma3nVisionConfig {
     /// Read `vision_config` from a full Gemma 3n `config.json` (or a bare vision config).
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, VisionError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| VisionError::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Self::from_value(&v)
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        read_config(path.as_ref(), Self::from_value)
     }
 
     /// From a parsed full or bare config.
-    pub fn from_value(v: &Value) -> Result<Self, VisionError> {
-        let (inner, prefix) = match v.get("vision_config") {
-            Some(x) => (x, "vision_config."),
+    pub fn from_value(v: &Value) -> Result<Self, ConfigError> {
+        let (inner, section) = match v.get("vision_config") {
+            Some(x) => (x, "vision_config"),
             None => (v, ""),
         };
-        let cfg: Self = serde_json::from_value(inner.clone())
-            .map_err(|e| VisionError::config(prefix.trim_end_matches('.'), e.to_string()))?;
-        cfg.encoder_args().map_err(|e| match e {
-            VisionError::Config { field, message } => VisionError::Config {
-                field: format!("{prefix}{field}"),
-                message,
-            },
-            other => other,
-        })?;
+        let cfg: Self = deserialize(inner).map_err(|e| e.under(section))?;
+        cfg.encoder_args().map_err(|e| e.under(section))?;
         Ok(cfg)
     }
 
     /// The encoder description: `model_args` when given, else the released 300M architecture.
-    pub fn encoder_args(&self) -> Result<EncoderArgs, VisionError> {
+    pub fn encoder_args(&self) -> Result<EncoderArgs, ConfigError> {
         if self.architecture != "mobilenetv5_300m_enc" {
-            return Err(VisionError::config(
+            return Err(ConfigError::field(
                 "architecture",
                 format!(
                     "`{}` is not supported (only \"mobilenetv5_300m_enc\")",
@@ -337,13 +332,13 @@ impl Gemma3nVisionConfig {
             ));
         }
         if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
-            return Err(VisionError::config("rms_norm_eps", "must be positive"));
+            return Err(ConfigError::field("rms_norm_eps", "must be positive"));
         }
         let args = self.model_args.as_ref().filter(|a| !a.is_null());
-        let get_usize = |k: &str, default: usize| -> Result<usize, VisionError> {
+        let get_usize = |k: &str, default: usize| -> Result<usize, ConfigError> {
             match args.and_then(|a| a.get(k)) {
                 Some(x) => x.as_u64().map(|x| x as usize).ok_or_else(|| {
-                    VisionError::config(format!("model_args.{k}"), "must be a positive integer")
+                    ConfigError::field(format!("model_args.{k}"), "must be a positive integer")
                 }),
                 None => Ok(default),
             }
@@ -351,14 +346,14 @@ impl Gemma3nVisionConfig {
         let stages = match args.and_then(|a| a.get("block_args")) {
             Some(b) => {
                 let stages = b.as_array().ok_or_else(|| {
-                    VisionError::config("model_args.block_args", "must be a list of stages")
+                    ConfigError::field("model_args.block_args", "must be a list of stages")
                 })?;
                 stages
                     .iter()
                     .enumerate()
                     .map(|(si, st)| {
                         let blocks = st.as_array().ok_or_else(|| {
-                            VisionError::config(
+                            ConfigError::field(
                                 format!("model_args.block_args[{si}]"),
                                 "must be a list of blocks",
                             )
@@ -383,7 +378,7 @@ impl Gemma3nVisionConfig {
                 .collect::<Result<Vec<_>, _>>()?,
         };
         if stages.is_empty() || stages.iter().any(|s| s.is_empty()) {
-            return Err(VisionError::config(
+            return Err(ConfigError::field(
                 "model_args.block_args",
                 "needs at least one non-empty stage",
             ));
@@ -393,12 +388,12 @@ impl Gemma3nVisionConfig {
                 .as_array()
                 .and_then(|a| a.iter().map(|i| i.as_i64()).collect::<Option<Vec<_>>>())
                 .ok_or_else(|| {
-                    VisionError::config("model_args.msfa_indices", "must be a list of integers")
+                    ConfigError::field("model_args.msfa_indices", "must be a list of integers")
                 })?,
             None => vec![-2, -1],
         };
         if msfa_indices.is_empty() {
-            return Err(VisionError::config(
+            return Err(ConfigError::field(
                 "model_args.msfa_indices",
                 "needs at least one feature map",
             ));
@@ -406,7 +401,7 @@ impl Gemma3nVisionConfig {
         let stem_size = get_usize("stem_size", 64)?;
         let msfa_output_resolution = get_usize("msfa_output_resolution", 16)?;
         if stem_size == 0 || msfa_output_resolution == 0 {
-            return Err(VisionError::config(
+            return Err(ConfigError::field(
                 "model_args",
                 "stem_size and msfa_output_resolution must be positive",
             ));
@@ -440,7 +435,7 @@ mod tests {
     fn arch_strings_decode() {
         assert_eq!(
             decode_block("mqa_r1_k3_h12_v2_s1_d64_c640").unwrap(),
-            BlockArgs::Mqa {
+            BlockArgs::Mqa(MqaArgs {
                 num_heads: 12,
                 key_dim: 64,
                 value_dim: 64,
@@ -449,17 +444,17 @@ mod tests {
                 stride: 1,
                 out_chs: 640,
                 noskip: false
-            }
+            })
         );
         assert!(matches!(
             decode_block("uir_r1_a3_k5_s2_e6_c256").unwrap(),
-            BlockArgs::Uir {
+            BlockArgs::Uir(UirArgs {
                 dw_kernel_size_start: 3,
                 dw_kernel_size_mid: 5,
                 stride: 2,
                 out_chs: 256,
                 ..
-            }
+            })
         ));
         assert!(decode_block("xx_r1").is_err());
         let arch = mobilenetv5_300m_arch();
@@ -471,11 +466,10 @@ mod tests {
     #[test]
     fn bad_block_args_name_the_field() {
         let v = serde_json::json!({"vision_config": {"model_args": {"block_args": [[{"block_type": "uir", "stride": 1}]]}}});
-        match Gemma3nVisionConfig::from_value(&v) {
-            Err(VisionError::Config { field, .. }) => {
-                assert_eq!(field, "vision_config.model_args.block_args[0][0].out_chs")
-            }
-            other => panic!("{other:?}"),
-        }
+        let err = Gemma3nVisionConfig::from_value(&v).unwrap_err();
+        assert_eq!(
+            err.field_name(),
+            Some("vision_config.model_args.block_args[0][0].out_chs")
+        );
     }
 }

@@ -1,8 +1,7 @@
 //! Convolutions with TensorFlow "SAME" padding, channel-wise RMS norm, and conv-norm-act.
 
-use automodel_core::init::{Init, ParamSource};
+use automodel_core::init::{Init, Initializer};
 use automodel_core::nn::gelu_tanh;
-use automodel_core::params::{HfParam, ParamList, join};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -24,28 +23,62 @@ pub struct Conv2d<B: Backend> {
     pub groups: usize,
 }
 
-impl<B: Backend> Conv2d<B> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        src: &ParamSource<'_, B>,
-        name: &str,
-        in_chs: usize,
-        out_chs: usize,
-        kernel: usize,
-        stride: usize,
-        groups: usize,
-        bias: bool,
-    ) -> Self {
-        let weight = src.tensor(
-            &join(name, "weight"),
-            [out_chs, in_chs / groups, kernel, kernel],
-            Init::Normal,
-        );
-        let bias = bias
-            .then(|| Param::from_tensor(src.tensor(&join(name, "bias"), [out_chs], Init::Zeros)));
+/// The shape of a square 2-D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub in_chs: usize,
+    pub out_chs: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A dense `kernel × kernel` convolution.
+    pub fn full(in_chs: usize, out_chs: usize, kernel: usize, stride: usize) -> Self {
         Self {
-            weight: Param::from_tensor(weight),
+            in_chs,
+            out_chs,
+            kernel,
+            stride,
+            groups: 1,
+            bias: false,
+        }
+    }
+
+    /// A 1×1 convolution.
+    pub fn pointwise(in_chs: usize, out_chs: usize) -> Self {
+        Self::full(in_chs, out_chs, 1, 1)
+    }
+
+    /// A depthwise convolution (one group per channel).
+    pub fn depthwise(chs: usize, kernel: usize, stride: usize) -> Self {
+        Self {
+            groups: chs,
+            ..Self::full(chs, chs, kernel, stride)
+        }
+    }
+
+    /// With a bias.
+    pub fn with_bias(self) -> Self {
+        Self { bias: true, ..self }
+    }
+}
+
+impl<B: Backend> Conv2d<B> {
+    pub fn new(init: &Initializer<B>, spec: ConvSpec) -> Self {
+        let ConvSpec {
+            in_chs,
+            out_chs,
+            kernel,
+            stride,
+            groups,
             bias,
+        } = spec;
+        Self {
+            weight: init.param([out_chs, in_chs / groups, kernel, kernel], Init::Normal),
+            bias: bias.then(|| init.param([out_chs], Init::Zeros)),
             stride,
             groups,
         }
@@ -75,13 +108,6 @@ impl<B: Backend> Conv2d<B> {
         let options = ConvOptions::new([self.stride, self.stride], [pad, pad], [1, 1], self.groups);
         conv2d(x, weight, bias, options).cast(dtype)
     }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        out.push(join(name, "weight"), HfParam::D4(self.weight.val()));
-        if let Some(b) = &self.bias {
-            out.push(join(name, "bias"), HfParam::D1(b.val()));
-        }
-    }
 }
 
 /// `Conv2dSame` padding (before, after) for one dimension of size `n`.
@@ -100,9 +126,9 @@ pub struct RmsNorm2d<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm2d<B> {
-    pub fn new(src: &ParamSource<'_, B>, name: &str, chs: usize, eps: f64) -> Self {
+    pub fn new(init: &Initializer<B>, chs: usize, eps: f64) -> Self {
         Self {
-            weight: Param::from_tensor(src.tensor(&join(name, "weight"), [chs], Init::Ones)),
+            weight: init.param([chs], Init::Ones),
             eps,
         }
     }
@@ -113,13 +139,9 @@ impl<B: Backend> RmsNorm2d<B> {
         let y = x * (ms + self.eps).sqrt().recip();
         y * self.weight.val().reshape([1, c, 1, 1])
     }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        out.push(join(name, "weight"), HfParam::D1(self.weight.val()));
-    }
 }
 
-/// timm `ConvNormAct` with `RmsNormAct2d`: keys `{name}.conv.*`, `{name}.bn.weight`.
+/// timm `ConvNormAct` with `RmsNormAct2d`: keys `conv.*`, `bn.weight`.
 #[derive(Module, Debug)]
 pub struct ConvNormAct<B: Backend> {
     pub conv: Conv2d<B>,
@@ -129,30 +151,11 @@ pub struct ConvNormAct<B: Backend> {
 }
 
 impl<B: Backend> ConvNormAct<B> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        src: &ParamSource<'_, B>,
-        name: &str,
-        in_chs: usize,
-        out_chs: usize,
-        kernel: usize,
-        stride: usize,
-        groups: usize,
-        act: bool,
-        eps: f64,
-    ) -> Self {
+    /// The convolution `spec`, its norm, and GELU when `act`.
+    pub fn new(init: &Initializer<B>, spec: ConvSpec, act: bool, eps: f64) -> Self {
         Self {
-            conv: Conv2d::new(
-                src,
-                &join(name, "conv"),
-                in_chs,
-                out_chs,
-                kernel,
-                stride,
-                groups,
-                false,
-            ),
-            bn: RmsNorm2d::new(src, &join(name, "bn"), out_chs, eps),
+            conv: Conv2d::new(init, spec),
+            bn: RmsNorm2d::new(init, spec.out_chs, eps),
             act,
         }
     }
@@ -161,17 +164,25 @@ impl<B: Backend> ConvNormAct<B> {
         let y = self.bn.forward(self.conv.forward(x));
         if self.act { gelu_tanh(y) } else { y }
     }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        self.conv.params(&join(name, "conv"), out);
-        self.bn.params(&join(name, "bn"), out);
-    }
 }
 
-/// timm `LayerScale2d`: per-channel `gamma`.
-pub fn layer_scale<B: Backend>(x: Tensor<B, 4>, gamma: &Param<Tensor<B, 1>>) -> Tensor<B, 4> {
-    let c = gamma.dims()[0];
-    x * gamma.val().reshape([1, c, 1, 1])
+/// timm `LayerScale2d`: a per-channel `gamma`.
+#[derive(Module, Debug)]
+pub struct LayerScale<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> LayerScale<B> {
+    pub fn new(init: &Initializer<B>, chs: usize) -> Self {
+        Self {
+            gamma: init.param([chs], Init::Ones),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let c = self.gamma.dims()[0];
+        x * self.gamma.val().reshape([1, c, 1, 1])
+    }
 }
 
 #[cfg(test)]

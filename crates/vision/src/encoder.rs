@@ -3,20 +3,27 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use automodel_core::init::ParamSource;
-use automodel_core::params::{ParamList, join};
+use automodel_core::init::Initializer;
+use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
 use burn::prelude::*;
 use burn::tensor::DType;
 
 use crate::blocks::Block;
 use crate::config::{EncoderArgs, Gemma3nVisionConfig, NUM_FEATURES};
-use crate::conv::{Conv2d, ConvNormAct, RmsNorm2d};
+use crate::conv::{ConvNormAct, ConvSpec};
 use crate::error::VisionError;
 use crate::msfa::Msfa;
 
-/// Key prefix of the tower inside a `Gemma3nForConditionalGeneration` checkpoint.
+/// Key prefix of the encoder inside a `Gemma3nForConditionalGeneration` checkpoint.
 pub const VISION_PREFIX: &str = "model.vision_tower.timm_model.";
+
+/// HF's `TimmWrapperModel` around the encoder: its only field is `timm_model`, so the encoder's
+/// keys are `vision_tower.timm_model.*` in a full checkpoint.
+#[derive(Module, Debug)]
+pub struct VisionTower<B: Backend> {
+    pub timm_model: MobileNetV5Encoder<B>,
+}
 
 /// Output of [`MobileNetV5Encoder::forward_traced`].
 #[derive(Debug, Clone)]
@@ -39,29 +46,19 @@ pub struct MobileNetV5Encoder<B: Backend> {
 }
 
 impl<B: Backend> MobileNetV5Encoder<B> {
-    /// Build from a checkpoint or randomly (keys relative to `timm_model.`).
-    pub fn new(src: &ParamSource<'_, B>, args: &EncoderArgs) -> Result<Self, VisionError> {
+    /// The encoder `args` describes, filled by `init`.
+    pub fn new(init: &Initializer<B>, args: &EncoderArgs) -> Result<Self, VisionError> {
         let eps = args.eps;
         // The stem conv has a bias; its norm is followed by GELU.
-        let conv_stem = ConvNormAct {
-            conv: Conv2d::new(src, "conv_stem.conv", 3, args.stem_size, 3, 2, 1, true),
-            bn: RmsNorm2d::new(src, "conv_stem.bn", args.stem_size, eps),
-            act: true,
-        };
+        let stem = ConvSpec::full(3, args.stem_size, 3, 2).with_bias();
+        let conv_stem = ConvNormAct::new(init, stem, true, eps);
         let mut chs = args.stem_size;
         let mut feature_chs = vec![chs];
         let mut blocks = Vec::new();
-        for (si, stage) in args.stages.iter().enumerate() {
+        for stage in &args.stages {
             let mut st = Vec::new();
-            for (bi, b) in stage.iter().enumerate() {
-                st.push(Block::new(
-                    src,
-                    &format!("blocks.{si}.{bi}"),
-                    chs,
-                    b,
-                    args.layer_scale,
-                    eps,
-                ));
+            for b in stage {
+                st.push(Block::new(init, chs, b, args.layer_scale, eps));
                 chs = b.out_chs();
             }
             feature_chs.push(chs);
@@ -81,8 +78,7 @@ impl<B: Backend> MobileNetV5Encoder<B> {
         }
         let msfa_in: usize = msfa_indices.iter().map(|&i| feature_chs[i]).sum();
         let msfa = Msfa::new(
-            src,
-            "msfa",
+            init,
             msfa_in,
             NUM_FEATURES,
             args.msfa_output_resolution,
@@ -110,7 +106,8 @@ impl<B: Backend> MobileNetV5Encoder<B> {
             ""
         };
         let loader = WeightLoader::<B>::new(files, prefix, device, dtype);
-        let model = Self::new(&ParamSource::Checkpoint(&loader), &cfg.encoder_args()?)?;
+        let model = Self::new(&Initializer::shapes(device, dtype), &cfg.encoder_args()?)?;
+        let model = tree::load(model, &loader);
         // Under the Gemma 3n prefix only tower keys are checked; a bare timm file holds only
         // the tower, so anything unused there is unexpected.
         loader.finish(|_| false)?;
@@ -137,7 +134,7 @@ impl<B: Backend> MobileNetV5Encoder<B> {
         dtype: DType,
     ) -> Result<Self, VisionError> {
         Self::new(
-            &ParamSource::random(device, dtype, cfg.initializer_range),
+            &Initializer::random(device, dtype, cfg.initializer_range),
             &cfg.encoder_args()?,
         )
     }
@@ -180,16 +177,5 @@ impl<B: Backend> MobileNetV5Encoder<B> {
             }
         }
         self.msfa.forward(feats)
-    }
-
-    /// Every parameter by timm key (relative to `timm_model.`).
-    pub fn params(&self, out: &mut ParamList<B>) {
-        self.conv_stem.params("conv_stem", out);
-        for (si, stage) in self.blocks.iter().enumerate() {
-            for (bi, b) in stage.iter().enumerate() {
-                b.params(&join("blocks", &format!("{si}.{bi}")), out);
-            }
-        }
-        self.msfa.params("msfa", out);
     }
 }

@@ -18,5 +18,5 @@ pub mod msfa;
 pub mod processor;
 
 pub use config::Gemma3nVisionConfig;
-pub use encoder::{MobileNetV5Encoder, VisionOutput};
+pub use encoder::{MobileNetV5Encoder, VISION_PREFIX, VisionOutput, VisionTower};
 pub use error::VisionError;

@@ -1,13 +1,13 @@
 //! The multi-scale fusion adapter: resize the last stages to the highest resolution, concatenate,
 //! a UIR feed-forward to 2048 channels, pool (or resize) to the output grid, RMS norm.
 
-use automodel_core::init::ParamSource;
-use automodel_core::params::{ParamList, join};
+use automodel_core::init::Initializer;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::module::avg_pool2d;
 
 use crate::blocks::Uir;
+use crate::config::UirArgs;
 use crate::conv::RmsNorm2d;
 
 /// timm `MobileNetV5MultiScaleFusionAdapter`.
@@ -21,30 +21,25 @@ pub struct Msfa<B: Backend> {
 
 impl<B: Backend> Msfa<B> {
     pub fn new(
-        src: &ParamSource<'_, B>,
-        name: &str,
+        init: &Initializer<B>,
         in_chs: usize,
         out_chs: usize,
         output_resolution: usize,
         eps: f64,
     ) -> Self {
+        // expansion 2, no depthwise convs, no layer scale, no skip
+        let ffn = UirArgs {
+            dw_kernel_size_start: 0,
+            dw_kernel_size_mid: 0,
+            dw_kernel_size_end: 0,
+            exp_ratio: 2.0,
+            stride: 1,
+            out_chs,
+            noskip: true,
+        };
         Self {
-            // expansion 2, no depthwise convs, no layer scale, no skip
-            ffn: Uir::new(
-                src,
-                &join(name, "ffn"),
-                in_chs,
-                out_chs,
-                0,
-                0,
-                0,
-                2.0,
-                1,
-                true,
-                false,
-                eps,
-            ),
-            norm: RmsNorm2d::new(src, &join(name, "norm"), out_chs, eps),
+            ffn: Uir::new(init, in_chs, &ffn, false, eps),
+            norm: RmsNorm2d::new(init, out_chs, eps),
             output_resolution,
         }
     }
@@ -74,11 +69,6 @@ impl<B: Backend> Msfa<B> {
             };
         }
         self.norm.forward(y)
-    }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        self.ffn.params(&join(name, "ffn"), out);
-        self.norm.params(&join(name, "norm"), out);
     }
 }
 

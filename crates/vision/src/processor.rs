@@ -8,6 +8,8 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use serde::Deserialize;
 
+use automodel_core::config::deserialize;
+
 use crate::error::VisionError;
 
 /// `preprocessor_config.json` fields the processor uses (HF names and defaults of the released
@@ -65,15 +67,11 @@ impl ImageProcessorConfig {
     /// Read `preprocessor_config.json` (other processors' fields in the file are ignored).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, VisionError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io {
-            path: path.to_path_buf(),
-            source,
+        let cfg: Self = automodel_core::config::read_config(path, deserialize)?;
+        cfg.validate().map_err(|e| match e {
+            VisionError::Config(c) => VisionError::Config(c.in_file(path)),
+            other => other,
         })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| VisionError::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        cfg.validate()?;
         Ok(cfg)
     }
 

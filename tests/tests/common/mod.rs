@@ -62,3 +62,39 @@ pub fn passing_checks(name: &str) -> Vec<automodel_parity::Check> {
     );
     r.checks
 }
+
+/// Every parameter of `module` got a gradient that is not all zero, and the module has exactly
+/// one parameter per tensor the case's checkpoint stores under `stored_prefix` (the module's
+/// keys are that prefix plus its own paths).
+pub fn assert_every_parameter_learns<B, M>(
+    module: &M,
+    grads: &B::Gradients,
+    case_name: &str,
+    stored_prefix: &str,
+) where
+    B: burn::tensor::backend::AutodiffBackend,
+    M: burn::module::Module<B>,
+{
+    let got = automodel_core::tree::hf_grads(module, stored_prefix, grads);
+    let infos = automodel_core::tree::param_infos(module, stored_prefix);
+    let stored = SafeTensorsFiles::open(case(case_name).join("model.safetensors")).unwrap();
+    let stored_keys: Vec<&str> = stored
+        .names()
+        .filter(|k| k.starts_with(stored_prefix))
+        .collect();
+    let ours: Vec<&str> = infos.iter().map(|p| p.key.as_str()).collect();
+    let mut sorted = ours.clone();
+    sorted.sort();
+    assert_eq!(sorted, stored_keys, "one parameter per stored tensor");
+    for k in ours {
+        let g = got
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} got no gradient"))
+            .clone();
+        let v = g
+            .convert_dtype(burn::tensor::DType::F32)
+            .to_vec::<f32>()
+            .unwrap();
+        assert!(v.iter().any(|x| *x != 0.0), "{k} has an all-zero gradient");
+    }
+}

@@ -4,8 +4,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Int;
 
-use crate::init::{Init, ParamSource};
-use crate::params::{HfParam, ParamList};
+use crate::init::{Init, Initializer};
 
 /// An `[num, dim]` lookup table. Like `nn.Embedding(padding_idx=p)`, the row `p` receives no
 /// gradient through the lookup (it still does through any other use of the table, such as a
@@ -18,17 +17,10 @@ pub struct Embedding<B: Backend> {
 }
 
 impl<B: Backend> Embedding<B> {
-    /// `{name}.weight`, or a random `N(0, std²)` table.
-    pub fn new(
-        src: &ParamSource<'_, B>,
-        name: &str,
-        num: usize,
-        dim: usize,
-        padding_idx: Option<usize>,
-    ) -> Self {
-        let w = src.tensor(&format!("{name}.weight"), [num, dim], Init::Normal);
+    /// A `[num, dim]` table, random `N(0, std²)` (or shapes only).
+    pub fn new(init: &Initializer<B>, num: usize, dim: usize, padding_idx: Option<usize>) -> Self {
         Self {
-            weight: Param::from_tensor(w),
+            weight: init.param([num, dim], Init::Normal),
             padding_idx,
         }
     }
@@ -82,11 +74,6 @@ impl<B: Backend> Embedding<B> {
             .matmul(w.transpose())
             .reshape([b, t, v])
     }
-
-    /// Register `{name}.weight`.
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        out.push(format!("{name}.weight"), HfParam::D2(self.weight.val()));
-    }
 }
 
 #[cfg(test)]
@@ -99,8 +86,8 @@ mod tests {
     #[test]
     fn tied_head_is_hidden_times_table_transposed_with_gradients() {
         let dev = Default::default();
-        let src = ParamSource::<A>::random(&dev, DType::F32, 1.0);
-        let e = Embedding::<A>::new(&src, "e", 5, 3, Some(0));
+        let init = Initializer::<A>::random(&dev, DType::F32, 1.0);
+        let e = Embedding::<A>::new(&init, 5, 3, Some(0));
         let h = Tensor::<A, 3>::from_floats(
             [
                 [[1.0, 0.0, 2.0], [0.5, -1.0, 0.0]],

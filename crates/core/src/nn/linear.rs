@@ -3,8 +3,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 
-use crate::init::{Init, ParamSource};
-use crate::params::{HfParam, ParamList};
+use crate::init::{Init, Initializer};
 
 /// `y = x·Wᵀ` with `W` stored by HF as `[out, in]`; kept here as `[in, out]` so the forward is a
 /// plain matmul.
@@ -15,17 +14,10 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    /// `{name}.weight` (`[d_out, d_in]` in a checkpoint), or a random `N(0, std²)` matrix.
-    pub fn new(src: &ParamSource<'_, B>, name: &str, d_in: usize, d_out: usize) -> Self {
-        match src {
-            ParamSource::Checkpoint(_) => Self::from_hf_weight(src.tensor(
-                &format!("{name}.weight"),
-                [d_out, d_in],
-                Init::Normal,
-            )),
-            ParamSource::Random { .. } | ParamSource::Shapes { .. } => Self {
-                weight: Param::from_tensor(src.tensor(name, [d_in, d_out], Init::Normal)),
-            },
+    /// A `d_in → d_out` layer, weights `N(0, std²)` (or shapes only).
+    pub fn new(init: &Initializer<B>, d_in: usize, d_out: usize) -> Self {
+        Self {
+            weight: init.param([d_in, d_out], Init::Normal),
         }
     }
 
@@ -57,11 +49,31 @@ impl<B: Backend> Linear<B> {
 
     /// Apply to `[..., d_in]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        x.matmul(self.weight.val().unsqueeze::<D>())
+        self.apply(x, self.weight.val())
     }
 
-    /// Register `{name}.weight`.
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        out.push(format!("{name}.weight"), HfParam::Linear(self.weight.val()));
+    /// Apply with the weight clamped to `±clamp.limit()` (AltUp's coefficients in training).
+    pub fn forward_clamped<const D: usize>(&self, x: Tensor<B, D>, clamp: Clamp) -> Tensor<B, D> {
+        let w = self.weight.val();
+        let w = match clamp {
+            Clamp::StraightThrough(c) => w.clone() + (w.clone().clamp(-c, c) - w).detach(),
+            Clamp::Functional(c) => w.clamp(-c, c),
+        };
+        self.apply(x, w)
     }
+
+    /// The one place a linear layer computes: `x · w` with `w` `[in, out]`.
+    fn apply<const D: usize>(&self, x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
+        x.matmul(w.unsqueeze::<D>())
+    }
+}
+
+/// How [`Linear::forward_clamped`] clamps its weight.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Clamp {
+    /// The forward sees clamped values, the gradient passes as if unclamped (HF clamps the
+    /// weight in place before using it: AltUp `prediction_coefs`).
+    StraightThrough(f64),
+    /// `clamp(w)` as an ordinary op: no gradient to clamped entries (AltUp `correction_coefs`).
+    Functional(f64),
 }

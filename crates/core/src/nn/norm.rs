@@ -4,8 +4,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use crate::init::{Init, ParamSource};
-use crate::params::{HfParam, ParamList};
+use crate::init::{Init, Initializer};
 
 /// `y = x · (mean(x²) + eps)^-½ · scale`, computed in float32 and cast back to the input dtype
 /// (HF `Gemma3nRMSNorm` / `Gemma3RMSNorm`).
@@ -23,12 +22,11 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    /// `{name}.weight` of width `dim`, or a fresh scale: ones (`w` convention) or zeros (`1 + w`).
-    pub fn new(src: &ParamSource<'_, B>, name: &str, dim: usize, eps: f64, plus_one: bool) -> Self {
-        let init = if plus_one { Init::Zeros } else { Init::Ones };
-        let w = src.tensor(&format!("{name}.weight"), [dim], init);
+    /// A scale of width `dim`, fresh: ones (`w` convention) or zeros (`1 + w`).
+    pub fn new(init: &Initializer<B>, dim: usize, eps: f64, plus_one: bool) -> Self {
+        let fill = if plus_one { Init::Zeros } else { Init::Ones };
         Self {
-            weight: Some(Param::from_tensor(w)),
+            weight: Some(init.param([dim], fill)),
             eps,
             plus_one,
         }
@@ -61,13 +59,6 @@ impl<B: Backend> RmsNorm<B> {
         };
         y.cast(dtype)
     }
-
-    /// Register `{name}.weight` (nothing for a scale-less norm).
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        if let Some(w) = &self.weight {
-            out.push(format!("{name}.weight"), HfParam::D1(w.val()));
-        }
-    }
 }
 
 #[cfg(test)]
@@ -80,8 +71,8 @@ mod tests {
         let dev = Default::default();
         let x = Tensor::<B, 2>::from_floats([[1.0, 2.0, 3.0, 4.0]], &dev);
         let rms = ((1.0f64 + 4.0 + 9.0 + 16.0) / 4.0 + 1e-6).sqrt();
-        let src = ParamSource::<B>::random(&dev, DType::F32, 0.02);
-        let mut n = RmsNorm::<B>::new(&src, "n", 4, 1e-6, false);
+        let init = Initializer::<B>::random(&dev, DType::F32, 0.02);
+        let mut n = RmsNorm::<B>::new(&init, 4, 1e-6, false);
         n.weight = Some(Param::from_tensor(Tensor::from_floats(
             [1.0, 2.0, 0.5, 0.0],
             &dev,
@@ -91,7 +82,7 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((*g as f64 - w).abs() < 1e-6);
         }
-        let p1 = RmsNorm::<B>::new(&src, "p", 4, 1e-6, true);
+        let p1 = RmsNorm::<B>::new(&init, 4, 1e-6, true);
         let got = p1.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
         assert!((got[3] as f64 - 4.0 / rms).abs() < 1e-6);
         let bf = RmsNorm::<B>::without_scale(1e-6).forward(x.cast(DType::BF16));

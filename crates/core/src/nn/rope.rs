@@ -1,7 +1,7 @@
 //! Rotary position embeddings, "rotate-half" convention, with explicit position ids.
 
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{DType, Int, TensorData};
 
 /// Inverse frequencies of default (unscaled) RoPE for one base θ, in float32 as HF computes them.
 #[derive(Debug, Clone)]
@@ -26,38 +26,35 @@ impl RopeTables {
         self.inv_freq.len() * 2
     }
 
-    /// `cos` and `sin` tables `[B, T, 1, dim]` for positions `[B][T]`: angles and their cos/sin
-    /// in float32, then cast to `dtype` (HF casts before applying the rotation).
+    /// `cos` and `sin` tables `[B, T, 1, dim]` for position ids `[B, T]`, computed on the
+    /// positions' device: angles `position · inv_freq` and their cos/sin in float32, then cast to
+    /// `dtype` (HF casts before applying the rotation).
     pub fn cos_sin<B: Backend>(
         &self,
-        positions: &[Vec<i64>],
-        device: &B::Device,
+        positions: Tensor<B, 2, Int>,
         dtype: DType,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let b = positions.len();
-        let t = positions.first().map_or(0, |p| p.len());
+        let [b, t] = positions.dims();
+        let device = positions.device();
         let half = self.inv_freq.len();
-        let dim = 2 * half;
-        let mut cos = Vec::with_capacity(b * t * dim);
-        let mut sin = Vec::with_capacity(b * t * dim);
-        for row in positions {
-            assert_eq!(row.len(), t, "position rows must have equal length");
-            for &p in row {
-                let start = cos.len();
-                for &f in &self.inv_freq {
-                    let a = (p as f32) * f;
-                    cos.push((a as f64).cos() as f32);
-                    sin.push((a as f64).sin() as f32);
-                }
-                cos.extend_from_within(start..start + half);
-                sin.extend_from_within(start..start + half);
-            }
-        }
-        let mk = |v: Vec<f32>| {
-            Tensor::<B, 4>::from_data(TensorData::new(v, [b, t, 1, dim]), (device, DType::F32))
+        let inv = Tensor::<B, 1>::from_data(
+            TensorData::new(self.inv_freq.clone(), [half]),
+            (&device, DType::F32),
+        )
+        .reshape([1, 1, half])
+        .expand([b, t, half]);
+        let angles = positions
+            .float()
+            .cast(DType::F32)
+            .reshape([b, t, 1])
+            .expand([b, t, half])
+            * inv;
+        let table = |x: Tensor<B, 3>| {
+            Tensor::cat(vec![x.clone(), x], 2)
+                .reshape([b, t, 1, 2 * half])
                 .cast(dtype)
         };
-        (mk(cos), mk(sin))
+        (table(angles.clone().cos()), table(angles.sin()))
     }
 }
 
@@ -87,7 +84,7 @@ mod tests {
     fn rotation_preserves_norm_and_matches_formula() {
         let dev = Default::default();
         let t = RopeTables::new(10_000.0, 4);
-        let (cos, sin) = t.cos_sin::<B>(&[vec![0, 3]], &dev, DType::F32);
+        let (cos, sin) = t.cos_sin(Tensor::<B, 2, Int>::from_ints([[0, 3]], &dev), DType::F32);
         let x =
             Tensor::<B, 4>::from_floats([[[[1.0, 2.0, 3.0, 4.0]], [[1.0, 2.0, 3.0, 4.0]]]], &dev);
         let y = apply_rope(x, &cos, &sin)

@@ -9,15 +9,16 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
+use automodel_core::WeightError;
 use automodel_core::weights::{SafeTensorsFiles, TensorMap, write_atomic};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{DType, Int, TensorData};
-use serde_json::Value;
 
-use crate::config::{Gemma3nTextConfig, KvSharing, OneOrMany};
+use super::config::Gemma3nTextConfig;
+use super::model::{Gemma3nTextModel, detect_prefix};
+use crate::config::{KvSharing, OneOrMany};
 use crate::error::TextError;
-use crate::model::{Gemma3nTextModel, detect_prefix};
 
 /// What to extract: FFN widths of the layers that are kept, and layers to drop.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -152,15 +153,17 @@ pub fn slice_model<B: Backend>(
     let types = new_cfg.layer_types();
     let mut new_layers = Vec::with_capacity(plan.kept.len());
     for (n, (&i, &w)) in plan.kept.iter().zip(&plan.widths).enumerate() {
-        let mut layer = old_layers.remove(&i).expect("kept layer exists");
+        let Some(mut layer) = old_layers.remove(&i) else {
+            return Err(TextError::Matformer(format!("layer {i} does not exist")));
+        };
         let mlp = &mut layer.mlp;
         mlp.gate_proj.weight = Param::from_tensor(mlp.gate_proj.weight.val().narrow(1, 0, w));
         mlp.up_proj.weight = Param::from_tensor(mlp.up_proj.weight.val().narrow(1, 0, w));
         mlp.down_proj.weight = Param::from_tensor(mlp.down_proj.weight.val().narrow(0, 0, w));
-        let attn = &mut layer.self_attn;
-        attn.layer_idx = n;
-        attn.layer_type = types[n];
-        attn.sharing = kv[n];
+        let spec = &mut layer.self_attn.spec;
+        spec.layer_idx = n;
+        spec.layer_type = types[n];
+        spec.sharing = kv[n];
         new_layers.push(layer);
     }
     Ok(Gemma3nTextModel {
@@ -205,15 +208,8 @@ pub fn extract_checkpoint(
         ));
     }
     let cfg_path = src.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|source| TextError::Io {
-        path: cfg_path.clone(),
-        source,
-    })?;
-    let mut cfg_json: Value = serde_json::from_str(&text).map_err(|e| TextError::Json {
-        path: cfg_path.clone(),
-        message: e.to_string(),
-    })?;
-    let cfg = Gemma3nTextConfig::from_value(&cfg_json)?;
+    let mut cfg_json = automodel_core::config::read_json(&cfg_path)?;
+    let cfg = Gemma3nTextConfig::from_value(&cfg_json).map_err(|e| e.in_file(&cfg_path))?;
     let plan = plan(&cfg, spec)?;
     let files = SafeTensorsFiles::open(src)?;
     let prefix = detect_prefix(&files);
@@ -315,7 +311,7 @@ pub fn extract_checkpoint(
     for f in SIDE_FILES {
         let from = src.join(f);
         if from.is_file() {
-            let bytes = std::fs::read(&from).map_err(|source| TextError::Io {
+            let bytes = std::fs::read(&from).map_err(|source| WeightError::Io {
                 path: from.clone(),
                 source,
             })?;

@@ -2,20 +2,23 @@
 
 use std::path::Path;
 
-use automodel_core::init::ParamSource;
-use automodel_core::loss::causal_lm_loss;
+use automodel_core::init::Initializer;
+use automodel_core::loss::{causal_lm_loss, lm_head_loss};
 use automodel_core::nn::{Embedding, Linear, RmsNorm, softcap};
-use automodel_core::params::{ParamList, join};
+use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
 use burn::prelude::*;
 use burn::tensor::{DType, Int};
 
-use crate::altup::{match_magnitude, rms, stream};
-use crate::attention::{SharedKv, StepInputs};
+use super::altup::{match_magnitude, rms, stream};
+use super::config::Gemma3nTextConfig;
+use super::layer::{DecoderLayer, Traces};
+use crate::attention::{AttentionSpec, SharedKv, StepInputs};
 use crate::cache::KvCache;
-use crate::config::{Gemma3nTextConfig, KvSharing};
+use crate::config::{KvSharing, LayerType};
 use crate::error::TextError;
-use crate::layer::{DecoderLayer, Traces};
+use crate::generate::{Generate, TextPrompt};
+use crate::train::{CausalLm, TrainBatch, TrainOptions, TrainOutput};
 
 /// Key prefix of the text decoder inside a `Gemma3nForConditionalGeneration` checkpoint.
 pub const CONDITIONAL_PREFIX: &str = "model.language_model.";
@@ -62,8 +65,10 @@ pub struct Gemma3nTextModel<B: Backend> {
 }
 
 impl<B: Backend> Gemma3nTextModel<B> {
-    /// Build from a checkpoint (keys under the loader's prefix) or a random initialisation.
-    pub fn new(src: &ParamSource<'_, B>, cfg: &Gemma3nTextConfig) -> Self {
+    /// The decoder `cfg` describes, filled by `init` (random, or shapes to load a checkpoint
+    /// into). The config is validated first: a bad value is an error naming the field.
+    pub fn new(init: &Initializer<B>, cfg: &Gemma3nTextConfig) -> Result<Self, TextError> {
+        cfg.validate()?;
         let (h, l, p, eps) = (
             cfg.hidden_size,
             cfg.num_hidden_layers,
@@ -71,60 +76,64 @@ impl<B: Backend> Gemma3nTextModel<B> {
             cfg.rms_norm_eps,
         );
         let k = cfg.altup_num_inputs;
-        let pad = cfg.pad_token_id.map(|p| p as usize);
-        Self {
-            embed_tokens: Embedding::new(src, "embed_tokens", cfg.vocab_size, h, pad),
+        let pad = cfg.pad_token_id.and_then(|p| usize::try_from(p).ok());
+        let sharing = cfg.kv_sharing()?;
+        let types = cfg.layer_types();
+        let layers = (0..l)
+            .map(|i| {
+                let spec = AttentionSpec {
+                    hidden_size: h,
+                    num_heads: cfg.num_attention_heads,
+                    num_kv_heads: cfg.num_key_value_heads,
+                    head_dim: cfg.head_dim,
+                    query_scale: None,
+                    rms_norm_eps: eps,
+                    norm_plus_one: false,
+                    v_norm: true,
+                    layer_idx: i,
+                    layer_type: types[i],
+                    sharing: sharing[i],
+                };
+                DecoderLayer::new(init, cfg, spec)
+            })
+            .collect();
+        Ok(Self {
+            embed_tokens: Embedding::new(init, cfg.vocab_size, h, pad),
             embed_tokens_per_layer: Embedding::new(
-                src,
-                "embed_tokens_per_layer",
+                init,
                 cfg.vocab_size_per_layer_input,
                 l * p,
                 pad,
             ),
-            per_layer_model_projection: Linear::new(src, "per_layer_model_projection", h, l * p),
-            per_layer_projection_norm: RmsNorm::new(
-                src,
-                "per_layer_projection_norm",
-                p,
-                eps,
-                false,
-            ),
-            altup_projections: (0..k - 1)
-                .map(|i| Linear::new(src, &format!("altup_projections.{i}"), h, h))
-                .collect(),
-            altup_unembed_projections: (0..k - 1)
-                .map(|i| Linear::new(src, &format!("altup_unembed_projections.{i}"), h, h))
-                .collect(),
-            layers: (0..l)
-                .map(|i| DecoderLayer::new(src, &format!("layers.{i}"), cfg, i))
-                .collect(),
-            norm: RmsNorm::new(src, "norm", h, eps, false),
+            per_layer_model_projection: Linear::new(init, h, l * p),
+            per_layer_projection_norm: RmsNorm::new(init, p, eps, false),
+            altup_projections: (0..k - 1).map(|_| Linear::new(init, h, h)).collect(),
+            altup_unembed_projections: (0..k - 1).map(|_| Linear::new(init, h, h)).collect(),
+            layers,
+            norm: RmsNorm::new(init, h, eps, false),
             config: cfg.clone(),
-        }
+        })
     }
 
-    /// Every parameter by HF key (relative to the text model), in module order.
-    pub fn params(&self, out: &mut ParamList<B>) {
-        self.embed_tokens.params("embed_tokens", out);
-        self.embed_tokens_per_layer
-            .params("embed_tokens_per_layer", out);
-        self.per_layer_model_projection
-            .params("per_layer_model_projection", out);
-        self.per_layer_projection_norm
-            .params("per_layer_projection_norm", out);
-        for (i, p) in self.altup_projections.iter().enumerate() {
-            p.params(&format!("altup_projections.{i}"), out);
-        }
-        for (i, p) in self.altup_unembed_projections.iter().enumerate() {
-            p.params(&format!("altup_unembed_projections.{i}"), out);
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            layer.params(&join("layers", &i.to_string()), out);
-        }
-        self.norm.params("norm", out);
+    /// An empty decoding cache: sliding layers keep their window, KV-reusing layers own nothing.
+    pub fn new_cache(&self) -> KvCache<B> {
+        let w = self.config.sliding_window;
+        let (windows, owners) = self
+            .layers
+            .iter()
+            .map(|l| {
+                let s = &l.self_attn.spec;
+                (
+                    (s.layer_type == LayerType::Sliding).then_some(w),
+                    !matches!(s.sharing, KvSharing::Reuse { .. }),
+                )
+            })
+            .unzip();
+        KvCache::new(windows, owners)
     }
 
-    fn device(&self) -> B::Device {
+    /// Where the weights live.
+    pub fn device(&self) -> B::Device {
         self.embed_tokens.weight.device()
     }
 
@@ -205,13 +214,39 @@ impl<B: Backend> Gemma3nTextModel<B> {
         }
     }
 
+    /// Logits `[B, V]` of the last position of `hidden` `[B, T, H]`.
+    pub fn last_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [b, t, _] = hidden.dims();
+        self.lm_logits(hidden.narrow(1, t - 1, 1))
+            .reshape([b, self.config.vocab_size])
+    }
+
+    /// The training output from the final hidden states: the memory-lean loss over the
+    /// batch's labels, and the full logits when asked.
+    pub fn train_output(
+        &self,
+        hidden: Tensor<B, 3>,
+        batch: &TrainBatch<B>,
+        opts: TrainOptions,
+    ) -> TrainOutput<B> {
+        let logits = opts.return_logits.then(|| self.lm_logits(hidden.clone()));
+        let loss = lm_head_loss(
+            hidden,
+            self.embed_tokens.weight.val(),
+            self.config.final_logit_softcapping,
+            batch.labels.clone(),
+            opts.with_grad,
+        );
+        TrainOutput { loss, logits }
+    }
+
     /// Forward from token ids (`[B, T]`). `attention_mask` (1 = real token) and `position_ids`
     /// default to all ones and to consecutive positions after whatever `cache` holds.
     pub fn forward(
         &self,
         ids: Tensor<B, 2, Int>,
-        attention_mask: Option<&[Vec<i64>]>,
-        position_ids: Option<&[Vec<i64>]>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        position_ids: Option<Tensor<B, 2, Int>>,
         cache: Option<&mut KvCache<B>>,
         opts: ForwardOptions,
     ) -> Result<TextModelOutput<B>, TextError> {
@@ -234,8 +269,8 @@ impl<B: Backend> Gemma3nTextModel<B> {
         &self,
         inputs_embeds: Tensor<B, 3>,
         per_layer_token_embeds: Option<Tensor<B, 4>>,
-        attention_mask: Option<&[Vec<i64>]>,
-        position_ids: Option<&[Vec<i64>]>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        position_ids: Option<Tensor<B, 2, Int>>,
         mut cache: Option<&mut KvCache<B>>,
         opts: ForwardOptions,
     ) -> Result<TextModelOutput<B>, TextError> {
@@ -276,7 +311,7 @@ impl<B: Backend> Gemma3nTextModel<B> {
                 hidden_states.push(x.clone());
             }
             let pli = per_layer_inputs.clone().narrow(2, i, 1).reshape([b, t, p]);
-            let ty = layer.self_attn.layer_type;
+            let ty = layer.self_attn.layer_type();
             x = layer.forward(
                 x,
                 pli,
@@ -350,10 +385,7 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
     ) -> Result<Self, TextError> {
         let path = path.as_ref();
         let cfg = match config {
-            Some(c) => {
-                c.validate()?;
-                c
-            }
+            Some(c) => c,
             None => {
                 let dir = automodel_core::weights::checkpoint_dir(path);
                 Gemma3nTextConfig::from_file(dir.join("config.json"))?
@@ -372,25 +404,24 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
     ) -> Result<Self, TextError> {
         let prefix = detect_prefix(files);
         let loader = WeightLoader::<B>::new(files, prefix.clone(), device, dtype);
-        let model = Gemma3nTextModel::new(&ParamSource::Checkpoint(&loader), cfg);
-        let reuse: Vec<usize> = cfg
-            .kv_sharing()?
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| matches!(m, KvSharing::Reuse { .. }))
-            .map(|(i, _)| i)
-            .collect();
+        let model = Gemma3nTextModel::new(&Initializer::shapes(device, dtype), cfg)?;
+        let model = tree::load(model, &loader);
+        let reuse = reusing_layers(cfg)?;
         loader.finish(|rel| ignored_key(rel, &reuse))?;
         Ok(Self { model, prefix })
     }
 
-    /// Random initialisation.
-    pub fn init(cfg: &Gemma3nTextConfig, device: &B::Device, dtype: DType) -> Self {
-        let src = ParamSource::random(device, dtype, cfg.initializer_range);
-        Self {
-            model: Gemma3nTextModel::new(&src, cfg),
+    /// Random initialisation (`initializer_range`).
+    pub fn init(
+        cfg: &Gemma3nTextConfig,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, TextError> {
+        let init = Initializer::random(device, dtype, cfg.initializer_range);
+        Ok(Self {
+            model: Gemma3nTextModel::new(&init, cfg)?,
             prefix: CONDITIONAL_PREFIX.to_string(),
-        }
+        })
     }
 
     /// The config.
@@ -403,11 +434,11 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
         self.model.lm_logits(hidden)
     }
 
-    /// Forward with optional labels (`[B, T]`, `-100` = ignored).
+    /// Forward with optional labels (`[B, T]`, `-100` = ignored), full logits.
     pub fn forward(
         &self,
         ids: Tensor<B, 2, Int>,
-        attention_mask: Option<&[Vec<i64>]>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
         labels: Option<Tensor<B, 2, Int>>,
         opts: ForwardOptions,
     ) -> Result<CausalLmOutput<B>, TextError> {
@@ -421,19 +452,6 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
         })
     }
 
-    /// Every parameter by full HF key (with the checkpoint prefix).
-    pub fn params(&self) -> ParamList<B> {
-        let mut rel = ParamList::new();
-        self.model.params(&mut rel);
-        ParamList {
-            entries: rel
-                .entries
-                .into_iter()
-                .map(|(k, p)| (format!("{}{k}", self.prefix), p))
-                .collect(),
-        }
-    }
-
     /// Write `config.json` (a bare text config) and the weights in HF layout (single file, or
     /// shards of at most `max_shard_bytes` with an index), atomically.
     pub fn save_pretrained(
@@ -442,7 +460,7 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
         max_shard_bytes: Option<usize>,
     ) -> Result<(), TextError> {
         let dir = dir.as_ref();
-        self.params().to_tensor_map("").save(dir, max_shard_bytes)?;
+        tree::hf_tensors(&self.model, &self.prefix).save(dir, max_shard_bytes)?;
         let mut cfg = serde_json::to_value(&self.model.config).expect("serialisable");
         if let Some(o) = cfg.as_object_mut() {
             o.insert("model_type".into(), "gemma3n_text".into());
@@ -455,6 +473,92 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
         automodel_core::weights::write_atomic(&dir.join("config.json"), text.as_bytes())?;
         Ok(())
     }
+}
+
+impl<B: Backend> Generate<B> for Gemma3nForCausalLM<B> {
+    type Prompt = TextPrompt;
+    type Error = TextError;
+
+    fn prompt_ids<'a>(&self, prompt: &'a TextPrompt) -> &'a [Vec<i64>] {
+        &prompt.ids
+    }
+    fn prompt_mask<'a>(&self, prompt: &'a TextPrompt) -> Option<&'a [Vec<i64>]> {
+        prompt.mask.as_deref()
+    }
+    fn new_cache(&self) -> KvCache<B> {
+        self.model.new_cache()
+    }
+    fn device(&self) -> B::Device {
+        self.model.device()
+    }
+    fn prefill(
+        &self,
+        prompt: &TextPrompt,
+        mask: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 2>, TextError> {
+        let ids = crate::generate::ids_tensor(&prompt.ids, &self.model.device());
+        self.decode(ids, Some(mask), Some(positions), cache)
+    }
+    fn step(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 2>, TextError> {
+        self.decode(ids, None, None, cache)
+    }
+}
+
+impl<B: Backend> Gemma3nForCausalLM<B> {
+    /// Run tokens with the cache; logits of the last position `[B, V]`.
+    pub fn decode(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        mask: Option<Tensor<B, 2, Int>>,
+        positions: Option<Tensor<B, 2, Int>>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 2>, TextError> {
+        let out =
+            self.model
+                .forward(ids, mask, positions, Some(cache), ForwardOptions::default())?;
+        Ok(self.model.last_logits(out.last_hidden_state))
+    }
+}
+
+impl<B: Backend> CausalLm<B> for Gemma3nForCausalLM<B> {
+    type Error = TextError;
+
+    fn forward_train(
+        &self,
+        batch: &TrainBatch<B>,
+        opts: TrainOptions,
+    ) -> Result<TrainOutput<B>, TextError> {
+        batch.validate()?;
+        let fwd = ForwardOptions {
+            training: opts.training,
+            ..Default::default()
+        };
+        let out = self.model.forward(
+            batch.input_ids.clone(),
+            Some(batch.attention_mask.clone()),
+            batch.position_ids.clone(),
+            None,
+            fwd,
+        )?;
+        Ok(self.model.train_output(out.last_hidden_state, batch, opts))
+    }
+}
+
+/// Indices of the layers that reuse another layer's K/V.
+pub fn reusing_layers(cfg: &Gemma3nTextConfig) -> Result<Vec<usize>, TextError> {
+    Ok(cfg
+        .kv_sharing()?
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| matches!(m, KvSharing::Reuse { .. }))
+        .map(|(i, _)| i)
+        .collect())
 }
 
 /// Which HF layout a checkpoint uses for the text decoder.

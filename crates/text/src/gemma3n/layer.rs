@@ -2,16 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use automodel_core::init::ParamSource;
+use automodel_core::init::Initializer;
 use automodel_core::nn::{Linear, RmsNorm, gelu_tanh};
-use automodel_core::params::{ParamList, join};
 use burn::prelude::*;
 
-use crate::altup::{AltUp, stream};
-use crate::attention::{Attention, AttentionInputs, SharedKv};
+use super::altup::{AltUp, stream};
+use super::config::Gemma3nTextConfig;
+use super::laurel::Laurel;
+use crate::attention::{Attention, AttentionInputs, AttentionSpec, SharedKv};
 use crate::cache::KvCache;
-use crate::config::Gemma3nTextConfig;
-use crate::laurel::Laurel;
 use crate::mlp::Mlp;
 
 /// HF `Gemma3nTextDecoderLayer`.
@@ -36,31 +35,32 @@ pub struct DecoderLayer<B: Backend> {
 pub type Traces<B> = BTreeMap<String, Tensor<B, 3>>;
 
 impl<B: Backend> DecoderLayer<B> {
-    pub fn new(src: &ParamSource<'_, B>, name: &str, cfg: &Gemma3nTextConfig, idx: usize) -> Self {
+    /// Layer `attn.layer_idx` of `cfg` (its FFN width and sparsity come from the config).
+    pub fn new(init: &Initializer<B>, cfg: &Gemma3nTextConfig, attn: AttentionSpec) -> Self {
         let (h, p, eps) = (
             cfg.hidden_size,
             cfg.hidden_size_per_layer_input,
             cfg.rms_norm_eps,
         );
-        let norm = |n: &str| RmsNorm::new(src, &join(name, n), h, eps, false);
+        let idx = attn.layer_idx;
+        let norm = || RmsNorm::new(init, h, eps, false);
         Self {
-            self_attn: Attention::new(src, &join(name, "self_attn"), cfg, idx),
+            self_attn: Attention::new(init, attn),
             mlp: Mlp::new(
-                src,
-                &join(name, "mlp"),
+                init,
                 h,
                 cfg.intermediate_sizes()[idx],
                 cfg.activation_sparsity()[idx],
             ),
-            input_layernorm: norm("input_layernorm"),
-            post_attention_layernorm: norm("post_attention_layernorm"),
-            pre_feedforward_layernorm: norm("pre_feedforward_layernorm"),
-            post_feedforward_layernorm: norm("post_feedforward_layernorm"),
-            altup: AltUp::new(src, &join(name, "altup"), cfg),
-            laurel: Laurel::new(src, &join(name, "laurel"), cfg),
-            per_layer_input_gate: Linear::new(src, &join(name, "per_layer_input_gate"), h, p),
-            per_layer_projection: Linear::new(src, &join(name, "per_layer_projection"), p, h),
-            post_per_layer_input_norm: norm("post_per_layer_input_norm"),
+            input_layernorm: norm(),
+            post_attention_layernorm: norm(),
+            pre_feedforward_layernorm: norm(),
+            post_feedforward_layernorm: norm(),
+            altup: AltUp::new(init, cfg),
+            laurel: Laurel::new(init, cfg),
+            per_layer_input_gate: Linear::new(init, h, p),
+            per_layer_projection: Linear::new(init, p, h),
+            post_per_layer_input_norm: norm(),
             altup_correct_scale: cfg.altup_correct_scale,
         }
     }
@@ -89,7 +89,7 @@ impl<B: Backend> DecoderLayer<B> {
             .forward(self.pre_feedforward_layernorm.forward(attn_laurel.clone()));
         let out = attn_laurel + self.post_feedforward_layernorm.forward(mlp.clone());
         if let Some(tr) = traces {
-            let i = self.self_attn.layer_idx;
+            let i = self.self_attn.spec.layer_idx;
             tr.insert(format!("trace.text.layer{i}.attn_out"), attn);
             tr.insert(format!("trace.text.layer{i}.mlp_out"), mlp);
             tr.insert(format!("trace.text.layer{i}.laurel_out"), laurel);
@@ -117,26 +117,5 @@ impl<B: Backend> DecoderLayer<B> {
             })
             .collect();
         Tensor::cat(streams, 0)
-    }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        self.self_attn.params(&join(name, "self_attn"), out);
-        self.mlp.params(&join(name, "mlp"), out);
-        self.input_layernorm
-            .params(&join(name, "input_layernorm"), out);
-        self.post_attention_layernorm
-            .params(&join(name, "post_attention_layernorm"), out);
-        self.pre_feedforward_layernorm
-            .params(&join(name, "pre_feedforward_layernorm"), out);
-        self.post_feedforward_layernorm
-            .params(&join(name, "post_feedforward_layernorm"), out);
-        self.altup.params(&join(name, "altup"), out);
-        self.laurel.params(&join(name, "laurel"), out);
-        self.per_layer_input_gate
-            .params(&join(name, "per_layer_input_gate"), out);
-        self.per_layer_projection
-            .params(&join(name, "per_layer_projection"), out);
-        self.post_per_layer_input_norm
-            .params(&join(name, "post_per_layer_input_norm"), out);
     }
 }

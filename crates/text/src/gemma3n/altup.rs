@@ -1,13 +1,13 @@
 //! AltUp: four residual streams, one of them active, with learned predict/correct mixing.
 
-use automodel_core::init::{Init, ParamSource};
+use automodel_core::init::{Init, Initializer};
+use automodel_core::nn::linear::Clamp;
 use automodel_core::nn::{Linear, RmsNorm};
-use automodel_core::params::{HfParam, ParamList, join};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use crate::config::Gemma3nTextConfig;
+use super::config::Gemma3nTextConfig;
 
 /// HF `Gemma3nTextAltUp`. Streams are stacked as `[K, B, T, H]`.
 #[derive(Module, Debug)]
@@ -29,18 +29,14 @@ pub struct AltUp<B: Backend> {
 
 impl<B: Backend> AltUp<B> {
     /// From a checkpoint, or HF's init (zero output scale, small random matrices).
-    pub fn new(src: &ParamSource<'_, B>, name: &str, cfg: &Gemma3nTextConfig) -> Self {
+    pub fn new(init: &Initializer<B>, cfg: &Gemma3nTextConfig) -> Self {
         let (k, h) = (cfg.altup_num_inputs, cfg.hidden_size);
         Self {
-            correct_output_scale: Param::from_tensor(src.tensor(
-                &join(name, "correct_output_scale"),
-                [h],
-                Init::Zeros,
-            )),
-            correction_coefs: Linear::new(src, &join(name, "correction_coefs"), k, k),
-            prediction_coefs: Linear::new(src, &join(name, "prediction_coefs"), k, k * k),
-            modality_router: Linear::new(src, &join(name, "modality_router"), h, k),
-            router_norm: RmsNorm::new(src, &join(name, "router_norm"), h, cfg.rms_norm_eps, false),
+            correct_output_scale: init.param([h], Init::Zeros),
+            correction_coefs: Linear::new(init, k, k),
+            prediction_coefs: Linear::new(init, k, k * k),
+            modality_router: Linear::new(init, h, k),
+            router_norm: RmsNorm::new(init, h, cfg.rms_norm_eps, false),
             num_inputs: k,
             active_idx: cfg.altup_active_idx,
             coef_clip: cfg.altup_coef_clip,
@@ -71,14 +67,13 @@ impl<B: Backend> AltUp<B> {
     pub fn predict(&self, x: Tensor<B, 4>, training: bool) -> Tensor<B, 4> {
         let [k, b, t, _h] = x.dims();
         let m = self.router(self.active(&x));
-        let mut w = self.prediction_coefs.weight.val();
-        if training && let Some(c) = self.coef_clip {
-            w = w.clone() + (w.clone().clamp(-c, c) - w).detach();
-        }
-        let coefs = m
-            .matmul(w.unsqueeze::<3>())
-            .reshape([b, t, k, k])
-            .swap_dims(2, 3);
+        let coefs = match self.coef_clip {
+            Some(c) if training => self
+                .prediction_coefs
+                .forward_clamped(m, Clamp::StraightThrough(c)),
+            _ => self.prediction_coefs.forward(m),
+        };
+        let coefs = coefs.reshape([b, t, k, k]).swap_dims(2, 3);
         let pred = x
             .clone()
             .permute([1, 2, 3, 0])
@@ -98,13 +93,13 @@ impl<B: Backend> AltUp<B> {
         training: bool,
     ) -> Tensor<B, 4> {
         let m = self.router(activated.clone());
-        let mut w = self.correction_coefs.weight.val();
-        if training && let Some(c) = self.coef_clip {
-            w = w.clamp(-c, c);
-        }
-        let coefs = (m.matmul(w.unsqueeze::<3>()) + 1.0)
-            .permute([2, 0, 1])
-            .unsqueeze_dim::<4>(3);
+        let coefs = match self.coef_clip {
+            Some(c) if training => self
+                .correction_coefs
+                .forward_clamped(m, Clamp::Functional(c)),
+            _ => self.correction_coefs.forward(m),
+        };
+        let coefs = (coefs + 1.0).permute([2, 0, 1]).unsqueeze_dim::<4>(3);
         let innovation = (activated - self.active(&pred)).unsqueeze_dim::<4>(0);
         innovation * coefs + pred
     }
@@ -114,20 +109,6 @@ impl<B: Backend> AltUp<B> {
         let dtype = x.dtype();
         let s = self.correct_output_scale.val();
         (x.cast(s.dtype()) * s.unsqueeze::<3>()).cast(dtype)
-    }
-
-    pub fn params(&self, name: &str, out: &mut ParamList<B>) {
-        out.push(
-            join(name, "correct_output_scale"),
-            HfParam::D1(self.correct_output_scale.val()),
-        );
-        self.correction_coefs
-            .params(&join(name, "correction_coefs"), out);
-        self.prediction_coefs
-            .params(&join(name, "prediction_coefs"), out);
-        self.modality_router
-            .params(&join(name, "modality_router"), out);
-        self.router_norm.params(&join(name, "router_norm"), out);
     }
 }
 
