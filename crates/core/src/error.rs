@@ -71,12 +71,3 @@ pub enum WeightError {
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
 }
-
-/// Other errors of the shared crate.
-#[derive(Debug, thiserror::Error)]
-pub enum CoreError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Weight(#[from] WeightError),
-}

@@ -1,12 +1,17 @@
 //! Shared building blocks of automodel-rs.
 //!
+//! * [`tree`]: the naming tree — a parameter's Hugging Face key is its field path in the Burn
+//!   module tree; one walk loads, saves, exports gradients, lists linears and freezes by name.
+//! * [`init`]: random or shape-only parameter initialisation for constructors.
 //! * [`weights`]: memory-mapped safetensors checkpoints (single file or sharded with
 //!   `model.safetensors.index.json`), a loader that reports every missing, unexpected or
 //!   mis-shaped key at once, and an atomic, optionally sharded writer.
+//! * [`config`]: JSON config reading with errors that name the file and the field.
 //! * [`nn`]: the layers every Gemma model shares — an HF-layout [`nn::Linear`], the Gemma RMSNorm
 //!   (fp32 internally, optional weight, `w` or `1 + w`), split-half rotary embeddings with
 //!   explicit position ids, tanh-GELU and the inverse normal CDF used by activation sparsity.
-//! * [`loss`]: Hugging Face's causal-LM loss (shift, `-100` ignored, mean over labelled tokens).
+//! * [`loss`]: Hugging Face's causal-LM loss, and the memory-lean LM head + loss for training.
+//! * [`device`]: `cpu` / `cuda[:N]` selection.
 //!
 //! Everything is generic over the Burn backend; tests run on the `flex` CPU backend.
 
@@ -21,7 +26,7 @@ pub mod weights;
 
 pub use config::ConfigError;
 pub use device::DeviceSpec;
-pub use error::{CoreError, WeightError};
+pub use error::WeightError;
 
 /// The CPU backend used by tests and CI.
 pub type CpuBackend = burn::backend::Flex;
