@@ -1,5 +1,5 @@
 //! The text decoder against Hugging Face: every check of the `text`, `generate` and `text_bf16`
-//! golden cases (tolerances from shared/reference/README.md).
+//! golden cases (tolerances from reference/README.md).
 
 mod common;
 

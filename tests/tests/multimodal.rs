@@ -166,7 +166,7 @@ fn bf16_checkpoints_load_into_f32_and_generation_config_is_read() {
     assert_eq!(g.stop_ids, vec![1]);
 }
 
-/// Released sizes (spec §9.2): the checkpoints hold 5,439,438,272 (E2B) and 7,849,978,192 (E4B)
+/// Released sizes (`docs/gemma3n-architecture.md` §9.2): the checkpoints hold 5,439,438,272 (E2B) and 7,849,978,192 (E4B)
 /// tensors' worth of parameters, including the zero K/V of KV-reusing layers, which the model
 /// does not build (2,097,408 per such layer).
 #[test]

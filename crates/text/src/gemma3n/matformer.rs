@@ -1,5 +1,5 @@
 //! MatFormer Mix-n-Match: extract a smaller model from a Gemma 3n checkpoint by keeping the first
-//! `w` FFN units of each layer and dropping whole layers (spec §4).
+//! `w` FFN units of each layer and dropping whole layers (`docs/gemma3n-architecture.md` §4).
 //!
 //! Two paths share one [`SlicePlan`]: [`extract_checkpoint`] slices the stored tensors byte for
 //! byte (any dtype) and writes a smaller, loadable checkpoint and config; [`slice_model`] slices a
