@@ -9,6 +9,9 @@ use automodel_text::{Gemma3nForCausalLM, Gemma3nTextConfig, LayerType};
 use automodel_vision::{Gemma3nVisionConfig, MobileNetV5Encoder};
 use burn::tensor::DType;
 
+/// A config edit and the field its error must name.
+type Case<C> = (Box<dyn Fn(&mut C)>, &'static str);
+
 fn names(err: impl std::fmt::Display, field: &str) {
     let text = err.to_string();
     assert!(text.contains(field), "{field} not named in: {text}");
@@ -17,7 +20,7 @@ fn names(err: impl std::fmt::Display, field: &str) {
 #[test]
 fn gemma3n_text_constructors_refuse_bad_configs() {
     let dev = Default::default();
-    let cases: Vec<(Box<dyn Fn(&mut Gemma3nTextConfig)>, &str)> = vec![
+    let cases: Vec<Case<Gemma3nTextConfig>> = vec![
         (
             Box::new(|c| c.num_kv_shared_layers = 6),
             "num_kv_shared_layers",
@@ -56,7 +59,7 @@ fn gemma3_constructor_refuses_bad_configs() {
         ..Default::default()
     };
     Gemma3ForCausalLM::<B>::init(&tiny(), &dev, DType::F32).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut Gemma3TextConfig)>, &str)> = vec![
+    let cases: Vec<Case<Gemma3TextConfig>> = vec![
         (Box::new(|c| c.sliding_window = 0), "sliding_window"),
         (Box::new(|c| c.rms_norm_eps = -1e-6), "rms_norm_eps"),
         (

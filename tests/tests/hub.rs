@@ -2,7 +2,7 @@
 
 mod common;
 
-use automodel::{ForwardOptions, Gemma3nForConditionalGeneration, MultimodalInput};
+use automodel::Gemma3nForConditionalGeneration;
 use automodel_core::CpuBackend as B;
 use burn::tensor::DType;
 use common::case;
@@ -34,21 +34,10 @@ fn repo_ids_resolve_through_the_local_cache() {
     let local =
         Gemma3nForConditionalGeneration::<B>::from_pretrained(case("multimodal"), &dev, DType::F32)
             .unwrap();
-    let ids = vec![vec![2i64, 105, 130, 131, 107]];
-    let a = m
-        .forward(
-            &MultimodalInput::text(ids.clone()),
-            ForwardOptions::default(),
-        )
-        .unwrap()
-        .logits;
-    let b = local
-        .forward(&MultimodalInput::text(ids), ForwardOptions::default())
-        .unwrap()
-        .logits;
+    let ids = [vec![2i64, 105, 130, 131, 107]];
     assert_eq!(
-        a.into_data().to_vec::<f32>().unwrap(),
-        b.into_data().to_vec::<f32>().unwrap()
+        common::text_logits(&m, &ids),
+        common::text_logits(&local, &ids)
     );
 
     let err =

@@ -266,21 +266,10 @@ fn synthetic_sharded_checkpoint_with_the_real_key_set_loads_cleanly() {
     let loaded =
         Gemma3nForConditionalGeneration::<B>::from_pretrained(dir.path(), &dev, DType::F32)
             .unwrap();
-    let ids = vec![vec![2i64, 105, 130, 131, 107, 320, 352, 106]];
-    let a = m
-        .forward(
-            &MultimodalInput::text(ids.clone()),
-            ForwardOptions::default(),
-        )
-        .unwrap()
-        .logits;
-    let b = loaded
-        .forward(&MultimodalInput::text(ids), ForwardOptions::default())
-        .unwrap()
-        .logits;
+    let ids = [vec![2i64, 105, 130, 131, 107, 320, 352, 106]];
     assert_eq!(
-        a.into_data().to_vec::<f32>().unwrap(),
-        b.into_data().to_vec::<f32>().unwrap()
+        common::text_logits(&m, &ids),
+        common::text_logits(&loaded, &ids)
     );
 
     // A missing and an unexpected key are both reported.
@@ -329,20 +318,9 @@ fn matformer_slice_of_the_full_model() {
     let inputs = SafeTensorsFiles::open(case("multimodal").join("inputs.safetensors")).unwrap();
     let ids = rows(&inputs, "input_ids");
     let text: Vec<Vec<i64>> = vec![ids[0].iter().copied().filter(|&i| i < 256).collect()];
-    let a = sliced
-        .forward(
-            &MultimodalInput::text(text.clone()),
-            ForwardOptions::default(),
-        )
-        .unwrap()
-        .logits;
-    let b = extracted
-        .forward(&MultimodalInput::text(text), ForwardOptions::default())
-        .unwrap()
-        .logits;
     let (a, b) = (
-        a.into_data().to_vec::<f32>().unwrap(),
-        b.into_data().to_vec::<f32>().unwrap(),
+        common::text_logits(&sliced, &text),
+        common::text_logits(&extracted, &text),
     );
     assert!(max_diff(&a, &b) <= 1e-5, "{}", max_diff(&a, &b));
 }

@@ -128,7 +128,7 @@ impl Gemma3nAudioConfig {
             ("conf_attention_logit_cap", self.conf_attention_logit_cap),
             ("gradient_clipping", self.gradient_clipping),
         ] {
-            if !(v > 0.0) {
+            if v.is_nan() || v <= 0.0 {
                 return Err(ConfigError::field(name, format!("{v} must be positive")));
             }
         }

@@ -25,10 +25,7 @@ pub struct Waveform {
 /// naming the file.
 pub fn load_audio(path: impl AsRef<Path>, target_rate: u32) -> Result<Waveform, AudioError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| AudioError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = automodel_core::read_file(path)?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())

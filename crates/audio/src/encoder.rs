@@ -5,7 +5,7 @@ use std::path::Path;
 
 use automodel_core::init::Initializer;
 use automodel_core::tree;
-use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
+use automodel_core::weights::{SafeTensorsFiles, open_checkpoint};
 use burn::prelude::*;
 use burn::tensor::{DType, Int, TensorData};
 
@@ -57,20 +57,16 @@ impl<B: Backend> AudioEncoder<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, AudioError> {
-        let prefix = if files.contains(&format!(
-            "{AUDIO_PREFIX}subsample_conv_projection.input_proj_linear.weight"
-        )) {
-            AUDIO_PREFIX
-        } else {
-            ""
-        };
-        let loader = WeightLoader::<B>::new(files, prefix, device, dtype);
-        let model = tree::load(
-            Self::new(&Initializer::shapes(device, dtype), cfg)?,
-            &loader,
-        );
-        loader.finish(|_| false)?;
-        Ok(model)
+        let model = Self::new(&Initializer::shapes(device, dtype), cfg)?;
+        let probe = "subsample_conv_projection.input_proj_linear.weight";
+        Ok(tree::load_component(
+            model,
+            files,
+            AUDIO_PREFIX,
+            probe,
+            device,
+            dtype,
+        )?)
     }
 
     /// Load from a checkpoint folder or file; the config comes from `config.json` beside it.
@@ -79,11 +75,13 @@ impl<B: Backend> AudioEncoder<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, AudioError> {
-        let path = path.as_ref();
-        let dir = automodel_core::weights::checkpoint_dir(path);
-        let cfg = Gemma3nAudioConfig::from_file(dir.join("config.json"))?;
-        let files = SafeTensorsFiles::open(path)?;
-        Self::from_files(&files, &cfg, device, dtype)
+        let (config, files) = open_checkpoint(path.as_ref())?;
+        Self::from_files(
+            &files,
+            &Gemma3nAudioConfig::from_file(config)?,
+            device,
+            dtype,
+        )
     }
 
     /// Random initialisation.

@@ -1,8 +1,6 @@
 //! Errors of the audio crate.
 
-use std::path::PathBuf;
-
-use automodel_core::{ConfigError, WeightError};
+use automodel_core::{ConfigError, ReadError, WeightError};
 
 /// Errors of config parsing, weight loading, decoding and feature extraction.
 #[derive(Debug, thiserror::Error)]
@@ -11,11 +9,8 @@ pub enum AudioError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Weights(#[from] WeightError),
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("audio {name}: {message}")]
     Audio { name: String, message: String },
     #[error("invalid input: {0}")]

@@ -71,3 +71,19 @@ pub enum WeightError {
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
 }
+
+/// A file that cannot be read (media, side files).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}: {source}")]
+pub struct ReadError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// The bytes of `path`, or an error naming it.
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ReadError> {
+    std::fs::read(path).map_err(|source| ReadError {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -26,7 +26,7 @@ pub mod weights;
 
 pub use config::ConfigError;
 pub use device::DeviceSpec;
-pub use error::WeightError;
+pub use error::{ReadError, WeightError, read_file};
 
 /// The CPU backend used by tests and CI.
 pub type CpuBackend = burn::backend::Flex;

@@ -18,7 +18,10 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::weights::{TensorMap, WeightLoader};
+use burn::tensor::DType;
+
+use crate::WeightError;
+use crate::weights::{TensorMap, TensorSource, WeightLoader};
 
 /// The path of the module being visited.
 #[derive(Debug, Default)]
@@ -248,6 +251,24 @@ pub fn load<B: Backend, M: Module<B>>(module: M, loader: &WeightLoader<'_, B>) -
     })
 }
 
+/// Load a component (a tower, a decoder) that is stored either inside a full checkpoint, under
+/// `prefix` (detected by the key `{prefix}{probe}`; only keys under the prefix are checked), or
+/// alone with bare keys (then every key must be used). One error lists every problem.
+pub fn load_component<B: Backend, M: Module<B>>(
+    module: M,
+    files: &dyn TensorSource,
+    prefix: &str,
+    probe: &str,
+    device: &B::Device,
+    dtype: DType,
+) -> Result<M, WeightError> {
+    let full = files.tensor_shape(&format!("{prefix}{probe}")).is_some();
+    let loader = WeightLoader::<B>::new(files, if full { prefix } else { "" }, device, dtype);
+    let module = load(module, &loader);
+    loader.finish(|_| false)?;
+    Ok(module)
+}
+
 struct TrainableMapper<'a, F: FnMut(&str) -> bool> {
     prefix: &'a str,
     trainable: F,
@@ -287,7 +308,6 @@ mod tests {
     use crate::init::{Init, Initializer};
     use crate::nn::{Linear, RmsNorm};
     use crate::weights::SafeTensorsFiles;
-    use burn::tensor::DType;
 
     type B = crate::CpuBackend;
     type A = burn::backend::Autodiff<B>;
@@ -300,6 +320,7 @@ mod tests {
     }
 
     #[derive(Module, Debug)]
+    #[allow(clippy::large_enum_variant)]
     enum Either<B: Backend> {
         First(Inner<B>),
         Second(Linear<B>),

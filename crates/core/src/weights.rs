@@ -646,6 +646,12 @@ pub fn replace_atomically(
     })
 }
 
+/// Open a checkpoint (folder, file or index) and name the `config.json` beside it.
+pub fn open_checkpoint(path: &Path) -> Result<(PathBuf, SafeTensorsFiles), WeightError> {
+    let files = SafeTensorsFiles::open(path)?;
+    Ok((checkpoint_dir(path).join("config.json"), files))
+}
+
 /// The folder a checkpoint path belongs to (the path itself, or a file's parent), where
 /// `config.json` lives.
 pub fn checkpoint_dir(path: &Path) -> PathBuf {

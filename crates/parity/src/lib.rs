@@ -28,17 +28,27 @@ pub enum ParityError {
     Case { path: PathBuf, message: String },
     #[error(transparent)]
     Weights(#[from] automodel_core::WeightError),
-    #[error(transparent)]
-    Config(#[from] automodel_core::ConfigError),
-    #[error(transparent)]
-    Text(#[from] automodel_text::TextError),
-    #[error(transparent)]
-    Vision(#[from] automodel_vision::VisionError),
-    #[error(transparent)]
-    Audio(#[from] automodel_audio::AudioError),
+    /// Any error of the models (the facade's error wraps every crate's).
     #[error(transparent)]
     Model(#[from] automodel::ModelError),
 }
+
+/// Errors of the component crates arrive through [`automodel::ModelError`].
+macro_rules! via_model_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ParityError {
+            fn from(e: $t) -> Self {
+                ParityError::Model(e.into())
+            }
+        }
+    )*};
+}
+via_model_error!(
+    automodel_core::ConfigError,
+    automodel_text::TextError,
+    automodel_vision::VisionError,
+    automodel_audio::AudioError
+);
 
 /// Outcome of one case folder.
 #[derive(Debug)]

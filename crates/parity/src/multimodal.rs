@@ -4,8 +4,7 @@
 use std::path::Path;
 
 use automodel::{
-    AudioInput, ForwardOptions, Gemma3nForConditionalGeneration, Generate, GenerationConfig,
-    MultimodalInput,
+    AudioInput, ForwardOptions, Gemma3nForConditionalGeneration, Generate, MultimodalInput,
 };
 use automodel_core::weights::SafeTensorsFiles;
 use automodel_text::generate::ids_tensor;
@@ -15,8 +14,10 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData};
 
 use crate::compare::{Check, Tolerance};
-use crate::tensors::{check, float_tensor, id_values, output_check, reference, rows, values};
-use crate::text::{EMBED, LOGITS, forward_tolerance, loss_gradient_checks};
+use crate::tensors::{check, float_tensor, output_check, reference, rows, values};
+use crate::text::{
+    EMBED, LOGITS, forward_tolerance, generation_checks, generation_settings, loss_gradient_checks,
+};
 use crate::{ParityError, open, read_meta};
 
 /// The model inputs of a case folder (media included when present).
@@ -168,43 +169,9 @@ pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>
     let outputs = open(dir, "outputs.safetensors")?;
     let model = Gemma3nForConditionalGeneration::<B>::from_pretrained(dir, device, DType::F32)?;
     let prompt = inputs::<B>(&open(dir, "inputs.safetensors")?, device, false)?;
-    let want = rows(&outputs, "generated_ids")?;
-    let max_new = meta
-        .get("max_new_tokens")
-        .and_then(|v| v.as_u64())
-        .map_or(want[0].len(), |v| v as usize);
-    let stop_ids: Vec<i64> = match meta.pointer("/generate_kwargs/eos_token_id") {
-        Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_i64()).collect(),
-        _ => vec![],
-    };
-    let cfg = GenerationConfig {
-        max_new_tokens: max_new,
-        do_sample: false,
-        stop_ids,
-        ..Default::default()
-    };
+    let cfg = generation_settings(&meta, &outputs, None)?;
     let greedy = model.generate(&prompt, &cfg, |_| {})?;
-    let mut checks = vec![
-        check(
-            "generated_ids",
-            id_values(&greedy.generated),
-            &outputs,
-            Tolerance::Exact,
-        )?,
-        check(
-            "sequences",
-            id_values(&greedy.sequences),
-            &outputs,
-            Tolerance::Exact,
-        )?,
-        check(
-            "step_logits",
-            values(Tensor::stack::<3>(greedy.step_logits.clone(), 1)),
-            &outputs,
-            LOGITS,
-        )?,
-    ];
+    let mut checks = generation_checks(&greedy, &outputs)?;
     let p = prompt.input_ids[0].len();
     let seq: Vec<Vec<i64>> = greedy
         .sequences

@@ -7,8 +7,8 @@ use automodel_core::tree::{self, ParamInfo};
 use automodel_core::weights::{SafeTensorsFiles, TensorMap};
 use automodel_text::generate::{TextPrompt, ids_tensor};
 use automodel_text::{
-    CausalLm, ForwardOptions, Gemma3nForCausalLM, Gemma3nTextConfig, Generate, GenerationConfig,
-    TrainBatch, TrainOptions,
+    CausalLm, ForwardOptions, Gemma3nForCausalLM, Gemma3nTextConfig, Generate, GenerateOutput,
+    GenerationConfig, TrainBatch, TrainOptions,
 };
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -26,10 +26,7 @@ pub(crate) const HIDDEN: Tolerance = Tolerance::Elementwise {
     atol: 1e-3,
     rtol: 1e-3,
 };
-pub(crate) const LOGITS: Tolerance = Tolerance::Elementwise {
-    atol: 1e-3,
-    rtol: 1e-3,
-};
+pub(crate) const LOGITS: Tolerance = HIDDEN;
 pub(crate) const LOSS: Tolerance = Tolerance::Elementwise {
     atol: 1e-4,
     rtol: 1e-5,
@@ -243,42 +240,13 @@ pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>
     let model = load_model::<B>(dir, device, DType::F32)?;
     let prompt = rows(&inputs, "input_ids")?;
     let mask = rows(&inputs, "attention_mask")?;
-    let want_new = rows(&outputs, "generated_ids")?;
-    let max_new = meta
-        .get("max_new_tokens")
-        .and_then(|v| v.as_u64())
-        .map_or(want_new[0].len(), |v| v as usize);
-    let eos: Vec<i64> = match meta.pointer("/generate_kwargs/eos_token_id") {
-        Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_i64()).collect(),
-        _ => model
-            .config()
-            .eos_token_id
-            .as_ref()
-            .map(|e| e.to_vec())
-            .unwrap_or_default(),
-    };
+    let default_eos = model.config().eos_token_id.as_ref().map(|e| e.to_vec());
     let greedy = model.generate(
         &TextPrompt::new(prompt.clone()).with_mask(mask.clone()),
-        &GenerationConfig::greedy(max_new, eos),
+        &generation_settings(&meta, &outputs, default_eos)?,
         |_| {},
     )?;
-    let mut checks = vec![
-        check(
-            "generated_ids",
-            id_values(&greedy.generated),
-            &outputs,
-            Tolerance::Exact,
-        )?,
-        check(
-            "sequences",
-            id_values(&greedy.sequences),
-            &outputs,
-            Tolerance::Exact,
-        )?,
-    ];
-    let steps = Tensor::stack::<3>(greedy.step_logits.clone(), 1);
-    checks.push(check("step_logits", values(steps), &outputs, LOGITS)?);
+    let mut checks = generation_checks(&greedy, &outputs)?;
 
     // Without a cache: one forward over the sequence minus its last token.
     let seq: Vec<Vec<i64>> = greedy
@@ -305,6 +273,50 @@ pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>
         LOGITS,
     )?);
     Ok(checks)
+}
+
+/// The greedy settings the reference generated with: `max_new_tokens` and the stop ids from
+/// `meta.json` (`generate_kwargs.eos_token_id`, else `default_eos`).
+pub(crate) fn generation_settings(
+    meta: &serde_json::Value,
+    outputs: &SafeTensorsFiles,
+    default_eos: Option<Vec<i64>>,
+) -> Result<GenerationConfig, ParityError> {
+    let want_new = rows(outputs, "generated_ids")?;
+    let max_new = meta
+        .get("max_new_tokens")
+        .and_then(|v| v.as_u64())
+        .map_or(want_new.first().map_or(0, |r| r.len()), |v| v as usize);
+    let eos: Vec<i64> = match meta.pointer("/generate_kwargs/eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_i64()).collect(),
+        _ => default_eos.unwrap_or_default(),
+    };
+    Ok(GenerationConfig::greedy(max_new, eos))
+}
+
+/// A greedy run against the reference: generated ids and sequences exactly, the logits of every
+/// cached step within the logits tolerance.
+pub(crate) fn generation_checks<B: Backend>(
+    greedy: &GenerateOutput<B>,
+    outputs: &SafeTensorsFiles,
+) -> Result<Vec<Check>, ParityError> {
+    let steps = Tensor::stack::<3>(greedy.step_logits.clone(), 1);
+    Ok(vec![
+        check(
+            "generated_ids",
+            id_values(&greedy.generated),
+            outputs,
+            Tolerance::Exact,
+        )?,
+        check(
+            "sequences",
+            id_values(&greedy.sequences),
+            outputs,
+            Tolerance::Exact,
+        )?,
+        check("step_logits", values(steps), outputs, LOGITS)?,
+    ])
 }
 
 /// `text_bf16`: the model in bfloat16, forward only (a smoke test with the README tolerance).

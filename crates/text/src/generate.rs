@@ -247,6 +247,73 @@ pub trait Generate<B: Backend> {
     }
 }
 
+/// A text-only decoder that runs token ids with a KV cache. Every such model generates from a
+/// [`TextPrompt`] through `text_generate!`.
+pub trait TextDecoder<B: Backend> {
+    /// Run `ids` `[B, T]` (a prompt, or one token per row) with the cache; logits of the last
+    /// position `[B, V]`. Mask and positions default to all ones and to the cache's next
+    /// positions.
+    fn decode(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        mask: Option<Tensor<B, 2, Int>>,
+        positions: Option<Tensor<B, 2, Int>>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 2>, TextError>;
+    /// An empty cache for this model.
+    fn new_cache(&self) -> KvCache<B>;
+    /// Where the model lives.
+    fn device(&self) -> B::Device;
+}
+
+/// `Generate` with a [`TextPrompt`] for a model that implements [`TextDecoder`] (a blanket
+/// implementation would keep the multimodal model from implementing `Generate` itself).
+macro_rules! text_generate {
+    ($model:ident) => {
+        impl<B: ::burn::prelude::Backend> $crate::generate::Generate<B> for $model<B> {
+            type Prompt = $crate::generate::TextPrompt;
+            type Error = $crate::TextError;
+
+            fn prompt_ids<'a>(&self, prompt: &'a $crate::generate::TextPrompt) -> &'a [Vec<i64>] {
+                &prompt.ids
+            }
+            fn prompt_mask<'a>(
+                &self,
+                prompt: &'a $crate::generate::TextPrompt,
+            ) -> Option<&'a [Vec<i64>]> {
+                prompt.mask.as_deref()
+            }
+            fn new_cache(&self) -> $crate::KvCache<B> {
+                $crate::generate::TextDecoder::new_cache(self)
+            }
+            fn device(&self) -> B::Device {
+                $crate::generate::TextDecoder::device(self)
+            }
+            fn prefill(
+                &self,
+                prompt: &$crate::generate::TextPrompt,
+                mask: ::burn::tensor::Tensor<B, 2, ::burn::tensor::Int>,
+                positions: ::burn::tensor::Tensor<B, 2, ::burn::tensor::Int>,
+                cache: &mut $crate::KvCache<B>,
+            ) -> Result<::burn::tensor::Tensor<B, 2>, $crate::TextError> {
+                let ids = $crate::generate::ids_tensor(
+                    &prompt.ids,
+                    &$crate::generate::TextDecoder::device(self),
+                );
+                $crate::generate::TextDecoder::decode(self, ids, Some(mask), Some(positions), cache)
+            }
+            fn step(
+                &self,
+                ids: ::burn::tensor::Tensor<B, 2, ::burn::tensor::Int>,
+                cache: &mut $crate::KvCache<B>,
+            ) -> Result<::burn::tensor::Tensor<B, 2>, $crate::TextError> {
+                $crate::generate::TextDecoder::decode(self, ids, None, None, cache)
+            }
+        }
+    };
+}
+pub(crate) use text_generate;
+
 /// A small deterministic generator (SplitMix64) for sampling.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use automodel_core::init::Initializer;
 use automodel_core::tree;
-use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
+use automodel_core::weights::{SafeTensorsFiles, open_checkpoint};
 use burn::prelude::*;
 use burn::tensor::DType;
 
@@ -100,18 +100,16 @@ impl<B: Backend> MobileNetV5Encoder<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, VisionError> {
-        let prefix = if files.contains(&format!("{VISION_PREFIX}conv_stem.conv.weight")) {
-            VISION_PREFIX
-        } else {
-            ""
-        };
-        let loader = WeightLoader::<B>::new(files, prefix, device, dtype);
         let model = Self::new(&Initializer::shapes(device, dtype), &cfg.encoder_args()?)?;
-        let model = tree::load(model, &loader);
-        // Under the Gemma 3n prefix only tower keys are checked; a bare timm file holds only
-        // the tower, so anything unused there is unexpected.
-        loader.finish(|_| false)?;
-        Ok(model)
+        let probe = "conv_stem.conv.weight";
+        Ok(tree::load_component(
+            model,
+            files,
+            VISION_PREFIX,
+            probe,
+            device,
+            dtype,
+        )?)
     }
 
     /// Load from a checkpoint folder or file; the config comes from `config.json` beside it.
@@ -120,11 +118,13 @@ impl<B: Backend> MobileNetV5Encoder<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, VisionError> {
-        let path = path.as_ref();
-        let dir = automodel_core::weights::checkpoint_dir(path);
-        let cfg = Gemma3nVisionConfig::from_file(dir.join("config.json"))?;
-        let files = SafeTensorsFiles::open(path)?;
-        Self::from_files(&files, &cfg, device, dtype)
+        let (config, files) = open_checkpoint(path.as_ref())?;
+        Self::from_files(
+            &files,
+            &Gemma3nVisionConfig::from_file(config)?,
+            device,
+            dtype,
+        )
     }
 
     /// Random initialisation of the architecture `cfg` describes.

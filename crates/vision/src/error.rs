@@ -1,8 +1,6 @@
 //! Errors of the vision crate.
 
-use std::path::PathBuf;
-
-use automodel_core::{ConfigError, WeightError};
+use automodel_core::{ConfigError, ReadError, WeightError};
 
 /// Errors of config parsing, weight loading and image processing.
 #[derive(Debug, thiserror::Error)]
@@ -11,11 +9,8 @@ pub enum VisionError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Weights(#[from] WeightError),
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("image {name}: {message}")]
     Image { name: String, message: String },
     #[error("invalid input: {0}")]

@@ -158,10 +158,7 @@ impl ImageProcessorConfig {
 /// Decode a PNG, JPEG or WebP file into RGB (alpha dropped, grey replicated).
 pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage, VisionError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| VisionError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = automodel_core::read_file(path)?;
     decode_image(&bytes, &path.display().to_string())
 }
 

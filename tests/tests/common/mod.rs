@@ -98,3 +98,20 @@ pub fn assert_every_parameter_learns<B, M>(
         assert!(v.iter().any(|x| *x != 0.0), "{k} has an all-zero gradient");
     }
 }
+
+/// Logits of a text-only forward of the full model, flat.
+pub fn text_logits<B: burn::prelude::Backend>(
+    m: &automodel::Gemma3nForConditionalGeneration<B>,
+    ids: &[Vec<i64>],
+) -> Vec<f32> {
+    m.forward(
+        &automodel::MultimodalInput::text(ids.to_vec()),
+        automodel::ForwardOptions::default(),
+    )
+    .unwrap()
+    .logits
+    .into_data()
+    .convert::<f32>()
+    .to_vec::<f32>()
+    .unwrap()
+}

@@ -18,7 +18,7 @@ use crate::attention::{Attention, AttentionInputs, AttentionSpec, SharedKv, Step
 use crate::cache::KvCache;
 use crate::config::{KvSharing, LayerType};
 use crate::error::TextError;
-use crate::generate::{Generate, TextPrompt, ids_tensor};
+use crate::generate::TextDecoder;
 use crate::mlp::Mlp;
 use crate::train::{CausalLm, TrainBatch, TrainOptions, TrainOutput};
 
@@ -181,26 +181,6 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
         Ok(written)
     }
 
-    /// A fresh cache for this model.
-    pub fn new_cache(&self) -> KvCache<B> {
-        let n = self.model.layers.len();
-        KvCache::new(
-            self.model
-                .layers
-                .iter()
-                .map(|l| {
-                    (l.self_attn.layer_type() == LayerType::Sliding)
-                        .then_some(self.config.sliding_window)
-                })
-                .collect(),
-            vec![true; n],
-        )
-    }
-
-    fn device(&self) -> B::Device {
-        self.model.embed_tokens.weight.device()
-    }
-
     /// Check the ids and run the decoder: the final hidden states and every layer's output.
     fn hidden(
         &self,
@@ -226,7 +206,7 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
                 "input_ids must be in [0, {v}); found [{lo}, {hi}]"
             )));
         }
-        let device = self.device();
+        let device = TextDecoder::device(self);
         let dtype = self.model.embed_tokens.weight.val().dtype();
         let geometry = cfg.attention_geometry();
         let (mask, pos) = (attention_mask, position_ids);
@@ -276,9 +256,12 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
             last_hidden_state,
         })
     }
+}
 
-    /// Run tokens with the cache; logits of the last position `[B, V]`.
-    pub fn decode(
+crate::generate::text_generate!(Gemma3ForCausalLM);
+
+impl<B: Backend> TextDecoder<B> for Gemma3ForCausalLM<B> {
+    fn decode(
         &self,
         ids: Tensor<B, 2, Int>,
         mask: Option<Tensor<B, 2, Int>>,
@@ -291,40 +274,22 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
             .lm_logits(h.narrow(1, t - 1, 1))
             .reshape([b, self.config.vocab_size]))
     }
-}
-
-impl<B: Backend> Generate<B> for Gemma3ForCausalLM<B> {
-    type Prompt = TextPrompt;
-    type Error = TextError;
-
-    fn prompt_ids<'a>(&self, prompt: &'a TextPrompt) -> &'a [Vec<i64>] {
-        &prompt.ids
-    }
-    fn prompt_mask<'a>(&self, prompt: &'a TextPrompt) -> Option<&'a [Vec<i64>]> {
-        prompt.mask.as_deref()
-    }
     fn new_cache(&self) -> KvCache<B> {
-        Gemma3ForCausalLM::new_cache(self)
+        let n = self.model.layers.len();
+        KvCache::new(
+            self.model
+                .layers
+                .iter()
+                .map(|l| {
+                    (l.self_attn.layer_type() == LayerType::Sliding)
+                        .then_some(self.config.sliding_window)
+                })
+                .collect(),
+            vec![true; n],
+        )
     }
     fn device(&self) -> B::Device {
-        Gemma3ForCausalLM::device(self)
-    }
-    fn prefill(
-        &self,
-        prompt: &TextPrompt,
-        mask: Tensor<B, 2, Int>,
-        positions: Tensor<B, 2, Int>,
-        cache: &mut KvCache<B>,
-    ) -> Result<Tensor<B, 2>, TextError> {
-        let ids = ids_tensor(&prompt.ids, &Gemma3ForCausalLM::device(self));
-        self.decode(ids, Some(mask), Some(positions), cache)
-    }
-    fn step(
-        &self,
-        ids: Tensor<B, 2, Int>,
-        cache: &mut KvCache<B>,
-    ) -> Result<Tensor<B, 2>, TextError> {
-        self.decode(ids, None, None, cache)
+        self.model.embed_tokens.weight.device()
     }
 }
 
@@ -358,6 +323,7 @@ impl<B: Backend> CausalLm<B> for Gemma3ForCausalLM<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::ids_tensor;
     use automodel_core::CpuBackend;
     use serde_json::Value;
 

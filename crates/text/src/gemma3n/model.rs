@@ -17,7 +17,7 @@ use crate::attention::{AttentionSpec, SharedKv, StepInputs};
 use crate::cache::KvCache;
 use crate::config::{KvSharing, LayerType};
 use crate::error::TextError;
-use crate::generate::{Generate, TextPrompt};
+use crate::generate::TextDecoder;
 use crate::train::{CausalLm, TrainBatch, TrainOptions, TrainOutput};
 
 /// Key prefix of the text decoder inside a `Gemma3nForConditionalGeneration` checkpoint.
@@ -475,44 +475,10 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
     }
 }
 
-impl<B: Backend> Generate<B> for Gemma3nForCausalLM<B> {
-    type Prompt = TextPrompt;
-    type Error = TextError;
+crate::generate::text_generate!(Gemma3nForCausalLM);
 
-    fn prompt_ids<'a>(&self, prompt: &'a TextPrompt) -> &'a [Vec<i64>] {
-        &prompt.ids
-    }
-    fn prompt_mask<'a>(&self, prompt: &'a TextPrompt) -> Option<&'a [Vec<i64>]> {
-        prompt.mask.as_deref()
-    }
-    fn new_cache(&self) -> KvCache<B> {
-        self.model.new_cache()
-    }
-    fn device(&self) -> B::Device {
-        self.model.device()
-    }
-    fn prefill(
-        &self,
-        prompt: &TextPrompt,
-        mask: Tensor<B, 2, Int>,
-        positions: Tensor<B, 2, Int>,
-        cache: &mut KvCache<B>,
-    ) -> Result<Tensor<B, 2>, TextError> {
-        let ids = crate::generate::ids_tensor(&prompt.ids, &self.model.device());
-        self.decode(ids, Some(mask), Some(positions), cache)
-    }
-    fn step(
-        &self,
-        ids: Tensor<B, 2, Int>,
-        cache: &mut KvCache<B>,
-    ) -> Result<Tensor<B, 2>, TextError> {
-        self.decode(ids, None, None, cache)
-    }
-}
-
-impl<B: Backend> Gemma3nForCausalLM<B> {
-    /// Run tokens with the cache; logits of the last position `[B, V]`.
-    pub fn decode(
+impl<B: Backend> TextDecoder<B> for Gemma3nForCausalLM<B> {
+    fn decode(
         &self,
         ids: Tensor<B, 2, Int>,
         mask: Option<Tensor<B, 2, Int>>,
@@ -523,6 +489,12 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
             self.model
                 .forward(ids, mask, positions, Some(cache), ForwardOptions::default())?;
         Ok(self.model.last_logits(out.last_hidden_state))
+    }
+    fn new_cache(&self) -> KvCache<B> {
+        self.model.new_cache()
+    }
+    fn device(&self) -> B::Device {
+        self.model.device()
     }
 }
 
