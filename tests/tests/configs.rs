@@ -4,6 +4,7 @@
 use automodel::{Gemma3nConfig, Gemma3nForConditionalGeneration};
 use automodel_audio::{AudioEncoder, Gemma3nAudioConfig};
 use automodel_core::CpuBackend as B;
+use automodel_core::pretrained::Pretrained;
 use automodel_text::gemma3::{Gemma3ForCausalLM, Gemma3TextConfig};
 use automodel_text::{Gemma3nForCausalLM, Gemma3nTextConfig, LayerType};
 use automodel_vision::{Gemma3nVisionConfig, MobileNetV5Encoder};

@@ -2,6 +2,7 @@
 
 mod common;
 
+use automodel_core::pretrained::Pretrained;
 use automodel_core::weights::SafeTensorsFiles;
 use automodel_core::{CpuAutodiff, CpuBackend};
 use automodel_vision::processor::{ImageProcessorConfig, load_image};

@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use automodel_core::ConfigError;
 use automodel_core::init::Initializer;
-use automodel_core::tree;
-use automodel_core::weights::{SafeTensorsFiles, open_checkpoint};
+use automodel_core::pretrained::Pretrained;
 use burn::prelude::*;
-use burn::tensor::{DType, Int, TensorData};
+use burn::tensor::{Int, TensorData};
 
 use crate::config::Gemma3nAudioConfig;
 use crate::conformer::ConformerBlock;
@@ -49,53 +49,26 @@ impl<B: Backend> AudioEncoder<B> {
             config: cfg.clone(),
         })
     }
+}
 
-    /// Load from checkpoint files (`model.audio_tower.*` or bare keys), reporting every mismatch.
-    pub fn from_files(
-        files: &SafeTensorsFiles,
-        cfg: &Gemma3nAudioConfig,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, AudioError> {
-        let model = Self::new(&Initializer::shapes(device, dtype), cfg)?;
-        let probe = "subsample_conv_projection.input_proj_linear.weight";
-        Ok(tree::load_component(
-            model,
-            files,
-            AUDIO_PREFIX,
-            probe,
-            device,
-            dtype,
-        )?)
+impl<B: Backend> Pretrained<B> for AudioEncoder<B> {
+    type Config = Gemma3nAudioConfig;
+    type Error = AudioError;
+    const PREFIX: &'static str = AUDIO_PREFIX;
+    const PROBE: &'static str = "subsample_conv_projection.input_proj_linear.weight";
+
+    fn build(init: &Initializer<B>, cfg: &Gemma3nAudioConfig) -> Result<Self, AudioError> {
+        Self::new(init, cfg)
     }
-
-    /// Load from a checkpoint folder or file; the config comes from `config.json` beside it.
-    pub fn from_pretrained(
-        path: impl AsRef<Path>,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, AudioError> {
-        let (config, files) = open_checkpoint(path.as_ref())?;
-        Self::from_files(
-            &files,
-            &Gemma3nAudioConfig::from_file(config)?,
-            device,
-            dtype,
-        )
+    fn read_config(path: &Path) -> Result<Gemma3nAudioConfig, ConfigError> {
+        Gemma3nAudioConfig::from_file(path)
     }
-
-    /// Random initialisation.
-    pub fn init(
-        cfg: &Gemma3nAudioConfig,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, AudioError> {
-        Self::new(
-            &Initializer::random(device, dtype, cfg.initializer_range),
-            cfg,
-        )
+    fn init_std(cfg: &Gemma3nAudioConfig) -> f64 {
+        cfg.initializer_range
     }
+}
 
+impl<B: Backend> AudioEncoder<B> {
     /// `mel` `[B, T, F]` with `valid` `[B][T]` (true = real frame, the feature extractor's mask).
     pub fn forward(
         &self,

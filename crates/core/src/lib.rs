@@ -21,6 +21,7 @@ pub mod error;
 pub mod init;
 pub mod loss;
 pub mod nn;
+pub mod pretrained;
 pub mod tree;
 pub mod weights;
 

@@ -14,9 +14,10 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData};
 
 use crate::compare::{Check, Tolerance};
-use crate::tensors::{check, float_tensor, output_check, reference, rows, values};
+use crate::tensors::{float_tensor, output_check, reference, rows, values};
 use crate::text::{
-    EMBED, LOGITS, forward_tolerance, generation_checks, generation_settings, loss_gradient_checks,
+    EMBED, forward_tolerance, generation_checks, generation_settings, loss_gradient_checks,
+    nocache_check,
 };
 use crate::{ParityError, open, read_meta};
 
@@ -185,12 +186,6 @@ pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>
         ..prompt
     };
     let out = model.forward(&full, ForwardOptions::default())?;
-    let n = seq[0].len() - (p - 1);
-    checks.push(check(
-        "nocache_logits",
-        values(out.logits.narrow(1, p - 1, n)),
-        &outputs,
-        LOGITS,
-    )?);
+    checks.push(nocache_check(out.logits, p, &outputs)?);
     Ok(checks)
 }

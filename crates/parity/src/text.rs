@@ -265,13 +265,7 @@ pub fn generate<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>
         None,
         ForwardOptions::default(),
     )?;
-    let n = seq[0].len() - (p - 1);
-    checks.push(check(
-        "nocache_logits",
-        values(out.logits.narrow(1, p - 1, n)),
-        &outputs,
-        LOGITS,
-    )?);
+    checks.push(nocache_check(out.logits, p, &outputs)?);
     Ok(checks)
 }
 
@@ -317,6 +311,18 @@ pub(crate) fn generation_checks<B: Backend>(
         )?,
         check("step_logits", values(steps), outputs, LOGITS)?,
     ])
+}
+
+/// The logits of one uncached forward over the generated sequence (minus its last token) at the
+/// positions that chose each new token, from the last prompt position `p − 1` on.
+pub(crate) fn nocache_check<B: Backend>(
+    logits: Tensor<B, 3>,
+    p: usize,
+    outputs: &SafeTensorsFiles,
+) -> Result<Check, ParityError> {
+    let n = logits.dims()[1] - (p - 1);
+    let got = values(logits.narrow(1, p - 1, n));
+    check("nocache_logits", got, outputs, LOGITS)
 }
 
 /// `text_bf16`: the model in bfloat16, forward only (a smoke test with the README tolerance).

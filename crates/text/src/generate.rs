@@ -247,19 +247,32 @@ pub trait Generate<B: Backend> {
     }
 }
 
+/// Tokens to run with a cache: ids `[B, T]`, and their mask and positions unless the defaults
+/// (all ones; the cache's next positions) apply.
+#[derive(Debug, Clone)]
+pub struct Tokens<B: Backend> {
+    pub ids: Tensor<B, 2, Int>,
+    pub mask: Option<Tensor<B, 2, Int>>,
+    pub positions: Option<Tensor<B, 2, Int>>,
+}
+
+impl<B: Backend> Tokens<B> {
+    /// Ids with the default mask and positions.
+    pub fn ids(ids: Tensor<B, 2, Int>) -> Self {
+        Self {
+            ids,
+            mask: None,
+            positions: None,
+        }
+    }
+}
+
 /// A text-only decoder that runs token ids with a KV cache. Every such model generates from a
 /// [`TextPrompt`] through `text_generate!`.
 pub trait TextDecoder<B: Backend> {
-    /// Run `ids` `[B, T]` (a prompt, or one token per row) with the cache; logits of the last
-    /// position `[B, V]`. Mask and positions default to all ones and to the cache's next
-    /// positions.
-    fn decode(
-        &self,
-        ids: Tensor<B, 2, Int>,
-        mask: Option<Tensor<B, 2, Int>>,
-        positions: Option<Tensor<B, 2, Int>>,
-        cache: &mut KvCache<B>,
-    ) -> Result<Tensor<B, 2>, TextError>;
+    /// Run tokens (a prompt, or one token per row) with the cache; logits of the last
+    /// position `[B, V]`.
+    fn decode(&self, tokens: Tokens<B>, cache: &mut KvCache<B>) -> Result<Tensor<B, 2>, TextError>;
     /// An empty cache for this model.
     fn new_cache(&self) -> KvCache<B>;
     /// Where the model lives.
@@ -296,18 +309,24 @@ macro_rules! text_generate {
                 positions: ::burn::tensor::Tensor<B, 2, ::burn::tensor::Int>,
                 cache: &mut $crate::KvCache<B>,
             ) -> Result<::burn::tensor::Tensor<B, 2>, $crate::TextError> {
-                let ids = $crate::generate::ids_tensor(
-                    &prompt.ids,
-                    &$crate::generate::TextDecoder::device(self),
-                );
-                $crate::generate::TextDecoder::decode(self, ids, Some(mask), Some(positions), cache)
+                let device = $crate::generate::TextDecoder::device(self);
+                let tokens = $crate::generate::Tokens {
+                    ids: $crate::generate::ids_tensor(&prompt.ids, &device),
+                    mask: Some(mask),
+                    positions: Some(positions),
+                };
+                $crate::generate::TextDecoder::decode(self, tokens, cache)
             }
             fn step(
                 &self,
                 ids: ::burn::tensor::Tensor<B, 2, ::burn::tensor::Int>,
                 cache: &mut $crate::KvCache<B>,
             ) -> Result<::burn::tensor::Tensor<B, 2>, $crate::TextError> {
-                $crate::generate::TextDecoder::decode(self, ids, None, None, cache)
+                $crate::generate::TextDecoder::decode(
+                    self,
+                    $crate::generate::Tokens::ids(ids),
+                    cache,
+                )
             }
         }
     };

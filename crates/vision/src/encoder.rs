@@ -3,11 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use automodel_core::ConfigError;
 use automodel_core::init::Initializer;
-use automodel_core::tree;
-use automodel_core::weights::{SafeTensorsFiles, open_checkpoint};
+use automodel_core::pretrained::Pretrained;
 use burn::prelude::*;
-use burn::tensor::DType;
 
 use crate::blocks::Block;
 use crate::config::{EncoderArgs, Gemma3nVisionConfig, NUM_FEATURES};
@@ -91,54 +90,26 @@ impl<B: Backend> MobileNetV5Encoder<B> {
             msfa_indices,
         })
     }
+}
 
-    /// Load the tower from a checkpoint (full Gemma 3n keys `model.vision_tower.timm_model.*`, or
-    /// bare timm keys). Every missing, unexpected or mis-shaped key is reported at once.
-    pub fn from_files(
-        files: &SafeTensorsFiles,
-        cfg: &Gemma3nVisionConfig,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, VisionError> {
-        let model = Self::new(&Initializer::shapes(device, dtype), &cfg.encoder_args()?)?;
-        let probe = "conv_stem.conv.weight";
-        Ok(tree::load_component(
-            model,
-            files,
-            VISION_PREFIX,
-            probe,
-            device,
-            dtype,
-        )?)
+impl<B: Backend> Pretrained<B> for MobileNetV5Encoder<B> {
+    type Config = Gemma3nVisionConfig;
+    type Error = VisionError;
+    const PREFIX: &'static str = VISION_PREFIX;
+    const PROBE: &'static str = "conv_stem.conv.weight";
+
+    fn build(init: &Initializer<B>, cfg: &Gemma3nVisionConfig) -> Result<Self, VisionError> {
+        Self::new(init, &cfg.encoder_args()?)
     }
-
-    /// Load from a checkpoint folder or file; the config comes from `config.json` beside it.
-    pub fn from_pretrained(
-        path: impl AsRef<Path>,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, VisionError> {
-        let (config, files) = open_checkpoint(path.as_ref())?;
-        Self::from_files(
-            &files,
-            &Gemma3nVisionConfig::from_file(config)?,
-            device,
-            dtype,
-        )
+    fn read_config(path: &Path) -> Result<Gemma3nVisionConfig, ConfigError> {
+        Gemma3nVisionConfig::from_file(path)
     }
-
-    /// Random initialisation of the architecture `cfg` describes.
-    pub fn init(
-        cfg: &Gemma3nVisionConfig,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, VisionError> {
-        Self::new(
-            &Initializer::random(device, dtype, cfg.initializer_range),
-            &cfg.encoder_args()?,
-        )
+    fn init_std(cfg: &Gemma3nVisionConfig) -> f64 {
+        cfg.initializer_range
     }
+}
 
+impl<B: Backend> MobileNetV5Encoder<B> {
     /// `pixel_values` `[N, 3, H, W]` → `[N, 2048, r, r]`.
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 4> {
         self.run(pixel_values, None)

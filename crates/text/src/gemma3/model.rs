@@ -18,7 +18,7 @@ use crate::attention::{Attention, AttentionInputs, AttentionSpec, SharedKv, Step
 use crate::cache::KvCache;
 use crate::config::{KvSharing, LayerType};
 use crate::error::TextError;
-use crate::generate::TextDecoder;
+use crate::generate::{TextDecoder, Tokens};
 use crate::mlp::Mlp;
 use crate::train::{CausalLm, TrainBatch, TrainOptions, TrainOutput};
 
@@ -261,14 +261,8 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
 crate::generate::text_generate!(Gemma3ForCausalLM);
 
 impl<B: Backend> TextDecoder<B> for Gemma3ForCausalLM<B> {
-    fn decode(
-        &self,
-        ids: Tensor<B, 2, Int>,
-        mask: Option<Tensor<B, 2, Int>>,
-        positions: Option<Tensor<B, 2, Int>>,
-        cache: &mut KvCache<B>,
-    ) -> Result<Tensor<B, 2>, TextError> {
-        let (h, _) = self.hidden(ids, mask, positions, Some(cache))?;
+    fn decode(&self, t: Tokens<B>, cache: &mut KvCache<B>) -> Result<Tensor<B, 2>, TextError> {
+        let (h, _) = self.hidden(t.ids, t.mask, t.positions, Some(cache))?;
         let [b, t, _] = h.dims();
         Ok(self
             .lm_logits(h.narrow(1, t - 1, 1))

@@ -17,7 +17,7 @@ use crate::attention::{AttentionSpec, SharedKv, StepInputs};
 use crate::cache::KvCache;
 use crate::config::{KvSharing, LayerType};
 use crate::error::TextError;
-use crate::generate::TextDecoder;
+use crate::generate::{TextDecoder, Tokens};
 use crate::train::{CausalLm, TrainBatch, TrainOptions, TrainOutput};
 
 /// Key prefix of the text decoder inside a `Gemma3nForConditionalGeneration` checkpoint.
@@ -478,16 +478,9 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
 crate::generate::text_generate!(Gemma3nForCausalLM);
 
 impl<B: Backend> TextDecoder<B> for Gemma3nForCausalLM<B> {
-    fn decode(
-        &self,
-        ids: Tensor<B, 2, Int>,
-        mask: Option<Tensor<B, 2, Int>>,
-        positions: Option<Tensor<B, 2, Int>>,
-        cache: &mut KvCache<B>,
-    ) -> Result<Tensor<B, 2>, TextError> {
-        let out =
-            self.model
-                .forward(ids, mask, positions, Some(cache), ForwardOptions::default())?;
+    fn decode(&self, t: Tokens<B>, cache: &mut KvCache<B>) -> Result<Tensor<B, 2>, TextError> {
+        let opts = ForwardOptions::default();
+        let out = (self.model).forward(t.ids, t.mask, t.positions, Some(cache), opts)?;
         Ok(self.model.last_logits(out.last_hidden_state))
     }
     fn new_cache(&self) -> KvCache<B> {
