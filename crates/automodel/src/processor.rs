@@ -148,7 +148,8 @@ impl Gemma3nProcessor {
         }
     }
 
-    /// Token ids of one prompt's text (expanded, with `<bos>`), checking that it has one
+    /// Token ids of one prompt's text, expanded, with `<bos>` first (added unless the text,
+    /// e.g. a rendered chat template, already starts with it), checking that it has one
     /// placeholder per image and per clip.
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<i64>, ModelError> {
         let count = |tok: &str| prompt.text.matches(tok).count();
@@ -163,9 +164,11 @@ impl Gemma3nProcessor {
                 )));
             }
         }
+        let bos = self.tokenizer.inner.id_to_token(self.tokenizer.bos_id);
+        let has_bos = bos.is_some_and(|b| prompt.text.starts_with(&b));
         Ok(self
             .tokenizer
-            .encode(&self.expand(&prompt.text), true)?
+            .encode(&self.expand(&prompt.text), !has_bos)?
             .into_iter()
             .map(i64::from)
             .collect())

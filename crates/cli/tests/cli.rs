@@ -114,6 +114,40 @@ fn bad_arguments_give_clear_errors() {
         text(&no_cfg.stderr)
     );
 
+    // flags are checked before anything is loaded
+    for (flags, want) in [
+        (vec!["--device", "tpu"], "unknown device"),
+        (
+            vec!["--sample", "--temperature", "0"],
+            "not a positive number",
+        ),
+        (vec!["--temperature", "nan"], "not a positive number"),
+        (vec!["--top-p", "1.5"], "not in (0, 1]"),
+    ] {
+        let mut args = vec!["generate", "--model", "m.gguf", "--prompt", "x"];
+        args.extend(flags);
+        let out = cli(&args);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(want), "{}", text(&out.stderr));
+    }
+    if !cfg!(feature = "cuda") {
+        let out = cli(&[
+            "generate",
+            "--model",
+            &model(),
+            "--prompt",
+            "x",
+            "--device",
+            "cuda:1",
+        ]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("--features cuda"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
     let image_on_gguf = cli(&[
         "generate",
         "--model",

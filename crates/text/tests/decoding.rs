@@ -3,7 +3,8 @@
 use automodel_core::CpuBackend as B;
 use automodel_text::generate::{TextPrompt, ids_tensor, positions_from_mask};
 use automodel_text::{
-    ForwardOptions, Gemma3nForCausalLM, Gemma3nTextConfig, Generate, GenerationConfig, TextError,
+    CausalLm, ForwardOptions, Gemma3nForCausalLM, Gemma3nTextConfig, Generate, GenerationConfig,
+    TextError, TrainBatch, TrainOptions,
 };
 use burn::module::Param;
 use burn::prelude::*;
@@ -239,4 +240,64 @@ fn out_of_range_ids_are_an_error() {
         Err(TextError::Input(msg)) => assert!(msg.contains("[0, 272)"), "{msg}"),
         other => panic!("expected an input error, got {:?}", other.map(|_| ())),
     }
+}
+
+/// A packed row (two samples, segment ids 1 and 2, positions restarting) gives each sample the
+/// loss and logits it has alone: attention never crosses samples.
+#[test]
+fn packed_samples_train_as_if_alone() {
+    let m = model();
+    let dev = Default::default();
+    let all = ids(12);
+    let (a, b) = (all[0][..5].to_vec(), all[1][..7].to_vec());
+    let t = |rows: Vec<Vec<i64>>| ids_tensor::<B>(&rows, &dev);
+    let alone = |x: &Vec<i64>| {
+        let out = m
+            .forward_train(
+                &TrainBatch::text(t(vec![x.clone()]), t(vec![x.clone()])),
+                TrainOptions {
+                    return_logits: true,
+                    ..TrainOptions::eval()
+                },
+            )
+            .unwrap();
+        let sum = out.loss.unwrap().sum.into_scalar().elem::<f32>();
+        (sum, flat(out.logits.unwrap()))
+    };
+    let ((sa, la), (sb, lb)) = (alone(&a), alone(&b));
+    let packed: Vec<i64> = [a.clone(), b.clone()].concat();
+    // the first token of the second sample is not predicted from the first sample
+    let mut labels = packed.clone();
+    labels[a.len()] = -100;
+    let segments: Vec<i64> = [vec![1; a.len()], vec![2; b.len()]].concat();
+    let positions: Vec<i64> = (0..a.len() as i64).chain(0..b.len() as i64).collect();
+    let batch = TrainBatch {
+        attention_mask: t(vec![segments]),
+        position_ids: Some(t(vec![positions])),
+        ..TrainBatch::text(t(vec![packed]), t(vec![labels]))
+    };
+    let out = m
+        .forward_train(
+            &batch,
+            TrainOptions {
+                return_logits: true,
+                ..TrainOptions::eval()
+            },
+        )
+        .unwrap();
+    let loss = out.loss.unwrap();
+    assert_eq!(loss.num_label_tokens, a.len() - 1 + b.len() - 1);
+    let sum = loss.sum.into_scalar().elem::<f32>();
+    assert!(
+        (sum - (sa + sb)).abs() <= 1e-4 * sum.abs(),
+        "{sum} vs {sa} + {sb}"
+    );
+    let logits = flat(out.logits.unwrap());
+    let joined: Vec<f32> = [la, lb].concat();
+    let diff = logits
+        .iter()
+        .zip(&joined)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "packed vs alone: {diff}");
 }

@@ -94,6 +94,18 @@ pub fn derive_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, String)>
 impl GemmaTokenizer {
     /// Build from a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
+        Self::from_gguf_with(file, false)
+    }
+
+    /// The Gemma 3n vocabulary built on a Gemma 3 GGUF's: Hugging Face's Gemma 3n conversion
+    /// puts `<start_of_audio>` at id 256,000 (Gemma 3's `<end_of_image>`) and appends 256
+    /// multimodal ids from 262,144 (`<end_of_image>`, `<image_soft_token>`, …, `<end_of_audio>`,
+    /// `<audio_soft_token>`, …), all special.
+    pub fn gemma3n_from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
+        Self::from_gguf_with(file, true)?.with_gemma3n_multimodal_tokens()
+    }
+
+    fn from_gguf_with(file: &GgufFile, gemma3n: bool) -> Result<Self, TokenizerError> {
         let path = file.path.display().to_string();
         let bad = |m: &str| TokenizerError::File {
             path: path.clone(),
@@ -112,11 +124,21 @@ impl GemmaTokenizer {
                 .and_then(|v| v.as_array())
                 .ok_or_else(|| bad(&format!("`{k}` is missing")))
         };
-        let tokens: Vec<String> = arr("tokenizer.ggml.tokens")?
+        let mut tokens: Vec<String> = arr("tokenizer.ggml.tokens")?
             .iter()
             .map(|v| v.as_str().map(respell))
             .collect::<Option<_>>()
             .ok_or_else(|| bad("tokens must be strings"))?;
+        if gemma3n {
+            match tokens.get_mut(GEMMA3N_BOA_ID) {
+                Some(t) if t == "<end_of_image>" => *t = "<start_of_audio>".into(),
+                other => {
+                    return Err(bad(&format!(
+                        "id {GEMMA3N_BOA_ID} is {other:?}; expected Gemma 3's `<end_of_image>` to turn into Gemma 3n's `<start_of_audio>`"
+                    )));
+                }
+            }
+        }
         let scores: Vec<f32> = arr("tokenizer.ggml.scores")?
             .iter()
             .map(|v| v.as_f64().map(|x| x as f32))
@@ -164,14 +186,19 @@ impl GemmaTokenizer {
             DecoderWrapper::Fuse(Fuse::default()),
         ]);
         inner.with_decoder(Some(decoder));
-        // Control tokens (type 3) are special: matched whole, skipped when decoding.
-        let special: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, t)| **t == 3)
-            .map(|(s, _)| AddedToken::from(s.clone(), true))
-            .collect();
-        inner.add_special_tokens(special).map_err(tk)?;
+        // As HF's GGUF converter: control tokens (type 3) are special (matched whole, skipped
+        // when decoding); user-defined tokens (type 4, e.g. `<start_of_image>`) are plain added
+        // tokens, also matched whole (llama.cpp never splits them).
+        let added = |kind: u64, special: bool| -> Vec<AddedToken> {
+            tokens
+                .iter()
+                .zip(&types)
+                .filter(|(_, t)| **t == kind)
+                .map(|(s, _)| AddedToken::from(s.clone(), special).normalized(false))
+                .collect()
+        };
+        inner.add_special_tokens(added(3, true)).map_err(tk)?;
+        inner.add_tokens(added(4, false)).map_err(tk)?;
         let mut this = Self {
             inner,
             bos_id: bos,
@@ -275,7 +302,7 @@ impl GemmaTokenizer {
     /// from 262,144 (`<end_of_image>`, `<image_soft_token>`, then reserved) and 128 audio ids from
     /// 262,272 (`<end_of_audio>`, `<audio_soft_token>`, then reserved). Adds them as special tokens
     /// at exactly those ids.
-    pub fn with_gemma3n_multimodal_tokens(mut self) -> Result<Self, TokenizerError> {
+    fn with_gemma3n_multimodal_tokens(mut self) -> Result<Self, TokenizerError> {
         let base = self.inner.get_vocab_size(true);
         if base != 262_144 {
             return Err(TokenizerError::Tokenizer(format!(
@@ -311,6 +338,9 @@ impl GemmaTokenizer {
         Ok(self)
     }
 }
+
+/// Gemma 3n's `<start_of_audio>` (HF's conversion: "Should be ID=256_000").
+const GEMMA3N_BOA_ID: usize = 256_000;
 
 #[cfg(test)]
 mod tests {
