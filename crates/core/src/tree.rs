@@ -23,25 +23,28 @@ use burn::tensor::DType;
 use crate::WeightError;
 use crate::weights::{TensorMap, TensorSource, WeightLoader};
 
-/// The path of the module being visited.
+/// The path of the module being visited or mapped: what a [`ModuleVisitor`] or [`ModuleMapper`]
+/// keeps to know the HF key of each parameter (enum variants add no segment).
 #[derive(Debug, Default)]
-struct PathTracker {
+pub struct KeyPath {
     /// `(segment, container type)`; the segment is `None` for enum variants.
     segs: Vec<(Option<String>, String)>,
 }
 
-impl PathTracker {
-    fn enter(&mut self, name: &str, container: &str) {
+impl KeyPath {
+    /// On `enter_module`.
+    pub fn enter(&mut self, name: &str, container: &str) {
         let seg = (!container.starts_with("Enum:")).then(|| name.to_string());
         self.segs.push((seg, container.to_string()));
     }
 
-    fn exit(&mut self) {
+    /// On `exit_module`.
+    pub fn exit(&mut self) {
         self.segs.pop();
     }
 
     /// `{prefix}{a.b.c}`.
-    fn key(&self, prefix: &str) -> String {
+    pub fn key(&self, prefix: &str) -> String {
         let mut key = prefix.to_string();
         for s in self.segs.iter().filter_map(|(s, _)| s.as_deref()) {
             if !key.is_empty() && !key.ends_with('.') {
@@ -52,14 +55,17 @@ impl PathTracker {
         key
     }
 
-    /// Whether the parameter being visited is the `weight` of a [`crate::nn::Linear`].
-    fn is_linear_weight(&self) -> bool {
-        matches!(self.segs.last(), Some((Some(s), c)) if s == "weight" && c == LINEAR_CONTAINER)
+    /// Whether the parameter being visited is the `weight` of a [`crate::nn::Linear`] or of one
+    /// of its LoRA matrices (kept `[in, out]`, stored `[out, in]`).
+    pub fn is_linear_weight(&self) -> bool {
+        matches!(self.segs.last(), Some((Some(s), c))
+            if s == "weight" && (c == LINEAR_CONTAINER || c == LORA_CONTAINER))
     }
 }
 
 /// How Burn's derive names the fields of [`crate::nn::Linear`].
 const LINEAR_CONTAINER: &str = "Struct:Linear";
+use crate::nn::lora::LORA_CONTAINER;
 
 /// `shape` in HF layout: reversed for a linear weight (`[in, out]` → `[out, in]`).
 fn hf_shape(dims: &[usize], linear: bool) -> Vec<usize> {
@@ -94,7 +100,7 @@ impl ParamInfo {
 
 struct InfoVisitor<'a> {
     prefix: &'a str,
-    path: PathTracker,
+    path: KeyPath,
     out: Vec<ParamInfo>,
 }
 
@@ -122,7 +128,7 @@ impl<B: Backend> ModuleVisitor<B> for InfoVisitor<'_> {
 pub fn param_infos<B: Backend, M: Module<B>>(module: &M, prefix: &str) -> Vec<ParamInfo> {
     let mut v = InfoVisitor {
         prefix,
-        path: PathTracker::default(),
+        path: KeyPath::default(),
         out: Vec::new(),
     };
     module.visit(&mut v);
@@ -140,7 +146,7 @@ pub fn linear_paths<B: Backend, M: Module<B>>(module: &M, prefix: &str) -> Vec<S
 
 struct ValueVisitor<'a> {
     prefix: &'a str,
-    path: PathTracker,
+    path: KeyPath,
     out: TensorMap,
 }
 
@@ -164,7 +170,7 @@ impl<B: Backend> ModuleVisitor<B> for ValueVisitor<'_> {
 pub fn hf_tensors<B: Backend, M: Module<B>>(module: &M, prefix: &str) -> TensorMap {
     let mut v = ValueVisitor {
         prefix,
-        path: PathTracker::default(),
+        path: KeyPath::default(),
         out: TensorMap::new(),
     };
     module.visit(&mut v);
@@ -174,7 +180,7 @@ pub fn hf_tensors<B: Backend, M: Module<B>>(module: &M, prefix: &str) -> TensorM
 struct GradVisitor<'a, B: AutodiffBackend> {
     prefix: &'a str,
     grads: &'a B::Gradients,
-    path: PathTracker,
+    path: KeyPath,
     out: TensorMap,
 }
 
@@ -204,19 +210,20 @@ pub fn hf_grads<B: AutodiffBackend, M: Module<B>>(
     let mut v = GradVisitor {
         prefix,
         grads,
-        path: PathTracker::default(),
+        path: KeyPath::default(),
         out: TensorMap::new(),
     };
     module.visit(&mut v);
     v.out
 }
 
-struct LoadMapper<'a, 'b, B: Backend> {
+struct LoadMapper<'a, 'b, B: Backend, F: Fn(&str) -> bool> {
     loader: &'a WeightLoader<'b, B>,
-    path: PathTracker,
+    path: KeyPath,
+    wanted: F,
 }
 
-impl<B: Backend> ModuleMapper<B> for LoadMapper<'_, '_, B> {
+impl<B: Backend, F: Fn(&str) -> bool> ModuleMapper<B> for LoadMapper<'_, '_, B, F> {
     fn enter_module(&mut self, name: &str, container: &str) {
         self.path.enter(name, container);
     }
@@ -226,6 +233,9 @@ impl<B: Backend> ModuleMapper<B> for LoadMapper<'_, '_, B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let linear = self.path.is_linear_weight();
         let dims = param.val().dims();
+        if dims.contains(&0) || !(self.wanted)(&self.path.key("")) {
+            return param; // an empty adapter slot's probe, or a parameter not asked for
+        }
         let mut shape = dims;
         if linear {
             shape.reverse();
@@ -245,9 +255,20 @@ impl<B: Backend> ModuleMapper<B> for LoadMapper<'_, '_, B> {
 /// loader's prefix). Problems (missing keys, wrong shapes, unreadable data) are collected by the
 /// loader; [`WeightLoader::finish`] reports them all and every key no parameter asked for.
 pub fn load<B: Backend, M: Module<B>>(module: M, loader: &WeightLoader<'_, B>) -> M {
+    load_where(module, loader, |_| true)
+}
+
+/// [`load`] for the parameters whose key (relative to the loader's prefix) `wanted` accepts;
+/// the others keep their values.
+pub fn load_where<B: Backend, M: Module<B>>(
+    module: M,
+    loader: &WeightLoader<'_, B>,
+    wanted: impl Fn(&str) -> bool,
+) -> M {
     module.map(&mut LoadMapper {
         loader,
-        path: PathTracker::default(),
+        path: KeyPath::default(),
+        wanted,
     })
 }
 
@@ -272,7 +293,7 @@ pub fn load_component<B: Backend, M: Module<B>>(
 struct TrainableMapper<'a, F: FnMut(&str) -> bool> {
     prefix: &'a str,
     trainable: F,
-    path: PathTracker,
+    path: KeyPath,
 }
 
 impl<B: Backend, F: FnMut(&str) -> bool> ModuleMapper<B> for TrainableMapper<'_, F> {
@@ -283,6 +304,9 @@ impl<B: Backend, F: FnMut(&str) -> bool> ModuleMapper<B> for TrainableMapper<'_,
         self.path.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if param.val().dims().contains(&0) {
+            return param; // an empty adapter slot's probe
+        }
         let keep = (self.trainable)(&self.path.key(self.prefix));
         param.set_require_grad(keep)
     }
@@ -298,7 +322,7 @@ pub fn set_trainable<B: Backend, M: Module<B>>(
     module.map(&mut TrainableMapper {
         prefix,
         trainable,
-        path: PathTracker::default(),
+        path: KeyPath::default(),
     })
 }
 

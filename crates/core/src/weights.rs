@@ -578,6 +578,14 @@ impl TensorMap {
         Ok(written)
     }
 
+    /// Write every tensor into one safetensors file at `path`, atomically.
+    pub fn save_file(&self, path: &Path) -> Result<(), WeightError> {
+        let all: Vec<usize> = (0..self.entries.len()).collect();
+        let mut metadata = HashMap::new();
+        metadata.insert("format".to_string(), "pt".to_string());
+        self.write_group(path, &all, &metadata)
+    }
+
     fn write_group(
         &self,
         path: &Path,

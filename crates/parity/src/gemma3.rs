@@ -21,7 +21,7 @@ const REL_MAX: Tolerance = Tolerance::RelMax {
     rel: 1e-3,
     abs: 0.0,
 };
-const LOSS: Tolerance = Tolerance::Elementwise {
+pub(crate) const LOSS: Tolerance = Tolerance::Elementwise {
     atol: 0.0,
     rtol: 1e-4,
 };
@@ -125,6 +125,21 @@ pub fn tokenizer(dir: &Path, gguf: &Path) -> Result<Vec<Check>, ParityError> {
     Ok(checks)
 }
 
+/// The ten largest logits' ids at every position of `[t, v]` values, largest first (ties by
+/// id), flat.
+pub(crate) fn top10(all: &[f64], t: usize, v: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(t * 10);
+    for pos in 0..t {
+        let row = &all[pos * v..(pos + 1) * v];
+        let mut idx: Vec<usize> = (0..v).collect();
+        idx.select_nth_unstable_by(10, |a, b| row[*b].partial_cmp(&row[*a]).unwrap());
+        let mut top: Vec<usize> = idx[..10].to_vec();
+        top.sort_by(|a, b| row[*b].partial_cmp(&row[*a]).unwrap().then(a.cmp(b)));
+        out.extend(top.iter().map(|&x| x as f64));
+    }
+    out
+}
+
 /// Every check of the folder against the model in `gguf`.
 pub fn run<B: AutodiffBackend>(
     dir: &Path,
@@ -155,18 +170,14 @@ pub fn run<B: AutodiffBackend>(
         let (all, _) = values(logits.clone());
         // top-10 ids at every position, exactly
         let (want_top, top_shape) = reference(&outputs, &format!("{p}.top10_ids"))?;
-        let mut got_top = Vec::with_capacity(t * 10);
-        let mut lse = Vec::with_capacity(t);
-        for pos in 0..t {
-            let row = &all[pos * v..(pos + 1) * v];
-            let mut idx: Vec<usize> = (0..v).collect();
-            idx.select_nth_unstable_by(10, |a, b| row[*b].partial_cmp(&row[*a]).unwrap());
-            let mut top: Vec<usize> = idx[..10].to_vec();
-            top.sort_by(|a, b| row[*b].partial_cmp(&row[*a]).unwrap().then(a.cmp(b)));
-            got_top.extend(top.iter().map(|&x| x as f64));
-            let m = row.iter().cloned().fold(f64::MIN, f64::max);
-            lse.push(m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln());
-        }
+        let got_top = top10(&all, t, v);
+        let lse: Vec<f64> = (0..t)
+            .map(|pos| {
+                let row = &all[pos * v..(pos + 1) * v];
+                let m = row.iter().cloned().fold(f64::MIN, f64::max);
+                m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+            })
+            .collect();
         checks.push(compare(
             format!("{p}.top10_ids"),
             &got_top,

@@ -10,6 +10,7 @@ mod audio;
 mod compare;
 pub mod gemma3;
 mod multimodal;
+pub mod peft;
 mod tensors;
 mod text;
 mod vision;
@@ -31,6 +32,8 @@ pub enum ParityError {
     /// Any error of the models (the facade's error wraps every crate's).
     #[error(transparent)]
     Model(#[from] automodel::ModelError),
+    #[error(transparent)]
+    Peft(#[from] automodel_peft::PeftError),
 }
 
 /// Errors of the component crates arrive through [`automodel::ModelError`].
@@ -71,13 +74,18 @@ pub const SUPPORTED_CASES: &[&str] = &[
     "audio",
     "multimodal",
     "generate_multimodal",
+    "lora_text",
+    "lora_multimodal",
+    "lora_gemma3_270m",
 ];
 
 /// Run one case folder, or every case folder directly inside `dir`.
+/// `gguf` is the real Gemma 3 270M, for the cases built on it (skipped without it).
 pub fn run<B: AutodiffBackend>(
     dir: &Path,
     device: &B::Device,
     only: Option<&[String]>,
+    gguf: Option<&Path>,
 ) -> Result<Vec<CaseReport>, ParityError> {
     let mut reports = Vec::new();
     for f in case_folders(dir)? {
@@ -97,6 +105,14 @@ pub fn run<B: AutodiffBackend>(
                 (multimodal::forward_backward::<B>(&f, device)?, None)
             }
             "generate_multimodal" => (multimodal::generate::<B::InnerBackend>(&f, device)?, None),
+            "lora_text" | "lora_multimodal" => (peft::tiny::<B>(&f, device)?, None),
+            "lora_gemma3_270m" => match gguf {
+                Some(g) => (peft::gemma3_270m::<B>(&f, g, device)?, None),
+                None => (
+                    Vec::new(),
+                    Some("needs the Gemma 3 270M GGUF (`--model <gguf>`)".into()),
+                ),
+            },
             other => (
                 Vec::new(),
                 Some(format!("case type `{other}` is not supported yet")),

@@ -22,7 +22,7 @@ use crate::text::{
 use crate::{ParityError, open, read_meta};
 
 /// The model inputs of a case folder (media included when present).
-fn inputs<B: Backend>(
+pub(crate) fn inputs<B: Backend>(
     files: &SafeTensorsFiles,
     device: &B::Device,
     with_labels: bool,
@@ -60,7 +60,10 @@ fn inputs<B: Backend>(
 }
 
 /// The same inputs as a training batch of tensors.
-fn train_batch<B: Backend>(input: &MultimodalInput<B>, device: &B::Device) -> TrainBatch<B> {
+pub(crate) fn train_batch<B: Backend>(
+    input: &MultimodalInput<B>,
+    device: &B::Device,
+) -> TrainBatch<B> {
     let ids = ids_tensor::<B>(&input.input_ids, device);
     let mask = input
         .attention_mask

@@ -43,6 +43,7 @@ pub fn passing_checks(name: &str) -> Vec<automodel_parity::Check> {
         &dir,
         &Default::default(),
         Some(&[name.to_string()]),
+        None,
     )
     .unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(reports.len(), 1, "exactly one `{name}` folder");

@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod embedding;
 pub mod linear;
+pub mod lora;
 pub mod norm;
 pub mod rope;
 

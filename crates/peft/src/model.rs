@@ -1,0 +1,81 @@
+//! The models adapters go on, and the names PEFT knows them by.
+
+use automodel::Gemma3nForConditionalGeneration;
+use automodel_text::gemma3::Gemma3ForCausalLM;
+use automodel_text::{Gemma3nForCausalLM, Gemma3nTextModel};
+use burn::module::Module;
+use burn::prelude::*;
+
+/// A model whose linear layers can carry adapters. [`PeftModel::tree`] is the module tree with
+/// the prefix that turns its field paths into the module names of the Hugging Face class PEFT
+/// wraps (an adapter file's keys are `base_model.model.` + those names).
+pub trait PeftModel<B: Backend>: Sized {
+    type Tree: Module<B>;
+
+    /// The tree and its key prefix.
+    fn tree(&self) -> (&Self::Tree, &str);
+    /// Transform the tree (the prefix is passed along).
+    fn map_tree(self, f: impl FnOnce(Self::Tree, &str) -> Self::Tree) -> Self;
+    /// PEFT's `task_type` for this class (`CAUSAL_LM` for causal LMs).
+    fn task_type(&self) -> Option<&'static str>;
+    /// The Hugging Face class name.
+    fn class_name(&self) -> &'static str;
+}
+
+impl<B: Backend> PeftModel<B> for Gemma3ForCausalLM<B> {
+    type Tree = Self;
+
+    fn tree(&self) -> (&Self, &str) {
+        (self, "")
+    }
+    fn map_tree(self, f: impl FnOnce(Self, &str) -> Self) -> Self {
+        f(self, "")
+    }
+    fn task_type(&self) -> Option<&'static str> {
+        Some("CAUSAL_LM")
+    }
+    fn class_name(&self) -> &'static str {
+        "Gemma3ForCausalLM"
+    }
+}
+
+/// HF's `Gemma3nForCausalLM` keeps its decoder under `model.`, whatever checkpoint layout it was
+/// loaded from.
+const GEMMA3N_CAUSAL_PREFIX: &str = "model.";
+
+impl<B: Backend> PeftModel<B> for Gemma3nForCausalLM<B> {
+    type Tree = Gemma3nTextModel<B>;
+
+    fn tree(&self) -> (&Gemma3nTextModel<B>, &str) {
+        (&self.model, GEMMA3N_CAUSAL_PREFIX)
+    }
+    fn map_tree(self, f: impl FnOnce(Gemma3nTextModel<B>, &str) -> Gemma3nTextModel<B>) -> Self {
+        Self {
+            model: f(self.model, GEMMA3N_CAUSAL_PREFIX),
+            prefix: self.prefix,
+        }
+    }
+    fn task_type(&self) -> Option<&'static str> {
+        Some("CAUSAL_LM")
+    }
+    fn class_name(&self) -> &'static str {
+        "Gemma3nForCausalLM"
+    }
+}
+
+impl<B: Backend> PeftModel<B> for Gemma3nForConditionalGeneration<B> {
+    type Tree = Self;
+
+    fn tree(&self) -> (&Self, &str) {
+        (self, "")
+    }
+    fn map_tree(self, f: impl FnOnce(Self, &str) -> Self) -> Self {
+        f(self, "")
+    }
+    fn task_type(&self) -> Option<&'static str> {
+        None
+    }
+    fn class_name(&self) -> &'static str {
+        "Gemma3nForConditionalGeneration"
+    }
+}
