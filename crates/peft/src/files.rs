@@ -191,19 +191,38 @@ pub fn load_adapter<B: Backend, M: PeftModel<B>>(
     let path = dir.join(ADAPTER_WEIGHTS);
     let files = SafeTensorsFiles::open(&path)?;
     let (t, prefix) = model.tree();
+    let own = prefix.to_string();
     let linears: BTreeSet<String> = tree::linear_paths(t, prefix).into_iter().collect();
     let modules = module_paths(t, prefix);
     let bad = |message: String| PeftError::Adapter {
         path: path.clone(),
         message,
     };
+    // the prefix the file names this model's tree with: its own, or an alternative spelling
+    let file_prefix = model
+        .alternative_prefixes()
+        .iter()
+        .copied()
+        .chain(std::iter::once(own.as_str()))
+        .find(|p| {
+            files
+                .names()
+                .any(|k| k.starts_with(&format!("{PEFT_PREFIX}{p}")))
+        })
+        .unwrap_or(&own)
+        .to_string();
     let mut adapted = BTreeSet::new();
     let mut ignored = BTreeSet::new();
     let mut saved_keys = BTreeSet::new();
     for key in files.names() {
-        let rel = key
+        let in_file = key
             .strip_prefix(PEFT_PREFIX)
             .ok_or_else(|| bad(format!("`{key}` does not start with `{PEFT_PREFIX}`")))?;
+        let rel = match in_file.strip_prefix(file_prefix.as_str()) {
+            Some(r) => format!("{own}{r}"),
+            None => in_file.to_string(),
+        };
+        let rel = rel.as_str();
         let module = rel
             .strip_suffix(".lora_A.weight")
             .or_else(|| rel.strip_suffix(".lora_B.weight"));
@@ -252,12 +271,11 @@ pub fn load_adapter<B: Backend, M: PeftModel<B>>(
     let model = inject(model, &cfg, &plan);
     let (t, prefix) = model.tree();
     let device = device_of(t);
-    let prefix = prefix.to_string();
     let dtype = match cfg.lora_dtype {
         crate::config::LoraDtype::Float32 => DType::F32,
         crate::config::LoraDtype::Bfloat16 => DType::BF16,
     };
-    let loader_prefix = format!("{PEFT_PREFIX}{prefix}");
+    let loader_prefix = format!("{PEFT_PREFIX}{file_prefix}");
     let saved_ref = &plan.saved;
     let loader = WeightLoader::<B>::new(&files, loader_prefix, &device, dtype);
     let model = model.map_tree(|t, prefix| {
@@ -265,7 +283,7 @@ pub fn load_adapter<B: Backend, M: PeftModel<B>>(
             is_lora_key(rel) || under_any(&format!("{prefix}{rel}"), saved_ref)
         })
     });
-    loader.finish(|rel| ignored.contains(&format!("{PEFT_PREFIX}{prefix}{rel}")))?;
+    loader.finish(|rel| ignored.contains(&format!("{PEFT_PREFIX}{file_prefix}{rel}")))?;
     let report = coverage(&model, &plan);
     tracing::info!(
         "LoRA adapter {} (r {}, scale {}):\n{report}",

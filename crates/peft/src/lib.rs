@@ -8,11 +8,13 @@
 //!   the nearest modules.
 //! * [`files`]: `adapter_config.json` + `adapter_model.safetensors`, both directions.
 //! * [`merge`]: `W + scale·B·A`, in memory (then save a plain checkpoint).
+//! * [`freeze`]: `freeze_config` for full fine-tuning, with a report of what trains.
 //! * [`model`]: the three model classes and the names PEFT knows them by.
 
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod freeze;
 pub mod inject;
 pub mod merge;
 pub mod model;
@@ -21,6 +23,7 @@ pub mod target;
 pub use config::{LoraConfig, LoraDtype, LoraInit, Targets};
 pub use error::PeftError;
 pub use files::{load_adapter, read_adapter_config, save_adapter};
+pub use freeze::{FreezeConfig, apply_freeze};
 pub use inject::{Component, Coverage, Plan, apply_lora, coverage};
 pub use merge::merge;
 pub use model::PeftModel;

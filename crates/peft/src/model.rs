@@ -16,6 +16,11 @@ pub trait PeftModel<B: Backend>: Sized {
     fn tree(&self) -> (&Self::Tree, &str);
     /// Transform the tree (the prefix is passed along).
     fn map_tree(self, f: impl FnOnce(Self::Tree, &str) -> Self::Tree) -> Self;
+    /// Other prefixes an adapter file for this model may use (an adapter trained on the full
+    /// Gemma 3n names the text decoder `model.language_model.`; the text-only class `model.`).
+    fn alternative_prefixes(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// PEFT's `task_type` for this class (`CAUSAL_LM` for causal LMs).
     fn task_type(&self) -> Option<&'static str>;
     /// The Hugging Face class name.
@@ -54,6 +59,9 @@ impl<B: Backend> PeftModel<B> for Gemma3nForCausalLM<B> {
             model: f(self.model, GEMMA3N_CAUSAL_PREFIX),
             prefix: self.prefix,
         }
+    }
+    fn alternative_prefixes(&self) -> &'static [&'static str] {
+        &["model.language_model."]
     }
     fn task_type(&self) -> Option<&'static str> {
         Some("CAUSAL_LM")

@@ -7,7 +7,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 
-use burn::tensor::Distribution;
+use burn::tensor::{Distribution, Int};
 
 use crate::init::{Init, Initializer};
 use crate::nn::lora::LoraMatrix;
@@ -89,6 +89,36 @@ impl<B: Backend> Linear<B> {
         let x = dropout(x.cast(a.dtype()), self.lora_B.dropout);
         let low = x.matmul(a.unsqueeze::<D>()).matmul(b.unsqueeze::<D>());
         base + (low * self.lora_B.scale).cast(dtype)
+    }
+
+    /// Keep only the outputs `idx` (columns of the weight and of `lora_B`): MatFormer slicing.
+    pub fn select_outputs(self, idx: Tensor<B, 1, Int>) -> Self {
+        let cut = |t: Tensor<B, 2>| t.select(1, idx.clone());
+        Self {
+            weight: Param::from_tensor(cut(self.weight.val())),
+            lora_A: self.lora_A,
+            lora_B: self.lora_B.map_matrix(cut),
+        }
+    }
+
+    /// Keep the first `n` outputs.
+    pub fn narrow_outputs(self, n: usize) -> Self {
+        let cut = |t: Tensor<B, 2>| t.narrow(1, 0, n);
+        Self {
+            weight: Param::from_tensor(cut(self.weight.val())),
+            lora_A: self.lora_A,
+            lora_B: self.lora_B.map_matrix(cut),
+        }
+    }
+
+    /// Keep the first `n` inputs (rows of the weight and of `lora_A`).
+    pub fn narrow_inputs(self, n: usize) -> Self {
+        let cut = |t: Tensor<B, 2>| t.narrow(0, 0, n);
+        Self {
+            weight: Param::from_tensor(cut(self.weight.val())),
+            lora_A: self.lora_A.map_matrix(cut),
+            lora_B: self.lora_B,
+        }
     }
 
     /// Whether a LoRA adapter is attached.

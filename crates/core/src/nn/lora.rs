@@ -61,6 +61,14 @@ impl<B: Backend> LoraMatrix<B> {
         self.weight.as_ref().map(|p| p.val())
     }
 
+    /// The same slot with its matrix transformed (a fresh parameter); an empty slot stays empty.
+    pub fn map_matrix(self, f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>) -> Self {
+        Self {
+            weight: self.weight.map(|w| Param::from_tensor(f(w.val()))),
+            ..self
+        }
+    }
+
     /// Offer a zero-size probe to `mapper` at `name`; `Some` when it answers with a tensor.
     fn probe<M: ModuleMapper<B>, const D: usize>(
         mapper: &mut M,

@@ -136,7 +136,7 @@ pub fn slice_model<B: Backend>(
     let Gemma3nTextModel {
         embed_tokens,
         mut embed_tokens_per_layer,
-        mut per_layer_model_projection,
+        per_layer_model_projection,
         per_layer_projection_norm,
         altup_projections,
         altup_unembed_projections,
@@ -146,8 +146,7 @@ pub fn slice_model<B: Backend>(
     } = model;
     embed_tokens_per_layer.weight =
         Param::from_tensor(embed_tokens_per_layer.weight.val().select(1, idx.clone()));
-    per_layer_model_projection.weight =
-        Param::from_tensor(per_layer_model_projection.weight.val().select(1, idx));
+    let per_layer_model_projection = per_layer_model_projection.select_outputs(idx);
     let mut old_layers: BTreeMap<usize, _> = layers.into_iter().enumerate().collect();
     let kv = new_cfg.kv_sharing()?;
     let types = new_cfg.layer_types();
@@ -156,10 +155,14 @@ pub fn slice_model<B: Backend>(
         let Some(mut layer) = old_layers.remove(&i) else {
             return Err(TextError::Matformer(format!("layer {i} does not exist")));
         };
-        let mlp = &mut layer.mlp;
-        mlp.gate_proj.weight = Param::from_tensor(mlp.gate_proj.weight.val().narrow(1, 0, w));
-        mlp.up_proj.weight = Param::from_tensor(mlp.up_proj.weight.val().narrow(1, 0, w));
-        mlp.down_proj.weight = Param::from_tensor(mlp.down_proj.weight.val().narrow(0, 0, w));
+        // adapters on the sliced projections are sliced with them
+        let mlp = layer.mlp;
+        layer.mlp = crate::mlp::Mlp {
+            gate_proj: mlp.gate_proj.narrow_outputs(w),
+            up_proj: mlp.up_proj.narrow_outputs(w),
+            down_proj: mlp.down_proj.narrow_inputs(w),
+            activation_sparsity: mlp.activation_sparsity,
+        };
         let spec = &mut layer.self_attn.spec;
         spec.layer_idx = n;
         spec.layer_type = types[n];
