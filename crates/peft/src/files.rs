@@ -269,7 +269,7 @@ pub fn load_adapter<B: Backend, M: PeftModel<B>>(
     }
     let plan = Plan { adapted, saved };
     let model = inject(model, &cfg, &plan);
-    let (t, prefix) = model.tree();
+    let (t, _) = model.tree();
     let device = device_of(t);
     let dtype = match cfg.lora_dtype {
         crate::config::LoraDtype::Float32 => DType::F32,
