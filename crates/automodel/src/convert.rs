@@ -43,6 +43,43 @@ pub fn load_gguf<B: Backend>(
     Ok((model, tok))
 }
 
+/// Refuse to write model files into `out` when some already exist, unless `overwrite`.
+pub fn check_overwrite(out: &Path, overwrite: bool) -> Result<(), ModelError> {
+    if !overwrite && let Some(existing) = HF_FILES.iter().map(|f| out.join(f)).find(|p| p.exists())
+    {
+        return Err(ModelError::Input(format!(
+            "{} already exists; choose an empty folder or allow overwriting",
+            existing.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Write the tokenizer files of a Gemma 3 model into `out` (`tokenizer.json`,
+/// `tokenizer_config.json` with the context length, `generation_config.json` with the stop
+/// ids), atomically. Returns the files written.
+pub fn write_tokenizer_files(
+    tok: &GemmaTokenizer,
+    max_position_embeddings: usize,
+    out: &Path,
+) -> Result<Vec<PathBuf>, ModelError> {
+    let tok_path = out.join("tokenizer.json");
+    tok.save(&tok_path)?;
+    let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("serialisable");
+    let tc = out.join("tokenizer_config.json");
+    let mut tok_cfg = tok.hf_tokenizer_config();
+    tok_cfg["model_max_length"] = max_position_embeddings.into();
+    write_atomic(&tc, json(&tok_cfg).as_bytes())?;
+    let gc = out.join("generation_config.json");
+    let gen_cfg = serde_json::json!({
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": tok.stop_ids(),
+        "pad_token_id": tok.pad_id,
+    });
+    write_atomic(&gc, json(&gen_cfg).as_bytes())?;
+    Ok(vec![tok_path, tc, gc])
+}
+
 /// Convert `gguf` into a Hugging Face folder `out` (created if needed); shards the weights when
 /// `max_shard_bytes` is given. Existing model files in `out` are an error unless `overwrite`;
 /// every file is written atomically. Returns the files written.
@@ -52,33 +89,11 @@ pub fn gguf_to_hf(
     max_shard_bytes: Option<usize>,
     overwrite: bool,
 ) -> Result<Vec<PathBuf>, ModelError> {
-    if !overwrite && let Some(existing) = HF_FILES.iter().map(|f| out.join(f)).find(|p| p.exists())
-    {
-        return Err(ModelError::Input(format!(
-            "{} already exists; choose an empty folder or allow overwriting",
-            existing.display()
-        )));
-    }
+    check_overwrite(out, overwrite)?;
     let (model, tok) = load_gguf::<CpuBackend>(gguf, &Default::default(), DType::F32)?;
-    let cfg = model.config.clone();
     let mut written = model.save_pretrained(out, max_shard_bytes)?;
+    let n_pos = model.config.max_position_embeddings;
     drop(model);
-    let tok_path = out.join("tokenizer.json");
-    tok.save(&tok_path)?;
-    written.push(tok_path);
-    let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("serialisable");
-    let tc = out.join("tokenizer_config.json");
-    let mut tok_cfg = tok.hf_tokenizer_config();
-    tok_cfg["model_max_length"] = cfg.max_position_embeddings.into();
-    write_atomic(&tc, json(&tok_cfg).as_bytes())?;
-    written.push(tc);
-    let gc = out.join("generation_config.json");
-    let gen_cfg = serde_json::json!({
-        "bos_token_id": tok.bos_id,
-        "eos_token_id": tok.stop_ids(),
-        "pad_token_id": tok.pad_id,
-    });
-    write_atomic(&gc, json(&gen_cfg).as_bytes())?;
-    written.push(gc);
+    written.extend(write_tokenizer_files(&tok, n_pos, out)?);
     Ok(written)
 }

@@ -1,10 +1,12 @@
 //! `automodel-cli`: run Gemma models from the command line.
 //!
 //! `generate --model <file.gguf | HF folder> --prompt TEXT [--image F]... [--audio F]...
-//! [--device cpu|cuda[:N]]` streams a continuation. GGUF files hold Gemma 3 (model and
-//! tokenizer); a Hugging Face folder holds `config.json`, safetensors and `tokenizer.json` of
-//! Gemma 3 or Gemma 3n (images and audio need Gemma 3n). `convert --model <file.gguf> --out DIR`
-//! writes such a folder from a GGUF file.
+//! [--adapter DIR] [--device cpu|cuda[:N]]` streams a continuation. GGUF files hold Gemma 3
+//! (model and tokenizer); a Hugging Face folder holds `config.json`, safetensors and
+//! `tokenizer.json` of Gemma 3, the Gemma 3n text model or the full Gemma 3n (images and audio
+//! need the full Gemma 3n). `--adapter` runs with a PEFT LoRA adapter, unmerged.
+//! `convert --model <file.gguf> --out DIR` writes such a folder from a GGUF file;
+//! `merge-lora --model M --adapter A --out DIR` writes the base with the adapter merged in.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,8 @@ use anyhow::{Context, bail};
 use automodel::processor::{AUDIO_TOKEN, Gemma3nProcessor, IMAGE_TOKEN, Padding, Prompt};
 use automodel::{Gemma3nForConditionalGeneration, Generate, GenerationConfig};
 use automodel_core::device::{DeviceSpec, OnDevice, run_on};
+use automodel_peft::PeftModel;
+use automodel_text::Gemma3nForCausalLM;
 use automodel_text::gemma3::Gemma3ForCausalLM;
 use automodel_text::generate::TextPrompt;
 use automodel_tokenizer::GemmaTokenizer;
@@ -35,6 +39,28 @@ enum Command {
     /// Turn a Gemma 3 GGUF file into a Hugging Face folder (config, float32 safetensors,
     /// tokenizer) that transformers and `generate --model DIR` load.
     Convert(ConvertArgs),
+    /// Merge a LoRA adapter (PEFT's format) into its base and write a plain Hugging Face folder
+    /// (weights, config, and the base's tokenizer files).
+    MergeLora(MergeArgs),
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// The base: a GGUF file (Gemma 3) or a Hugging Face folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// The adapter folder (`adapter_config.json` + `adapter_model.safetensors`).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// The folder to write (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Split the weights into shards of at most this many MB.
+    #[arg(long)]
+    max_shard_mb: Option<usize>,
+    /// Replace model files that already exist in the folder.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +108,9 @@ struct GenerateArgs {
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// A LoRA adapter folder (PEFT's format) to run with, unmerged.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Where to run: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
@@ -112,6 +141,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Generate(a) => run_on(a.device, a)?,
         Command::Convert(a) => convert(a),
+        Command::MergeLora(a) => merge_lora(a),
     }
 }
 
@@ -189,46 +219,131 @@ impl OnDevice for GenerateArgs {
     }
 }
 
-fn generate<B: Backend>(a: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
-    if !a.model.exists() {
+/// A model the CLI runs, with what its tokenizer needs.
+enum Loaded<B: Backend> {
+    /// Gemma 3 (GGUF or HF folder) and its tokenizer.
+    Gemma3(Gemma3ForCausalLM<B>, GemmaTokenizer),
+    /// The Gemma 3n text decoder (`model_type` `gemma3n_text`) and its tokenizer.
+    Gemma3nText(Gemma3nForCausalLM<B>, GemmaTokenizer),
+    /// The full Gemma 3n; the processor comes from the folder.
+    Gemma3n(Gemma3nForConditionalGeneration<B>),
+}
+
+/// Load `path`: a GGUF file (Gemma 3) or a Hugging Face folder, by its `model_type`.
+fn load<B: Backend>(path: &Path, device: &B::Device) -> anyhow::Result<Loaded<B>> {
+    if !path.exists() {
         bail!(
             "{}: no such file or folder (expected a GGUF file or a Hugging Face folder)",
-            a.model.display()
+            path.display()
         );
     }
-    if a.model.is_file() && a.model.extension().is_some_and(|e| e == "gguf") {
-        if a.has_media() {
-            bail!("images and audio need a Gemma 3n model (a Hugging Face folder)");
-        }
-        let (model, tok) = automodel::convert::load_gguf::<B>(&a.model, device, DType::F32)?;
-        return run_gemma3(&model, &tok, a);
+    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        let (model, tok) = automodel::convert::load_gguf::<B>(path, device, DType::F32)?;
+        return Ok(Loaded::Gemma3(model, tok));
     }
-    let dir = &a.model;
-    let cfg_path = dir.join("config.json");
+    let cfg_path = path.join("config.json");
     let cfg = automodel_core::config::read_json(&cfg_path)?;
-    match cfg.get("model_type").and_then(|v| v.as_str()) {
-        Some("gemma3n") => run_gemma3n::<B>(dir, a, device),
-        Some("gemma3_text") => {
-            if a.has_media() {
-                bail!("images and audio need a Gemma 3n model");
-            }
-            let tok = GemmaTokenizer::from_file(dir.join("tokenizer.json"))
-                .context("a Hugging Face folder needs tokenizer.json")?;
-            let model = Gemma3ForCausalLM::<B>::from_pretrained(dir, device, DType::F32)?;
-            run_gemma3(&model, &tok, a)
-        }
+    let tokenizer = || {
+        GemmaTokenizer::from_file(path.join("tokenizer.json"))
+            .context("a Hugging Face folder needs tokenizer.json")
+    };
+    Ok(match cfg.get("model_type").and_then(|v| v.as_str()) {
+        Some("gemma3n") => Loaded::Gemma3n(Gemma3nForConditionalGeneration::from_pretrained(
+            path,
+            device,
+            DType::F32,
+        )?),
+        Some("gemma3n_text") => Loaded::Gemma3nText(
+            Gemma3nForCausalLM::from_pretrained(path, None, device, DType::F32)?,
+            tokenizer()?,
+        ),
+        Some("gemma3_text") => Loaded::Gemma3(
+            Gemma3ForCausalLM::from_pretrained(path, device, DType::F32)?,
+            tokenizer()?,
+        ),
         other => bail!(
-            "{}: model_type {other:?} is not supported (gemma3n, gemma3_text)",
+            "{}: model_type {other:?} is not supported (gemma3n, gemma3n_text, gemma3_text)",
             cfg_path.display()
         ),
+    })
+}
+
+/// `model` with the adapter in `dir` (when given), unmerged.
+fn with_adapter<B: Backend, M: PeftModel<B>>(model: M, dir: Option<&Path>) -> anyhow::Result<M> {
+    match dir {
+        None => Ok(model),
+        Some(d) => {
+            let (m, _, _, report) = automodel_peft::load_adapter(model, d)
+                .with_context(|| format!("loading the adapter {}", d.display()))?;
+            eprintln!(
+                "adapter {}: {} linear layers",
+                d.display(),
+                report.adapted()
+            );
+            Ok(m)
+        }
     }
 }
 
-fn run_gemma3<B: Backend>(
-    model: &Gemma3ForCausalLM<B>,
-    tok: &GemmaTokenizer,
-    a: &GenerateArgs,
-) -> anyhow::Result<()> {
+fn merge_lora(a: MergeArgs) -> anyhow::Result<()> {
+    automodel::convert::check_overwrite(&a.out, a.overwrite)?;
+    let device = Default::default();
+    let shard = a.max_shard_mb.map(|mb| mb * 1_000_000);
+    let merged = |dir: &Path| -> anyhow::Result<Vec<PathBuf>> {
+        Ok(automodel_core::weights::copy_side_files(dir, &a.out)?)
+    };
+    let mut written = Vec::new();
+    match load::<burn::backend::Flex>(&a.model, &device)? {
+        Loaded::Gemma3(m, tok) => {
+            let (m, cfg, _, _) = automodel_peft::load_adapter(m, &a.adapter)?;
+            let m = automodel_peft::merge(m, &cfg);
+            written.extend(m.save_pretrained(&a.out, shard)?);
+            if a.model.is_file() {
+                let n = m.config.max_position_embeddings;
+                written.extend(automodel::convert::write_tokenizer_files(&tok, n, &a.out)?);
+            } else {
+                written.extend(merged(&a.model)?);
+            }
+        }
+        Loaded::Gemma3nText(m, _) => {
+            let (m, cfg, _, _) = automodel_peft::load_adapter(m, &a.adapter)?;
+            automodel_peft::merge(m, &cfg).save_pretrained(&a.out, shard)?;
+            written.push(a.out.join("config.json"));
+            written.extend(merged(&a.model)?);
+        }
+        Loaded::Gemma3n(m) => {
+            let (m, cfg, _, _) = automodel_peft::load_adapter(m, &a.adapter)?;
+            automodel_peft::merge(m, &cfg).save_pretrained(&a.out, shard)?;
+            written.push(a.out.join("config.json"));
+            written.extend(merged(&a.model)?);
+        }
+    }
+    for f in written {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+fn generate<B: Backend>(a: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
+    if a.has_media() && a.model.extension().is_some_and(|e| e == "gguf") {
+        bail!("images and audio need a Gemma 3n model (a Hugging Face folder of the full model)");
+    }
+    let loaded = load::<B>(&a.model, device)?;
+    if a.has_media() && !matches!(loaded, Loaded::Gemma3n(_)) {
+        bail!("images and audio need a Gemma 3n model (a Hugging Face folder of the full model)");
+    }
+    let adapter = a.adapter.as_deref();
+    match loaded {
+        Loaded::Gemma3(m, tok) => run_text(&with_adapter(m, adapter)?, &tok, a),
+        Loaded::Gemma3nText(m, tok) => run_text(&with_adapter(m, adapter)?, &tok, a),
+        Loaded::Gemma3n(m) => run_gemma3n(with_adapter(m, adapter)?, &a.model, a, device),
+    }
+}
+
+fn run_text<B: Backend, M>(model: &M, tok: &GemmaTokenizer, a: &GenerateArgs) -> anyhow::Result<()>
+where
+    M: Generate<B, Prompt = TextPrompt, Error = automodel_text::TextError>,
+{
     let ids: Vec<i64> = tok
         .encode(&a.prompt, true)?
         .into_iter()
@@ -243,8 +358,12 @@ fn run_gemma3<B: Backend>(
     Ok(())
 }
 
-fn run_gemma3n<B: Backend>(dir: &Path, a: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
-    let model = Gemma3nForConditionalGeneration::<B>::from_pretrained(dir, device, DType::F32)?;
+fn run_gemma3n<B: Backend>(
+    model: Gemma3nForConditionalGeneration<B>,
+    dir: &Path,
+    a: &GenerateArgs,
+    device: &B::Device,
+) -> anyhow::Result<()> {
     let processor = Gemma3nProcessor::from_pretrained(dir, &model.config)?;
     let prompt = Prompt {
         text: format!(

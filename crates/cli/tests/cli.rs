@@ -164,3 +164,77 @@ fn bad_arguments_give_clear_errors() {
         text(&image_on_gguf.stderr)
     );
 }
+
+/// A PEFT adapter (written by Python PEFT for the 270M) runs unmerged with `--adapter`, and
+/// `merge-lora` writes a plain folder that generates the same text.
+#[test]
+fn adapter_unmerged_and_merged_generate_alike() {
+    let adapter = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../reference/golden-peft/lora_gemma3_270m")
+        .display()
+        .to_string();
+    let args = |model: &str, extra: &[&str]| {
+        let mut v = vec![
+            "generate".to_string(),
+            "--model".into(),
+            model.into(),
+            "--prompt".into(),
+            "Photosynthesis is".into(),
+            "--max-new-tokens".into(),
+            "8".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |v: Vec<String>| {
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        let out = cli(&refs);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let unmerged = run(args(&model(), &["--adapter", &adapter]));
+    assert!(unmerged.starts_with("Photosynthesis is"), "{unmerged:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("merged").display().to_string();
+    let merge = cli(&[
+        "merge-lora",
+        "--model",
+        &model(),
+        "--adapter",
+        &adapter,
+        "--out",
+        &out,
+    ]);
+    assert!(merge.status.success(), "{}", text(&merge.stderr));
+    assert!(Path::new(&out).join("tokenizer.json").is_file());
+    assert_eq!(run(args(&out, &[])), unmerged);
+    // a folder that is not an adapter is named in the error
+    let elsewhere = dir.path().join("again").display().to_string();
+    let bad = cli(&[
+        "merge-lora",
+        "--model",
+        &model(),
+        "--adapter",
+        &out,
+        "--out",
+        &elsewhere,
+    ]);
+    assert!(!bad.status.success());
+    let err = text(&bad.stderr);
+    assert!(err.contains("adapter_config.json"), "{err}");
+    // and an existing model is not overwritten
+    let again = cli(&[
+        "merge-lora",
+        "--model",
+        &model(),
+        "--adapter",
+        &adapter,
+        "--out",
+        &out,
+    ]);
+    assert!(
+        text(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again.stderr)
+    );
+}

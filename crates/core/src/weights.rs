@@ -654,6 +654,36 @@ pub fn replace_atomically(
     })
 }
 
+/// The small files of a Hugging Face model folder besides the config and the weights
+/// (tokenizer, generation and processor settings, chat template).
+pub const SIDE_FILES: &[&str] = &[
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
+];
+
+/// Copy the [`SIDE_FILES`] `src` has into `dst`, atomically. Returns the files written.
+pub fn copy_side_files(src: &Path, dst: &Path) -> Result<Vec<PathBuf>, WeightError> {
+    let mut written = Vec::new();
+    for f in SIDE_FILES {
+        let from = src.join(f);
+        if from.is_file() {
+            let bytes = std::fs::read(&from).map_err(|source| WeightError::Io {
+                path: from.clone(),
+                source,
+            })?;
+            write_atomic(&dst.join(f), &bytes)?;
+            written.push(dst.join(f));
+        }
+    }
+    Ok(written)
+}
+
 /// Open a checkpoint (folder, file or index) and name the `config.json` beside it.
 pub fn open_checkpoint(path: &Path) -> Result<(PathBuf, SafeTensorsFiles), WeightError> {
     let files = SafeTensorsFiles::open(path)?;

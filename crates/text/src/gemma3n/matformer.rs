@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
-use automodel_core::WeightError;
 use automodel_core::weights::{SafeTensorsFiles, TensorMap, write_atomic};
 use burn::module::Param;
 use burn::prelude::*;
@@ -183,16 +182,6 @@ pub fn slice_model<B: Backend>(
 }
 
 /// Files copied unchanged next to the extracted checkpoint when present.
-const SIDE_FILES: &[&str] = &[
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "preprocessor_config.json",
-    "processor_config.json",
-];
 
 #[allow(clippy::single_range_in_vec_init)] // lists of row/column ranges, often of one range
 /// Extract a sub-model from the checkpoint folder `src` into `dst`: sliced tensors (same dtype,
@@ -311,16 +300,7 @@ pub fn extract_checkpoint(
     );
     let text = serde_json::to_string_pretty(&cfg_json).unwrap();
     write_atomic(&dst.join("config.json"), text.as_bytes())?;
-    for f in SIDE_FILES {
-        let from = src.join(f);
-        if from.is_file() {
-            let bytes = std::fs::read(&from).map_err(|source| WeightError::Io {
-                path: from.clone(),
-                source,
-            })?;
-            write_atomic(&dst.join(f), &bytes)?;
-        }
-    }
+    automodel_core::weights::copy_side_files(src, dst)?;
     Ok(plan)
 }
 
