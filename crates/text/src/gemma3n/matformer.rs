@@ -181,12 +181,11 @@ pub fn slice_model<B: Backend>(
     })
 }
 
-/// Files copied unchanged next to the extracted checkpoint when present.
-
 #[allow(clippy::single_range_in_vec_init)] // lists of row/column ranges, often of one range
 /// Extract a sub-model from the checkpoint folder `src` into `dst`: sliced tensors (same dtype,
 /// same key layout, everything outside the text decoder copied unchanged), `config.json` with
-/// the updated text fields (all other fields kept), and the small side files. Shards the output
+/// the updated text fields (all other fields kept), and the small side files
+/// (`automodel_core::weights::SIDE_FILES`). Shards the output
 /// at `max_shard_bytes` if given.
 pub fn extract_checkpoint(
     src: &Path,
