@@ -219,7 +219,9 @@ impl OnDevice for GenerateArgs {
     }
 }
 
-/// A model the CLI runs, with what its tokenizer needs.
+/// A model the CLI runs, with what its tokenizer needs (one value per run: the size difference
+/// between the variants does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Loaded<B: Backend> {
     /// Gemma 3 (GGUF or HF folder) and its tokenizer.
     Gemma3(Gemma3ForCausalLM<B>, GemmaTokenizer),
