@@ -14,8 +14,7 @@ fn every_lora_case_matches_peft() {
         gguf.display()
     );
     let reports =
-        automodel_parity::run::<CpuAutodiff>(&dir, &Default::default(), None, Some(&gguf))
-            .unwrap();
+        automodel_parity::run::<CpuAutodiff>(&dir, &Default::default(), None, Some(&gguf)).unwrap();
     let mut names: Vec<&str> = reports.iter().map(|r| r.case.as_str()).collect();
     names.sort();
     assert_eq!(names, ["lora_gemma3_270m", "lora_multimodal", "lora_text"]);
@@ -28,8 +27,16 @@ fn every_lora_case_matches_peft() {
             .map(|c| c.to_string())
             .collect();
         assert!(failed.is_empty(), "{}:\n{}", r.case, failed.join("\n"));
-        let grads = r.checks.iter().filter(|c| c.name.starts_with("grad.")).count();
-        let merged = r.checks.iter().filter(|c| c.name.starts_with("merged.")).count();
+        let grads = r
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("grad."))
+            .count();
+        let merged = r
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("merged."))
+            .count();
         let want = match r.case.as_str() {
             "lora_text" => (76, 38),
             "lora_multimodal" => (224, 112),

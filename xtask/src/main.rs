@@ -74,7 +74,7 @@ fn parity(args: &[String]) -> anyhow::Result<bool> {
         .as_ref()
         .filter(|_| dir.join("tokenizer_cases.json").is_file())
     {
-        let checks = automodel_parity::gemma3::run::<CpuAutodiff>(&dir, &gguf, &device)
+        let checks = automodel_parity::gemma3::run::<CpuAutodiff>(&dir, gguf, &device)
             .with_context(|| {
                 format!(
                     "Gemma 3 parity of {} against {}",
