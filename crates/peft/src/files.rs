@@ -88,7 +88,6 @@ pub fn save_adapter<B: Backend, M: PeftModel<B>>(
         "layers_pattern": null,
         "rank_pattern": {},
         "alpha_pattern": {},
-        "auto_mapping": {"base_model_class": model.class_name(), "parent_library": "automodel-rs"},
     });
     let cfg_path = dir.join(ADAPTER_CONFIG);
     let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("serialisable");
@@ -286,8 +285,9 @@ pub fn load_adapter<B: Backend, M: PeftModel<B>>(
     loader.finish(|rel| ignored.contains(&format!("{PEFT_PREFIX}{file_prefix}{rel}")))?;
     let report = coverage(&model, &plan);
     tracing::info!(
-        "LoRA adapter {} (r {}, scale {}):\n{report}",
+        "LoRA adapter {} on {} (r {}, scale {}):\n{report}",
         dir.display(),
+        model.class_name(),
         cfg.r,
         cfg.scale()
     );
