@@ -336,3 +336,76 @@ fn matformer_slicing_slices_the_adapters_too() {
     let b = slice(merge(m, &cfg)).unwrap();
     assert!(max_diff(&logits(&a), &logits(&b)) < 1e-5);
 }
+
+#[test]
+fn modules_to_save_train_in_full_and_travel_with_the_adapter() {
+    let case = reference("golden/multimodal");
+    let load = || {
+        Gemma3nForConditionalGeneration::<B>::from_pretrained(
+            &case,
+            &Default::default(),
+            DType::F32,
+        )
+        .unwrap()
+    };
+    let cfg = LoraConfig {
+        modules_to_save: vec!["embed_audio".into()],
+        ..lora(&["q_proj"])
+    };
+    let (m, report) = apply_lora(load(), &cfg).unwrap();
+    let embedder: usize = tree::param_infos(&m.model.embed_audio, "")
+        .iter()
+        .map(|p| p.numel())
+        .sum();
+    assert_eq!(report.rows[&Component::Embedders].trainable, embedder);
+    // change the saved module so the round trip has something to carry
+    let mut m = m;
+    let w = m.model.embed_audio.embedding_projection.weight.val();
+    m.model.embed_audio.embedding_projection.weight =
+        burn::module::Param::from_tensor(w.clone() * 2.0);
+    let (t, prefix) = m.tree();
+    let plan = automodel_peft::inject::plan(
+        &cfg,
+        &tree::linear_paths(t, prefix),
+        &automodel_peft::inject::module_paths(t, prefix),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&m, &cfg, &plan, dir.path(), "golden/multimodal").unwrap();
+    let file = SafeTensorsFiles::open(dir.path().join(ADAPTER_WEIGHTS)).unwrap();
+    assert!(file.contains("base_model.model.model.embed_audio.embedding_projection.weight"));
+    let (back, _, _, _) = load_adapter(load(), dir.path()).unwrap();
+    assert_eq!(
+        back.model
+            .embed_audio
+            .embedding_projection
+            .weight
+            .val()
+            .into_data(),
+        (w * 2.0).into_data()
+    );
+}
+
+#[test]
+fn a_float32_adapter_runs_on_a_bf16_base() {
+    let base = Gemma3nForCausalLM::<B>::from_pretrained(
+        reference("golden/text"),
+        None,
+        &Default::default(),
+        DType::BF16,
+    )
+    .unwrap();
+    let (m, _) = apply_lora(base, &lora(&["o_proj"])).unwrap();
+    let q = &m.model.layers[0].self_attn.o_proj;
+    assert_eq!(q.lora_A.val().unwrap().dtype(), DType::F32);
+    assert_eq!(q.weight.val().dtype(), DType::BF16);
+    let out = m
+        .forward(
+            ids_tensor::<B>(&ids(), &Default::default()),
+            None,
+            None,
+            ForwardOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(out.logits.dtype(), DType::BF16);
+}
