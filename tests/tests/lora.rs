@@ -2,6 +2,8 @@
 //! loaded from PEFT's files give PEFT's logits, loss, adapter gradients, merged weights and
 //! merged logits; the real 270M's adapter too.
 
+mod common;
+
 use automodel_core::CpuAutodiff;
 
 #[test]
@@ -19,14 +21,7 @@ fn every_lora_case_matches_peft() {
     names.sort();
     assert_eq!(names, ["lora_gemma3_270m", "lora_multimodal", "lora_text"]);
     for r in &reports {
-        assert!(r.skipped.is_none(), "{}: {:?}", r.case, r.skipped);
-        let failed: Vec<String> = r
-            .checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| c.to_string())
-            .collect();
-        assert!(failed.is_empty(), "{}:\n{}", r.case, failed.join("\n"));
+        common::assert_all_pass(r);
         let grads = r
             .checks
             .iter()

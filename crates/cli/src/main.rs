@@ -52,15 +52,8 @@ struct MergeArgs {
     /// The adapter folder (`adapter_config.json` + `adapter_model.safetensors`).
     #[arg(long)]
     adapter: PathBuf,
-    /// The folder to write (created if needed).
-    #[arg(long)]
-    out: PathBuf,
-    /// Split the weights into shards of at most this many MB.
-    #[arg(long)]
-    max_shard_mb: Option<usize>,
-    /// Replace model files that already exist in the folder.
-    #[arg(long)]
-    overwrite: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(clap::Args)]
@@ -68,6 +61,13 @@ struct ConvertArgs {
     /// The GGUF file (Gemma 3).
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Where and how a command writes a model folder.
+#[derive(clap::Args)]
+struct OutputArgs {
     /// The folder to write (created if needed).
     #[arg(long)]
     out: PathBuf,
@@ -77,6 +77,12 @@ struct ConvertArgs {
     /// Replace model files that already exist in the folder.
     #[arg(long)]
     overwrite: bool,
+}
+
+impl OutputArgs {
+    fn shard_bytes(&self) -> Option<usize> {
+        self.max_shard_mb.map(|mb| mb * 1_000_000)
+    }
 }
 
 #[derive(clap::Args)]
@@ -149,13 +155,9 @@ fn convert(a: ConvertArgs) -> anyhow::Result<()> {
     if !a.model.is_file() {
         bail!("{}: no such GGUF file", a.model.display());
     }
-    let files = automodel::convert::gguf_to_hf(
-        &a.model,
-        &a.out,
-        a.max_shard_mb.map(|mb| mb * 1_000_000),
-        a.overwrite,
-    )
-    .with_context(|| format!("converting {}", a.model.display()))?;
+    let o = &a.output;
+    let files = automodel::convert::gguf_to_hf(&a.model, &o.out, o.shard_bytes(), o.overwrite)
+        .with_context(|| format!("converting {}", a.model.display()))?;
     for f in files {
         println!("wrote {}", f.display());
     }
@@ -288,35 +290,35 @@ fn with_adapter<B: Backend, M: PeftModel<B>>(model: M, dir: Option<&Path>) -> an
 }
 
 fn merge_lora(a: MergeArgs) -> anyhow::Result<()> {
-    automodel::convert::check_overwrite(&a.out, a.overwrite)?;
+    let (out, shard) = (&a.output.out, a.output.shard_bytes());
+    automodel::convert::check_overwrite(out, a.output.overwrite)?;
     let device = Default::default();
-    let shard = a.max_shard_mb.map(|mb| mb * 1_000_000);
     let merged = |dir: &Path| -> anyhow::Result<Vec<PathBuf>> {
-        Ok(automodel_core::weights::copy_side_files(dir, &a.out)?)
+        Ok(automodel_core::weights::copy_side_files(dir, out)?)
     };
     let mut written = Vec::new();
     match load::<burn::backend::Flex>(&a.model, &device)? {
         Loaded::Gemma3(m, tok) => {
             let (m, cfg, _, _) = automodel_peft::load_adapter(m, &a.adapter)?;
             let m = automodel_peft::merge(m, &cfg);
-            written.extend(m.save_pretrained(&a.out, shard)?);
+            written.extend(m.save_pretrained(out, shard)?);
             if a.model.is_file() {
                 let n = m.config.max_position_embeddings;
-                written.extend(automodel::convert::write_tokenizer_files(&tok, n, &a.out)?);
+                written.extend(automodel::convert::write_tokenizer_files(&tok, n, out)?);
             } else {
                 written.extend(merged(&a.model)?);
             }
         }
         Loaded::Gemma3nText(m, _) => {
             let (m, cfg, _, _) = automodel_peft::load_adapter(m, &a.adapter)?;
-            automodel_peft::merge(m, &cfg).save_pretrained(&a.out, shard)?;
-            written.push(a.out.join("config.json"));
+            automodel_peft::merge(m, &cfg).save_pretrained(out, shard)?;
+            written.push(out.join("config.json"));
             written.extend(merged(&a.model)?);
         }
         Loaded::Gemma3n(m) => {
             let (m, cfg, _, _) = automodel_peft::load_adapter(m, &a.adapter)?;
-            automodel_peft::merge(m, &cfg).save_pretrained(&a.out, shard)?;
-            written.push(a.out.join("config.json"));
+            automodel_peft::merge(m, &cfg).save_pretrained(out, shard)?;
+            written.push(out.join("config.json"));
             written.extend(merged(&a.model)?);
         }
     }

@@ -16,6 +16,13 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The command failed and said `want` on stderr.
+fn fails_with(out: &Output, want: &str) {
+    assert!(!out.status.success(), "expected a failure");
+    let err = text(&out.stderr);
+    assert!(err.contains(want), "expected `{want}` in: {err}");
+}
+
 fn model() -> String {
     let p = automodel_parity::gemma3_270m_path();
     assert!(
@@ -58,12 +65,7 @@ fn generate_from_gguf_then_from_the_converted_folder() {
 
     // converting again refuses to overwrite, unless told to
     let again = cli(&["convert", "--model", &model(), "--out", &out_str]);
-    assert!(!again.status.success());
-    assert!(
-        text(&again.stderr).contains("already exists"),
-        "{}",
-        text(&again.stderr)
-    );
+    fails_with(&again, "already exists");
 }
 
 #[test]
@@ -92,12 +94,7 @@ fn bad_arguments_give_clear_errors() {
         "--prompt",
         "x",
     ]);
-    assert!(!bad.status.success());
-    assert!(
-        text(&bad.stderr).contains("broken.gguf"),
-        "{}",
-        text(&bad.stderr)
-    );
+    fails_with(&bad, "broken.gguf");
 
     let empty = tempfile::tempdir().unwrap();
     let no_cfg = cli(&[
@@ -107,12 +104,7 @@ fn bad_arguments_give_clear_errors() {
         "--prompt",
         "x",
     ]);
-    assert!(!no_cfg.status.success());
-    assert!(
-        text(&no_cfg.stderr).contains("config.json"),
-        "{}",
-        text(&no_cfg.stderr)
-    );
+    fails_with(&no_cfg, "config.json");
 
     // flags are checked before anything is loaded
     for (flags, want) in [
@@ -126,9 +118,7 @@ fn bad_arguments_give_clear_errors() {
     ] {
         let mut args = vec!["generate", "--model", "m.gguf", "--prompt", "x"];
         args.extend(flags);
-        let out = cli(&args);
-        assert!(!out.status.success());
-        assert!(text(&out.stderr).contains(want), "{}", text(&out.stderr));
+        fails_with(&cli(&args), want);
     }
     if !cfg!(feature = "cuda") {
         let out = cli(&[
@@ -140,12 +130,7 @@ fn bad_arguments_give_clear_errors() {
             "--device",
             "cuda:1",
         ]);
-        assert!(!out.status.success());
-        assert!(
-            text(&out.stderr).contains("--features cuda"),
-            "{}",
-            text(&out.stderr)
-        );
+        fails_with(&out, "--features cuda");
     }
 
     let image_on_gguf = cli(&[
@@ -157,12 +142,7 @@ fn bad_arguments_give_clear_errors() {
         "--image",
         "cat.png",
     ]);
-    assert!(!image_on_gguf.status.success());
-    assert!(
-        text(&image_on_gguf.stderr).contains("Gemma 3n"),
-        "{}",
-        text(&image_on_gguf.stderr)
-    );
+    fails_with(&image_on_gguf, "Gemma 3n");
 }
 
 /// A PEFT adapter (written by Python PEFT for the 270M) runs unmerged with `--adapter`, and
@@ -219,9 +199,7 @@ fn adapter_unmerged_and_merged_generate_alike() {
         "--out",
         &elsewhere,
     ]);
-    assert!(!bad.status.success());
-    let err = text(&bad.stderr);
-    assert!(err.contains("adapter_config.json"), "{err}");
+    fails_with(&bad, "adapter_config.json");
     // and an existing model is not overwritten
     let again = cli(&[
         "merge-lora",
@@ -232,9 +210,5 @@ fn adapter_unmerged_and_merged_generate_alike() {
         "--out",
         &out,
     ]);
-    assert!(
-        text(&again.stderr).contains("already exists"),
-        "{}",
-        text(&again.stderr)
-    );
+    fails_with(&again, "already exists");
 }

@@ -17,7 +17,7 @@ use crate::tensors::{data_values, ids, reference, values};
 use crate::{ParityError, open, read_meta};
 
 /// "within 1e-3 of the reference's largest magnitude"
-const REL_MAX: Tolerance = Tolerance::RelMax {
+pub(crate) const REL_MAX: Tolerance = Tolerance::RelMax {
     rel: 1e-3,
     abs: 0.0,
 };

@@ -17,6 +17,7 @@ use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::compare::{Check, Tolerance, compare};
+use crate::gemma3::REL_MAX;
 use crate::multimodal::{inputs, train_batch};
 use crate::tensors::{check, data_values, ids, reference, values};
 use crate::text::{GRAD, LOGITS, LOSS};
@@ -26,11 +27,6 @@ use crate::{ParityError, open};
 const MERGED: Tolerance = Tolerance::Elementwise {
     atol: 1e-5,
     rtol: 0.0,
-};
-/// The 270M's logits: within 1e-3 of the reference's largest magnitude.
-const REL_MAX: Tolerance = Tolerance::RelMax {
-    rel: 1e-3,
-    abs: 0.0,
 };
 
 /// Every `grad.<adapter key>` of the reference against ours; no adapter matrix may lack one.

@@ -27,22 +27,30 @@ pub trait PeftModel<B: Backend>: Sized {
     fn class_name(&self) -> &'static str;
 }
 
-impl<B: Backend> PeftModel<B> for Gemma3ForCausalLM<B> {
-    type Tree = Self;
+/// A model whose own field paths are PEFT's names (no prefix).
+macro_rules! whole_model {
+    ($model:ident, $task:expr) => {
+        impl<B: Backend> PeftModel<B> for $model<B> {
+            type Tree = Self;
 
-    fn tree(&self) -> (&Self, &str) {
-        (self, "")
-    }
-    fn map_tree(self, f: impl FnOnce(Self, &str) -> Self) -> Self {
-        f(self, "")
-    }
-    fn task_type(&self) -> Option<&'static str> {
-        Some("CAUSAL_LM")
-    }
-    fn class_name(&self) -> &'static str {
-        "Gemma3ForCausalLM"
-    }
+            fn tree(&self) -> (&Self, &str) {
+                (self, "")
+            }
+            fn map_tree(self, f: impl FnOnce(Self, &str) -> Self) -> Self {
+                f(self, "")
+            }
+            fn task_type(&self) -> Option<&'static str> {
+                $task
+            }
+            fn class_name(&self) -> &'static str {
+                stringify!($model)
+            }
+        }
+    };
 }
+
+whole_model!(Gemma3ForCausalLM, Some("CAUSAL_LM"));
+whole_model!(Gemma3nForConditionalGeneration, None);
 
 /// HF's `Gemma3nForCausalLM` keeps its decoder under `model.`, whatever checkpoint layout it was
 /// loaded from.
@@ -68,22 +76,5 @@ impl<B: Backend> PeftModel<B> for Gemma3nForCausalLM<B> {
     }
     fn class_name(&self) -> &'static str {
         "Gemma3nForCausalLM"
-    }
-}
-
-impl<B: Backend> PeftModel<B> for Gemma3nForConditionalGeneration<B> {
-    type Tree = Self;
-
-    fn tree(&self) -> (&Self, &str) {
-        (self, "")
-    }
-    fn map_tree(self, f: impl FnOnce(Self, &str) -> Self) -> Self {
-        f(self, "")
-    }
-    fn task_type(&self) -> Option<&'static str> {
-        None
-    }
-    fn class_name(&self) -> &'static str {
-        "Gemma3nForConditionalGeneration"
     }
 }

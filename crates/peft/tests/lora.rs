@@ -44,18 +44,17 @@ fn ids() -> Vec<Vec<i64>> {
     ]]
 }
 
+fn flat<Bk: Backend>(t: Tensor<Bk, 3>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
 fn logits<Bk: Backend>(m: &Gemma3nForCausalLM<Bk>) -> Vec<f32> {
-    m.forward(
-        ids_tensor::<Bk>(&ids(), &Default::default()),
-        None,
-        None,
-        ForwardOptions::default(),
+    let ids = ids_tensor::<Bk>(&ids(), &Default::default());
+    flat(
+        m.forward(ids, None, None, ForwardOptions::default())
+            .unwrap()
+            .logits,
     )
-    .unwrap()
-    .logits
-    .into_data()
-    .to_vec::<f32>()
-    .unwrap()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -149,15 +148,8 @@ fn a_saved_adapter_loads_back_to_the_same_logits_and_merges() {
     let (m, cfg, plan, report) = load_adapter(full, &case).unwrap();
     assert_eq!(report.adapted(), 38);
     let text_logits = |m: &Gemma3nForConditionalGeneration<B>| {
-        m.forward(
-            &automodel::MultimodalInput::text(ids()),
-            ForwardOptions::default(),
-        )
-        .unwrap()
-        .logits
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap()
+        let input = automodel::MultimodalInput::text(ids());
+        flat(m.forward(&input, ForwardOptions::default()).unwrap().logits)
     };
     let adapted = text_logits(&m);
     // write it again: the same keys and shapes as PEFT's file, and it loads back exactly

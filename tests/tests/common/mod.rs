@@ -48,7 +48,13 @@ pub fn passing_checks(name: &str) -> Vec<automodel_parity::Check> {
     .unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(reports.len(), 1, "exactly one `{name}` folder");
     let r = reports.pop().unwrap();
-    assert!(r.skipped.is_none(), "{name} skipped: {:?}", r.skipped);
+    assert_all_pass(&r);
+    r.checks
+}
+
+/// The case ran (not skipped) and every check passed.
+pub fn assert_all_pass(r: &automodel_parity::CaseReport) {
+    assert!(r.skipped.is_none(), "{} skipped: {:?}", r.case, r.skipped);
     let failed: Vec<String> = r
         .checks
         .iter()
@@ -57,11 +63,11 @@ pub fn passing_checks(name: &str) -> Vec<automodel_parity::Check> {
         .collect();
     assert!(
         failed.is_empty(),
-        "{name}: {} failed checks:\n{}",
+        "{}: {} failed checks:\n{}",
+        r.case,
         failed.len(),
         failed.join("\n")
     );
-    r.checks
 }
 
 /// Every parameter of `module` got a gradient that is not all zero, and the module has exactly
