@@ -27,13 +27,14 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 pub const AUTOMODEL_CONFIG: &str = "automodel_peft_config.json";
 
 /// The adapted module names, compactly: their last components when those select exactly the
-/// adapted linears, else the full names.
-fn target_list(adapted: &BTreeSet<String>, linears: &[String]) -> Vec<String> {
+/// adapted linears among all of the model's `modules` (PEFT matches every module, not only
+/// linears), else the full names.
+fn target_list(adapted: &BTreeSet<String>, modules: &BTreeSet<String>) -> Vec<String> {
     let last = |s: &str| s.rsplit('.').next().unwrap_or(s).to_string();
     let suffixes: BTreeSet<String> = adapted.iter().map(|m| last(m)).collect();
-    let exact = linears
+    let exact = modules
         .iter()
-        .all(|l| suffixes.contains(&last(l)) == adapted.contains(l));
+        .all(|m| suffixes.contains(&last(m)) == adapted.contains(m));
     if exact {
         suffixes.into_iter().collect()
     } else {
@@ -66,7 +67,7 @@ pub fn save_adapter<B: Backend, M: PeftModel<B>>(
     }
     let weights = dir.join(ADAPTER_WEIGHTS);
     keep.save_file(&weights)?;
-    let linears: Vec<String> = tree::linear_paths(t, prefix);
+    let modules = module_paths(t, prefix);
     let config = json!({
         "peft_type": "LORA",
         "task_type": model.task_type(),
@@ -75,7 +76,7 @@ pub fn save_adapter<B: Backend, M: PeftModel<B>>(
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
-        "target_modules": target_list(&plan.adapted, &linears),
+        "target_modules": target_list(&plan.adapted, &modules),
         "exclude_modules": null,
         "modules_to_save": if plan.saved.is_empty() { Value::Null } else { json!(plan.saved) },
         "use_rslora": cfg.use_rslora,

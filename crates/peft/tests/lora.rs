@@ -175,11 +175,11 @@ fn a_saved_adapter_loads_back_to_the_same_logits_and_merges() {
     assert_eq!(written["peft_type"], "LORA");
     assert_eq!(written["r"], 4);
     assert_eq!(written["lora_alpha"], 8.0);
-    // PEFT's list semantics select exactly the adapted modules (the audio tower has q/k/v_proj
-    // too, so the names are written in full here)
+    // PEFT's list semantics, over every module of the model (PEFT matches them all, not only
+    // linears), select exactly the adapted ones
     let targets: Targets = serde_json::from_value(written["target_modules"].clone()).unwrap();
     let matcher = automodel_peft::target::Matcher::new(&targets).unwrap();
-    let selected: std::collections::BTreeSet<String> = tree::linear_paths(&m, "")
+    let selected: std::collections::BTreeSet<String> = automodel_peft::inject::module_paths(&m, "")
         .into_iter()
         .filter(|l| matcher.matches(l))
         .collect();
