@@ -152,10 +152,21 @@ impl Gemma3nProcessor {
     /// e.g. a rendered chat template, already starts with it), checking that it has one
     /// placeholder per image and per clip.
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<i64>, ModelError> {
-        let count = |tok: &str| prompt.text.matches(tok).count();
+        self.encode_text(&prompt.text, prompt.images.len(), prompt.audio.len())
+    }
+
+    /// [`Self::encode`] for a text that stands for `images` images and `clips` clips (the media
+    /// themselves are not needed to tokenize).
+    pub fn encode_text(
+        &self,
+        text: &str,
+        images: usize,
+        clips: usize,
+    ) -> Result<Vec<i64>, ModelError> {
+        let count = |tok: &str| text.matches(tok).count();
         for (tok, n, what) in [
-            (IMAGE_TOKEN, prompt.images.len(), "images"),
-            (AUDIO_TOKEN, prompt.audio.len(), "audio clips"),
+            (IMAGE_TOKEN, images, "images"),
+            (AUDIO_TOKEN, clips, "audio clips"),
         ] {
             if count(tok) != n {
                 return Err(ModelError::Input(format!(
@@ -165,10 +176,10 @@ impl Gemma3nProcessor {
             }
         }
         let bos = self.tokenizer.inner.id_to_token(self.tokenizer.bos_id);
-        let has_bos = bos.is_some_and(|b| prompt.text.starts_with(&b));
+        let has_bos = bos.is_some_and(|b| text.starts_with(&b));
         Ok(self
             .tokenizer
-            .encode(&self.expand(&prompt.text), !has_bos)?
+            .encode(&self.expand(text), !has_bos)?
             .into_iter()
             .map(i64::from)
             .collect())

@@ -109,6 +109,19 @@ impl ImageProcessorConfig {
         images: &[RgbImage],
         device: &B::Device,
     ) -> Result<Tensor<B, 4>, VisionError> {
+        let (planes, shape) = self.preprocess_host(images)?;
+        Ok(Tensor::from_data(
+            TensorData::new(planes, shape),
+            (device, DType::F32),
+        ))
+    }
+
+    /// [`Self::preprocess`] on the host: the values and their shape `[N, 3, H, W]` (what data
+    /// workers prepare ahead of the step).
+    pub fn preprocess_host(
+        &self,
+        images: &[RgbImage],
+    ) -> Result<(Vec<f32>, [usize; 4]), VisionError> {
         if images.is_empty() {
             return Err(VisionError::Input("no images given".into()));
         }
@@ -127,11 +140,8 @@ impl ImageProcessorConfig {
             }
             planes.extend(self.to_chw(&img));
         }
-        let (h, w) = shape.unwrap();
-        Ok(Tensor::from_data(
-            TensorData::new(planes, [images.len(), 3, h, w]),
-            (device, DType::F32),
-        ))
+        let (h, w) = shape.unwrap_or((0, 0));
+        Ok((planes, [images.len(), 3, h, w]))
     }
 
     /// Rescale and normalise one HWC image into CHW floats.

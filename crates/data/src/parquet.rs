@@ -1,0 +1,197 @@
+//! Parquet files as Hugging Face datasets publish them: text columns, message lists as lists of
+//! structs, images and audio as `{bytes, path}` structs (or bare binary columns). Each row is
+//! turned into the JSON record the other formats use, so one mapping (`dataset.columns`) serves
+//! all formats.
+
+use std::fs::File;
+use std::path::Path;
+
+use parquet::file::reader::SerializedFileReader;
+use parquet::record::Field;
+use serde_json::{Map, Value};
+
+use crate::error::{DataError, Origin, SampleError};
+use crate::format::{Columns, Record, sample_from_json};
+
+/// A Parquet value as JSON; binary becomes `{"bytes": [...]}` (what media fields take).
+fn to_json(f: &Field) -> Value {
+    match f {
+        Field::Null => Value::Null,
+        Field::Bool(b) => Value::Bool(*b),
+        Field::Byte(x) => (*x).into(),
+        Field::Short(x) => (*x).into(),
+        Field::Int(x) => (*x).into(),
+        Field::Long(x) => (*x).into(),
+        Field::UByte(x) => (*x).into(),
+        Field::UShort(x) => (*x).into(),
+        Field::UInt(x) => (*x).into(),
+        Field::ULong(x) => (*x).into(),
+        Field::Float16(x) => f64::from(f32::from(*x)).into(),
+        Field::Float(x) => f64::from(*x).into(),
+        Field::Double(x) => (*x).into(),
+        Field::Str(s) => Value::String(s.clone()),
+        Field::Bytes(b) => {
+            let mut o = Map::new();
+            o.insert(
+                "bytes".into(),
+                Value::Array(b.data().iter().map(|&x| x.into()).collect()),
+            );
+            Value::Object(o)
+        }
+        Field::Group(row) => Value::Object(
+            row.get_column_iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect(),
+        ),
+        Field::ListInternal(list) => Value::Array(list.elements().iter().map(to_json).collect()),
+        Field::MapInternal(map) => Value::Object(
+            map.entries()
+                .iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Field::Str(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        // dates, times, decimals: as Parquet prints them
+        other => Value::String(other.to_string()),
+    }
+}
+
+/// Read every row of a Parquet file as a record (`record N` = 0-based row).
+pub fn read_parquet_file(path: &Path, cols: &Columns) -> Result<Vec<Record>, DataError> {
+    let file_err = |message: String| DataError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = File::open(path).map_err(|e| file_err(format!("cannot open: {e}")))?;
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for (i, row) in reader.into_iter().enumerate() {
+        let origin = Origin {
+            file: path.to_path_buf(),
+            position: i,
+            is_line: false,
+        };
+        let sample = match row {
+            Ok(row) => {
+                let v = Value::Object(
+                    row.get_column_iter()
+                        .map(|(k, v)| (k.clone(), to_json(v)))
+                        .collect(),
+                );
+                sample_from_json(&v, cols, base)
+            }
+            // a page that will not decode ends the file: the rest cannot be located
+            Err(e) => {
+                out.push(Record {
+                    origin,
+                    sample: Err(SampleError::Malformed(format!("unreadable row: {e}"))),
+                });
+                break;
+            }
+        };
+        out.push(Record { origin, sample });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+
+    use super::*;
+    use crate::conversation::Media;
+    use crate::format::Sample;
+
+    /// A file like HF's image-QA datasets: `question`, `answer` (strings) and `image` as a
+    /// `{bytes, path}` struct, snappy-compressed.
+    fn write(path: &Path, rows: &[(&str, &str, &[u8])]) {
+        let schema = Arc::new(
+            parse_message_type(
+                "message schema {
+                    required binary question (UTF8);
+                    required binary answer (UTF8);
+                    required group image {
+                        required binary bytes;
+                        optional binary path (UTF8);
+                    }
+                }",
+            )
+            .unwrap(),
+        );
+        let props = Arc::new(
+            WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::SNAPPY)
+                .build(),
+        );
+        let mut w = SerializedFileWriter::new(File::create(path).unwrap(), schema, props).unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        let columns: [Vec<ByteArray>; 3] = [
+            rows.iter().map(|r| ByteArray::from(r.0)).collect(),
+            rows.iter().map(|r| ByteArray::from(r.1)).collect(),
+            rows.iter().map(|r| ByteArray::from(r.2.to_vec())).collect(),
+        ];
+        for values in &columns {
+            let mut c = rg.next_column().unwrap().unwrap();
+            c.typed::<ByteArrayType>()
+                .write_batch(values, None, None)
+                .unwrap();
+            c.close().unwrap();
+        }
+        // the optional path: null everywhere (definition level 0: the path is absent)
+        let mut c = rg.next_column().unwrap().unwrap();
+        c.typed::<ByteArrayType>()
+            .write_batch(&[], Some(&vec![0; rows.len()]), None)
+            .unwrap();
+        c.close().unwrap();
+        rg.close().unwrap();
+        w.close().unwrap();
+    }
+
+    #[test]
+    fn hf_style_parquet_rows_become_samples_with_image_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train-00000-of-00001.parquet");
+        write(
+            &path,
+            &[
+                ("What is it?", "A cat.", b"\x89PNG..."),
+                ("And this?", "A dog.", b""),
+            ],
+        );
+        let cols = Columns {
+            prompt: "question".into(),
+            completion: "answer".into(),
+            ..Default::default()
+        };
+        let recs = read_parquet_file(&path, &cols).unwrap();
+        assert_eq!(recs.len(), 2);
+        let Ok(Sample::Chat(c)) = &recs[0].sample else {
+            panic!("{:?}", recs[0].sample)
+        };
+        assert_eq!(c.media().0, [&Media::Bytes(b"\x89PNG...".to_vec())]);
+        assert_eq!(c.messages[1].text_content(), "A cat.");
+        assert_eq!(
+            recs[1].origin.to_string(),
+            format!("{} record 1", path.display())
+        );
+
+        std::fs::write(&path, b"not parquet").unwrap();
+        let err = read_parquet_file(&path, &cols).unwrap_err().to_string();
+        assert!(
+            err.contains("Parquet") && err.contains("train-00000"),
+            "{err}"
+        );
+    }
+}
