@@ -203,10 +203,30 @@ fn marked_tokens_are_matched_whole() {
         );
     }
     let g3n = GemmaTokenizer::gemma3n_from_gguf(&gguf()).unwrap();
-    assert_eq!(g3n.encode("<start_of_audio>", false).unwrap(), [256_000]);
-    assert_eq!(
-        g3n.encode("<end_of_image><image_soft_token>", false)
-            .unwrap(),
-        [262_144, 262_145]
-    );
+    g3n.save(dir.path().join("tokenizer.json")).unwrap();
+    let g3n_json = GemmaTokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+    for t in [&g3n, &g3n_json] {
+        assert_eq!(t.encode("<start_of_audio>", false).unwrap(), [256_000]);
+        assert_eq!(
+            t.encode("<end_of_image><image_soft_token>", false).unwrap(),
+            [262_144, 262_145]
+        );
+        // glued to text on both sides, repeated, and after a newline run
+        let ids = t
+            .encode(
+                "see<start_of_image><image_soft_token><image_soft_token><end_of_image>now",
+                false,
+            )
+            .unwrap();
+        assert_eq!(ids[1..5], [255_999, 262_145, 262_145, 262_144]);
+        assert_eq!(ids.len(), 6, "{ids:?}");
+        let ids = t
+            .encode("user\n\n\n<start_of_audio><audio_soft_token>", false)
+            .unwrap();
+        assert_eq!(ids[ids.len() - 2..], [256_000, 262_273]);
+        assert_eq!(
+            t.decode(&ids, false).unwrap(),
+            "user\n\n\n<start_of_audio><audio_soft_token>"
+        );
+    }
 }

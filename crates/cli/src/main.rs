@@ -7,6 +7,7 @@
 //! need the full Gemma 3n). `--adapter` runs with a PEFT LoRA adapter, unmerged.
 //! `convert --model <file.gguf> --out DIR` writes such a folder from a GGUF file;
 //! `merge-lora --model M --adapter A --out DIR` writes the base with the adapter merged in.
+//! `data --config RECIPE [--show N] [--validation]` shows a recipe's dataset as the model sees it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,9 @@ use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
 
+mod data;
+mod recipe;
+
 #[derive(Parser)]
 #[command(name = "automodel-cli", version, about = "Gemma 3 / Gemma 3n in Rust")]
 struct Cli {
@@ -42,6 +46,10 @@ enum Command {
     /// Merge a LoRA adapter (PEFT's format) into its base and write a plain Hugging Face folder
     /// (weights, config, and the base's tokenizer files).
     MergeLora(MergeArgs),
+    /// Show a recipe's dataset as the model sees it: rendered samples with the labelled spans
+    /// marked ⟦…⟧, and statistics (tokens, label tokens, lengths, what was truncated, dropped or
+    /// skipped and why).
+    Data(data::DataArgs),
 }
 
 #[derive(clap::Args)]
@@ -148,6 +156,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(a) => run_on(a.device, a)?,
         Command::Convert(a) => convert(a),
         Command::MergeLora(a) => merge_lora(a),
+        Command::Data(a) => data::data(a),
     }
 }
 

@@ -15,6 +15,7 @@
 //!
 //! Everything is generic over the Burn backend; tests run on the `flex` CPU backend.
 
+pub mod cache;
 pub mod config;
 pub mod device;
 pub mod error;

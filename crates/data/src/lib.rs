@@ -13,6 +13,7 @@
 
 pub mod batch;
 pub mod builtin;
+pub mod checkpoint;
 pub mod conversation;
 pub mod dataset;
 pub mod encode;
@@ -26,6 +27,7 @@ pub mod stats;
 pub mod template;
 
 pub use batch::{Decoded, HostBatch, PackStrategy, pack};
+pub use checkpoint::TextSide;
 pub use conversation::{Conversation, Media, Message, Part, Role};
 pub use dataset::{BadSamples, Dataset, Prepared, Report};
 pub use encode::{EncodeConfig, Encoded, Encoder, LabelMode, Overlong};

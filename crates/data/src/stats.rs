@@ -94,8 +94,10 @@ impl Stats {
         let lens: Vec<usize> = data.samples.iter().map(|s| s.encoded.ids.len()).collect();
         let max_len = lens.iter().copied().max().unwrap_or(0);
         let mut histogram = Vec::new();
-        let mut bound = 16;
-        let mut lo = 0;
+        // power-of-two buckets from the one holding the shortest sample
+        let min_len = lens.iter().copied().min().unwrap_or(0);
+        let mut bound = min_len.next_power_of_two().max(16);
+        let mut lo = if bound > 16 { bound / 2 } else { 0 };
         loop {
             let n = lens.iter().filter(|&&l| l > lo && l <= bound).count();
             histogram.push((bound, n));
@@ -111,7 +113,7 @@ impl Stats {
             label_tokens: data.samples.iter().map(|s| s.encoded.label_tokens()).sum(),
             images: data.samples.iter().map(|s| s.encoded.images.len()).sum(),
             clips: data.samples.iter().map(|s| s.encoded.audio.len()).sum(),
-            min_len: lens.iter().copied().min().unwrap_or(0),
+            min_len,
             max_len,
             histogram,
             report: data.report.clone(),
@@ -145,7 +147,10 @@ impl fmt::Display for Stats {
         }
         writeln!(f, "lengths")?;
         let widest = self.histogram.iter().map(|h| h.1).max().unwrap_or(0).max(1);
-        let mut lo = 0;
+        let mut lo = match self.histogram.first() {
+            Some(&(b, _)) if b > 16 => b / 2,
+            _ => 0,
+        };
         for &(bound, n) in &self.histogram {
             let bar = "█".repeat((40 * n).div_ceil(widest));
             writeln!(f, "  {:>6}–{:<6} {:>7}  {bar}", lo + 1, bound, n)?;

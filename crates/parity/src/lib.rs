@@ -196,11 +196,5 @@ pub fn golden_dir() -> PathBuf {
 /// Where `cargo xtask fetch-model gemma-3-270m` keeps the Gemma 3 270M GGUF:
 /// `$AUTOMODEL_CACHE`, else `~/.cache/automodel`, file `gemma-3-270m-q4_k_m.gguf`.
 pub fn gemma3_270m_path() -> PathBuf {
-    let base = std::env::var("AUTOMODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-            PathBuf::from(home).join(".cache/automodel")
-        });
-    base.join("gemma-3-270m-q4_k_m.gguf")
+    automodel_core::cache::known_model("gemma-3-270m").expect("a known model")
 }
