@@ -1,7 +1,8 @@
 //! `automodel-cli`: run Gemma models from the command line.
 //!
 //! `generate --model <file.gguf | HF folder> --prompt TEXT [--image F]... [--audio F]...
-//! [--adapter DIR] [--device cpu|cuda[:N]]` streams a continuation. GGUF files hold Gemma 3
+//! [--chat [--system TEXT]] [--adapter DIR] [--device cpu|cuda[:N]]` streams a continuation (with
+//! `--chat`, the answer to the prompt as a user turn of the model's chat template). GGUF files hold Gemma 3
 //! (model and tokenizer); a Hugging Face folder holds `config.json`, safetensors and
 //! `tokenizer.json` of Gemma 3, the Gemma 3n text model or the full Gemma 3n (images and audio
 //! need the full Gemma 3n). `--adapter` runs with a PEFT LoRA adapter, unmerged.
@@ -122,6 +123,14 @@ struct GenerateArgs {
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Render the prompt as a user turn through the model's chat template (the folder's
+    /// `chat_template.jinja` / `tokenizer_config.json`, else the built-in Gemma template), with
+    /// the images and clips first and the model's turn opened; only the answer is printed.
+    #[arg(long)]
+    chat: bool,
+    /// A system turn for `--chat`.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     /// A LoRA adapter folder (PEFT's format) to run with, unmerged.
     #[arg(long)]
     adapter: Option<PathBuf>,
@@ -219,6 +228,52 @@ impl GenerateArgs {
 
     fn has_media(&self) -> bool {
         !self.image.is_empty() || !self.audio.is_empty()
+    }
+
+    /// The text to tokenize and whether to echo it: the prompt itself, or with `--chat` the
+    /// rendered conversation (placeholders included for the media).
+    fn prompt_text(&self) -> anyhow::Result<(String, bool)> {
+        use automodel_data::{ChatTemplate, Conversation, Media, Message, Part, Role};
+        if !self.chat {
+            return Ok((
+                format!(
+                    "{}{}{}",
+                    self.prompt,
+                    IMAGE_TOKEN.repeat(self.image.len()),
+                    AUDIO_TOKEN.repeat(self.audio.len())
+                ),
+                true,
+            ));
+        }
+        let template = if self.model.is_dir() {
+            ChatTemplate::from_dir(&self.model)?
+        } else {
+            ChatTemplate::gemma()
+        };
+        let mut content: Vec<Part> = Vec::new();
+        content.extend(
+            self.image
+                .iter()
+                .map(|p| Part::Image(Media::Path(p.clone()))),
+        );
+        content.extend(
+            self.audio
+                .iter()
+                .map(|p| Part::Audio(Media::Path(p.clone()))),
+        );
+        content.push(Part::Text(self.prompt.clone()));
+        let mut messages = Vec::new();
+        if let Some(s) = &self.system {
+            messages.push(Message::text(Role::System, s.clone()));
+        }
+        messages.push(Message {
+            role: Role::User,
+            content,
+        });
+        let text = template
+            .render(&Conversation { messages }, true)
+            .with_context(|| format!("rendering the chat template ({})", template.source))?;
+        Ok((text, false))
     }
 }
 
@@ -357,13 +412,17 @@ fn run_text<B: Backend, M>(model: &M, tok: &GemmaTokenizer, a: &GenerateArgs) ->
 where
     M: Generate<B, Prompt = TextPrompt, Error = automodel_text::TextError>,
 {
+    let (text, echo) = a.prompt_text()?;
+    let bos = tok.inner.id_to_token(tok.bos_id).unwrap_or_default();
     let ids: Vec<i64> = tok
-        .encode(&a.prompt, true)?
+        .encode(&text, bos.is_empty() || !text.starts_with(&bos))?
         .into_iter()
         .map(i64::from)
         .collect();
     let mut s = Streamer::new(tok);
-    print!("{}", a.prompt);
+    if echo {
+        print!("{}", a.prompt);
+    }
     model.generate(&TextPrompt::single(ids), &a.generation_config(tok), |new| {
         s.push(new[0])
     })?;
@@ -378,13 +437,9 @@ fn run_gemma3n<B: Backend>(
     device: &B::Device,
 ) -> anyhow::Result<()> {
     let processor = Gemma3nProcessor::from_pretrained(dir, &model.config)?;
+    let (text, echo) = a.prompt_text()?;
     let prompt = Prompt {
-        text: format!(
-            "{}{}{}",
-            a.prompt,
-            IMAGE_TOKEN.repeat(a.image.len()),
-            AUDIO_TOKEN.repeat(a.audio.len())
-        ),
+        text,
         images: a
             .image
             .iter()
@@ -399,8 +454,66 @@ fn run_gemma3n<B: Backend>(
     let input = processor.process::<B>(std::slice::from_ref(&prompt), Padding::Left, device)?;
     let tok = &processor.tokenizer;
     let mut s = Streamer::new(tok);
-    print!("{}", a.prompt);
+    if echo {
+        print!("{}", a.prompt);
+    }
     model.generate(&input, &a.generation_config(tok), |new| s.push(new[0]))?;
     println!();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> GenerateArgs {
+        let mut argv = vec![
+            "automodel-cli",
+            "generate",
+            "--model",
+            "m.gguf",
+            "--prompt",
+            "What?",
+        ];
+        argv.extend(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Generate(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn chat_prompts_render_through_the_template_with_media_first() {
+        let (text, echo) = args(&[]).prompt_text().unwrap();
+        assert_eq!((text.as_str(), echo), ("What?", true));
+        let (text, echo) = args(&["--chat", "--image", "a.png", "--audio", "b.wav"])
+            .prompt_text()
+            .unwrap();
+        assert!(!echo);
+        assert_eq!(
+            text,
+            "<bos><start_of_turn>user\n<image_soft_token><audio_soft_token>What?<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let (text, _) = args(&["--chat", "--system", "Be brief."])
+            .prompt_text()
+            .unwrap();
+        assert!(
+            text.starts_with("<bos><start_of_turn>user\nBe brief.\n\nWhat?"),
+            "{text}"
+        );
+        assert!(
+            Cli::try_parse_from([
+                "automodel-cli",
+                "generate",
+                "--model",
+                "m",
+                "--prompt",
+                "x",
+                "--system",
+                "s"
+            ])
+            .is_err(),
+            "--system needs --chat"
+        );
+    }
 }

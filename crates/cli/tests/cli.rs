@@ -212,3 +212,86 @@ fn adapter_unmerged_and_merged_generate_alike() {
     ]);
     fails_with(&again, "already exists");
 }
+
+fn recipe(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../recipes")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn data_shows_samples_with_labelled_spans_and_statistics() {
+    model();
+    let out = cli(&["data", "--config", &recipe("default.yaml"), "--show", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert_eq!(
+        s.matches("── builtin:instructions/train record").count(),
+        2,
+        "{s}"
+    );
+    assert!(s.contains("<start_of_turn>model\n⟦"), "{s}");
+    assert!(s.contains("<end_of_turn>⟧"), "{s}");
+    assert!(s.contains("samples       512"), "{s}");
+    assert!(
+        s.contains("512 read, 512 used, 0 truncated, 0 skipped"),
+        "{s}"
+    );
+
+    // images and audio through Gemma 3n's processor over the real vocabulary
+    let out = cli(&[
+        "data",
+        "--config",
+        &recipe("shapes-data.yaml"),
+        "--show",
+        "1",
+        "--validation",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("<start_of_audio><audio_soft_token>×188<end_of_audio>"),
+        "{s}"
+    );
+    assert!(s.contains("media         0 images, 64 audio clips"), "{s}");
+
+    // a recipe with a mistyped key, and one whose file has bad lines
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "model:\n  pretrained_model_name_or_path: gemma-3-270m\ndataset:\n  builtin: instructions\n  max_lenght: 12\n",
+    )
+    .unwrap();
+    fails_with(
+        &cli(&["data", "--config", bad.to_str().unwrap()]),
+        "dataset.max_lenght",
+    );
+    std::fs::write(
+        dir.path().join("d.jsonl"),
+        "{\"prompt\": \"a\", \"completion\": \"b\"}\n{oops\n{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &bad,
+        "model:\n  pretrained_model_name_or_path: gemma-3-270m\ndataset:\n  path: d.jsonl\n",
+    )
+    .unwrap();
+    let out = cli(&["data", "--config", bad.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("3 read, 1 used, 0 truncated, 2 skipped"), "{s}");
+    assert!(s.contains("d.jsonl:2: invalid JSON"), "{s}");
+    assert!(s.contains("no assistant turn: 1"), "{s}");
+    std::fs::write(
+        &bad,
+        "model:\n  pretrained_model_name_or_path: gemma-3-270m\ndataset:\n  path: d.jsonl\n  bad_samples: fail\n",
+    )
+    .unwrap();
+    fails_with(
+        &cli(&["data", "--config", bad.to_str().unwrap()]),
+        "d.jsonl:2",
+    );
+}
