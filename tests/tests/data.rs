@@ -507,6 +507,25 @@ fn bad_input_is_named_skipped_and_counted_or_refused() {
             .any(|(o, m)| o.ends_with(":3") && m.contains("missing.png"))
     );
     assert!(media.iter().any(|(o, _)| o.ends_with(":4")));
+    // a dataset whose every image is unreadable ends with an error, not an endless loop
+    let unreadable: Vec<_> = records[2..4].to_vec();
+    let none = Arc::new(Dataset::prepare(unreadable, &enc, BadSamples::Skip).unwrap());
+    let l = Loader::new(
+        enc.clone(),
+        none,
+        LoaderConfig {
+            workers: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = l
+        .iter(Position::default())
+        .next()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no sample's media could be read"), "{err}");
     // `fail` stops at the missing image, naming it
     let strict = Loader::new(
         enc,

@@ -243,6 +243,8 @@ pub struct Batches {
     done: Option<Receiver<Done>>,
     pending: BTreeMap<u64, (Position, Result<Option<HostBatch>, DataError>)>,
     issued: u64,
+    /// Batches in a row that came out empty (every sample's media unreadable).
+    empty: usize,
     stop: Arc<AtomicBool>,
     handles: Vec<JoinHandle<()>>,
 }
@@ -259,6 +261,7 @@ impl Batches {
             done: None,
             pending: BTreeMap::new(),
             issued: 0,
+            empty: 0,
             stop,
             handles: Vec::new(),
         };
@@ -359,8 +362,21 @@ impl Iterator for Batches {
                 (pos, r)
             };
             match result {
-                (pos, Ok(Some(b))) => return Some(Ok((pos, b))),
-                (_, Ok(None)) => continue,
+                (pos, Ok(Some(b))) => {
+                    self.empty = 0;
+                    return Some(Ok((pos, b)));
+                }
+                (_, Ok(None)) => {
+                    // a whole epoch of empty batches would loop for ever: no sample is usable
+                    self.empty += 1;
+                    if self.empty > self.plan(self.next.epoch).len() {
+                        let report = self.loader.report.lock().expect("report lock").clone();
+                        return Some(Err(DataError::Invalid(format!(
+                            "no sample's media could be read ({report})"
+                        ))));
+                    }
+                    continue;
+                }
                 (_, Err(e)) => return Some(Err(e)),
             }
         }

@@ -106,7 +106,11 @@ fn parse_split(s: &str) -> Result<(String, usize, Option<usize>), DataError> {
             x.trim().parse().map(Some).map_err(|_| bad())
         }
     };
-    Ok((name.to_string(), num(a)?.unwrap_or(0), num(b)?))
+    let (from, to) = (num(a)?.unwrap_or(0), num(b)?);
+    if to.is_some_and(|t| t < from) {
+        return Err(bad());
+    }
+    Ok((name.to_string(), from, to))
 }
 
 impl DataConfig {
@@ -276,6 +280,7 @@ mod tests {
             ("validation".into(), 5, Some(9))
         );
         assert!(parse_split("train[abc]").is_err());
+        assert!(parse_split("train[9:3]").is_err());
 
         let cfg = DataConfig {
             builtin: Some("instructions".into()),
