@@ -177,8 +177,17 @@ impl Conversation {
 /// A medium in a JSON value: a path string (relative to `base`), or `{"path": …}` /
 /// `{"bytes": [..]}` as HF datasets store image and audio columns.
 pub(crate) fn media_value(v: &Value, base: &Path) -> Result<Media, SampleError> {
+    let path = |s: &str| {
+        if s.contains("://") {
+            Err(SampleError::Malformed(format!(
+                "`{s}`: remote media are not fetched; give a local path"
+            )))
+        } else {
+            Ok(Media::Path(base.join(s)))
+        }
+    };
     match v {
-        Value::String(s) => Ok(Media::Path(base.join(s))),
+        Value::String(s) => path(s),
         Value::Object(o) => {
             // Parquet's `{bytes: <binary>, path}` struct: the binary is itself `{"bytes": [..]}`
             if let Some(inner @ Value::Object(_)) = o.get("bytes") {
@@ -194,7 +203,7 @@ pub(crate) fn media_value(v: &Value, base: &Path) -> Result<Media, SampleError> 
                 });
             }
             match o.get("path") {
-                Some(Value::String(p)) => Ok(Media::Path(base.join(p))),
+                Some(Value::String(p)) => path(p),
                 _ => Err(SampleError::Malformed(
                     "a media field needs `path` or `bytes`".into(),
                 )),
@@ -218,11 +227,6 @@ fn part(p: &Value, base: &Path) -> Result<Part, SampleError> {
         for key in ["path", "url", "image", "audio"] {
             match p.get(key) {
                 None | Some(Value::Null) => {}
-                Some(Value::String(s)) if s.contains("://") => {
-                    return Err(SampleError::Malformed(format!(
-                        "`{s}`: remote media are not fetched; give a local path"
-                    )));
-                }
                 Some(v) => return media_value(v, base),
             }
         }
