@@ -289,5 +289,10 @@ mod tests {
             bad(serde_json::json!([{"role": "user", "content": [{"type": "video", "path": "v"}]}]))
                 .is_err()
         );
+        let remote = media_value(
+            &serde_json::json!({"path": "https://x/a.png"}),
+            Path::new("."),
+        );
+        assert!(remote.unwrap_err().to_string().contains("not fetched"));
     }
 }
