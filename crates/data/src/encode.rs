@@ -116,6 +116,38 @@ impl Encoder {
         }
     }
 
+    /// Encode a prompt for generation: the conversation rendered with the model's turn opened
+    /// (`add_generation_prompt`), placeholders expanded, no labels (every label `-100`).
+    pub fn encode_prompt(
+        &self,
+        c: &crate::conversation::Conversation,
+    ) -> Result<Encoded, SampleError> {
+        let text = self.template.render(c, true)?;
+        let (images, audio) = c.media();
+        let (images, audio): (Vec<Media>, Vec<Media>) = (
+            images.into_iter().cloned().collect(),
+            audio.into_iter().cloned().collect(),
+        );
+        let ids = if images.is_empty() && audio.is_empty() {
+            let has_bos = text.starts_with(&self.template.bos_token);
+            self.tokens(&text, !has_bos)?
+        } else {
+            let p = self
+                .processor
+                .as_ref()
+                .ok_or_else(|| SampleError::Media("this model takes no images or audio".into()))?;
+            p.encode_text(&text, images.len(), audio.len())
+                .map_err(|e| SampleError::Malformed(e.to_string()))?
+        };
+        Ok(Encoded {
+            labels: vec![IGNORE_INDEX; ids.len()],
+            ids,
+            images,
+            audio,
+            truncated: false,
+        })
+    }
+
     /// Encode one sample.
     pub fn encode(&self, sample: &Sample) -> Result<Encoded, SampleError> {
         let (mut ids, mut labels, images, audio) = match sample {

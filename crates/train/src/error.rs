@@ -1,0 +1,40 @@
+//! What can go wrong in a run.
+
+use std::path::PathBuf;
+
+/// A trainer error: each names the file, the setting or the step it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A setting that cannot work (the message names it).
+    #[error("{0}")]
+    Config(String),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error(transparent)]
+    Data(#[from] automodel_data::DataError),
+    #[error(transparent)]
+    Peft(#[from] automodel_peft::PeftError),
+    #[error(transparent)]
+    Weights(#[from] automodel_core::WeightError),
+    /// The model's forward or generation failed.
+    #[error("model: {0}")]
+    Model(String),
+    /// Several steps in a row had a non-finite loss or gradient.
+    #[error(
+        "{count} steps in a row (through step {step}) had a non-finite loss or gradient; stopping. {last_good}"
+    )]
+    Diverged {
+        step: usize,
+        count: usize,
+        last_good: String,
+    },
+}
+
+impl TrainError {
+    pub(crate) fn file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        TrainError::File {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+}

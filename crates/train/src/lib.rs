@@ -1,0 +1,29 @@
+//! Fine-tuning Gemma 3n and Gemma 3: the trainer behind `automodel-cli finetune`.
+//!
+//! * [`optim`]: AdamW with PyTorch's semantics and defaults, global-norm clipping, state by
+//!   parameter name, float32 master weights for low-precision parameters.
+//! * [`schedule`]: warm-up, then constant, linear, cosine or WSD.
+//! * [`trainer`]: gradient accumulation with the loss normalised by the global batch's label
+//!   tokens, non-finite steps skipped, AltUp coefficients clamped, validation, logging,
+//!   checkpoints, resume.
+//! * [`checkpoint`]: Automodel's layout, written atomically; `LATEST` and `LOWEST_VAL`.
+//! * [`metrics`]: exact match and word error rate.
+//! * [`log`]: `training.jsonl`/`validation.jsonl`, the progress bar, the loss curve.
+//! * [`model`]: what the trainer needs of a model ([`TrainModel`]).
+
+pub mod checkpoint;
+pub mod error;
+pub mod log;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use checkpoint::CheckpointConfig;
+pub use error::TrainError;
+pub use metrics::{EvaluationConfig, Metric};
+pub use model::TrainModel;
+pub use optim::{Optimizer, OptimizerConfig};
+pub use schedule::{DecayStyle, LrSchedule, LrSchedulerConfig};
+pub use trainer::{Export, Settings, StepScheduler, Summary, Trainer, Validation};

@@ -1,0 +1,270 @@
+//! What a run reports: `training.jsonl` and `validation.jsonl` with Automodel's field names, a
+//! progress bar on a terminal (plain lines otherwise), and the loss curve as an SVG picture.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::error::TrainError;
+
+/// One line of `training.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub step: usize,
+    pub epoch: usize,
+    /// Seconds since the Unix epoch.
+    pub timestamp: f64,
+    /// Token-mean cross-entropy of the step's global batch.
+    pub loss: f64,
+    /// Pre-clip global gradient norm.
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// Peak memory in GiB (the process's peak resident size on the CPU).
+    pub mem: f64,
+    /// Tokens per second over the whole step.
+    pub tps: f64,
+    pub num_tokens_per_step: usize,
+    pub num_label_tokens: usize,
+    /// The step was skipped (a non-finite loss or gradient).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+/// One line of `validation.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValRecord {
+    pub step: usize,
+    pub epoch: usize,
+    pub timestamp: f64,
+    pub val_loss: f64,
+    pub lr: f64,
+    pub num_label_tokens: usize,
+    pub mem: f64,
+    /// The generation metric's name and value, when one was computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact_match: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wer: Option<f64>,
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Peak resident memory of this process in GiB (Linux `VmHWM`; 0 elsewhere).
+pub fn peak_mem_gib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / (1024.0 * 1024.0))
+}
+
+/// Appends JSON lines to a file.
+pub struct JsonLines {
+    pub path: PathBuf,
+    file: std::fs::File,
+}
+
+impl JsonLines {
+    pub fn open(path: PathBuf) -> Result<Self, TrainError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::file(&path, format!("cannot open for appending: {e}")))?;
+        Ok(Self { path, file })
+    }
+
+    pub fn write<T: Serialize>(&mut self, v: &T) -> Result<(), TrainError> {
+        let mut line = serde_json::to_string(v).expect("serialisable");
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| TrainError::file(&self.path, e))
+    }
+}
+
+/// Drop the lines of a `.jsonl` whose `step` is above `step` (a resumed run rewrites them).
+pub fn truncate_after(path: &Path, step: usize) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    automodel_core::weights::write_atomic(path, kept.as_bytes())?;
+    Ok(())
+}
+
+/// Progress: a bar on a terminal, a plain line per logged step otherwise.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    pub fn new(total: usize, start: usize) -> Self {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = tty.then(|| {
+            let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+                )
+                .expect("valid template"),
+            );
+            b.set_position(start as u64);
+            b
+        });
+        Self { bar }
+    }
+
+    pub fn step(&self, r: &StepRecord) {
+        let msg = format!(
+            "loss {:.4} | grad_norm {:.3} | lr {:.2e} | tps {:.0}{}",
+            r.loss,
+            r.grad_norm,
+            r.lr,
+            r.tps,
+            if r.skipped { " | skipped" } else { "" }
+        );
+        match &self.bar {
+            Some(b) => {
+                b.set_position(r.step as u64);
+                b.set_message(msg);
+            }
+            None => eprintln!(
+                "step {} | epoch {} | {msg} | mem {:.2} GiB | num_label_tokens {}",
+                r.step, r.epoch, r.mem, r.num_label_tokens
+            ),
+        }
+    }
+
+    /// A line that stays (validation results, checkpoints).
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Draw the training loss (and validation loss points) into an SVG file.
+pub fn loss_curve(
+    path: &Path,
+    train: &[(usize, f64)],
+    val: &[(usize, f64)],
+) -> Result<(), TrainError> {
+    use plotters::prelude::*;
+    let finite = |v: &&(usize, f64)| v.1.is_finite();
+    let pts: Vec<(usize, f64)> = train.iter().filter(finite).copied().collect();
+    let vpts: Vec<(usize, f64)> = val.iter().filter(finite).copied().collect();
+    if pts.is_empty() {
+        return Ok(());
+    }
+    let max_step = pts
+        .iter()
+        .chain(&vpts)
+        .map(|p| p.0)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let (lo, hi) = pts
+        .iter()
+        .chain(&vpts)
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        let draw =
+            |e: &dyn std::fmt::Display| TrainError::Config(format!("drawing the loss curve: {e}"));
+        root.fill(&WHITE).map_err(|e| draw(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("loss", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0..max_step + 1, (lo - pad)..(hi + pad))
+            .map_err(|e| draw(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss")
+            .draw()
+            .map_err(|e| draw(&e))?;
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), &BLUE))
+            .map_err(|e| draw(&e))?
+            .label("train")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
+        if !vpts.is_empty() {
+            chart
+                .draw_series(LineSeries::new(vpts.iter().copied(), &RED))
+                .map_err(|e| draw(&e))?
+                .label("validation")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| draw(&e))?;
+        root.present().map_err(|e| draw(&e))?;
+    }
+    automodel_core::weights::write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curve_and_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("loss.svg");
+        loss_curve(
+            &p,
+            &[(1, 3.0), (2, 2.0), (3, f64::NAN), (4, 1.0)],
+            &[(2, 2.5)],
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+        let j = dir.path().join("t.jsonl");
+        let mut w = JsonLines::open(j.clone()).unwrap();
+        for step in 1..=4 {
+            w.write(&serde_json::json!({ "step": step })).unwrap();
+        }
+        truncate_after(&j, 2).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&j).unwrap(),
+            "{\"step\":1}\n{\"step\":2}\n"
+        );
+    }
+}

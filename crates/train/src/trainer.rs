@@ -1,0 +1,569 @@
+//! The training loop: micro-batches accumulated into optimizer steps, global-norm clipping,
+//! AdamW, the schedule, non-finite steps skipped, validation (loss and a generation metric),
+//! logs, checkpoints and resume.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use automodel_core::tree::KeyPath;
+use automodel_data::{Conversation, Encoded, HostBatch, Loader, Position, Role, Sample};
+use automodel_peft::{LoraConfig, Plan};
+use automodel_text::TrainOptions;
+use burn::module::{ModuleMapper, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, CheckpointConfig, TrainState};
+use crate::error::TrainError;
+use crate::log::{JsonLines, Progress, StepRecord, ValRecord, loss_curve, now, peak_mem_gib};
+use crate::metrics::{EvaluationConfig, Metric, wer};
+use crate::model::TrainModel;
+use crate::optim::{Optimizer, OptimizerConfig, clip_factor, global_grad_norm};
+use crate::schedule::{LrSchedule, LrSchedulerConfig};
+
+/// Recipe `step_scheduler`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StepScheduler {
+    /// Rows per optimizer step (over all micro-batches).
+    pub global_batch_size: usize,
+    /// Rows per forward/backward (micro-batch); `global_batch_size / local_batch_size`
+    /// micro-batches are accumulated per step.
+    pub local_batch_size: usize,
+    /// Optimizer steps of the run (default: `num_epochs` epochs).
+    pub max_steps: Option<usize>,
+    pub num_epochs: Option<usize>,
+    /// Save a checkpoint every N steps (and at the end).
+    pub ckpt_every_steps: Option<usize>,
+    /// Validate every N steps (and at the end).
+    pub val_every_steps: Option<usize>,
+    /// Stop after this many non-finite steps in a row.
+    pub max_bad_steps: usize,
+}
+
+impl Default for StepScheduler {
+    fn default() -> Self {
+        Self {
+            global_batch_size: 8,
+            local_batch_size: 8,
+            max_steps: None,
+            num_epochs: None,
+            ckpt_every_steps: None,
+            val_every_steps: None,
+            max_bad_steps: 3,
+        }
+    }
+}
+
+impl StepScheduler {
+    /// Micro-batches per optimizer step.
+    pub fn grad_acc_steps(&self) -> Result<usize, TrainError> {
+        let (g, l) = (self.global_batch_size, self.local_batch_size);
+        if l == 0 || g == 0 || g % l != 0 {
+            return Err(TrainError::Config(format!(
+                "step_scheduler: global_batch_size ({g}) must be a positive multiple of local_batch_size ({l})"
+            )));
+        }
+        if self.max_steps == Some(0) || self.num_epochs == Some(0) {
+            return Err(TrainError::Config(
+                "step_scheduler: max_steps and num_epochs must be at least 1".into(),
+            ));
+        }
+        if self.ckpt_every_steps == Some(0) || self.val_every_steps == Some(0) {
+            return Err(TrainError::Config(
+                "step_scheduler: ckpt_every_steps and val_every_steps must be at least 1".into(),
+            ));
+        }
+        Ok(g / l)
+    }
+}
+
+/// Everything the loop needs to know besides the model and the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub step_scheduler: StepScheduler,
+    pub optimizer: OptimizerConfig,
+    pub lr_scheduler: LrSchedulerConfig,
+    /// Global gradient-norm clipping (`None` = off).
+    pub max_grad_norm: Option<f64>,
+    pub checkpoint: CheckpointConfig,
+    pub evaluation: EvaluationConfig,
+    pub seed: u64,
+}
+
+/// How the trained model is exported into each checkpoint's `model/`.
+pub enum Export {
+    /// The adapter in PEFT's format.
+    Lora {
+        config: LoraConfig,
+        plan: Plan,
+        base_model: String,
+    },
+    /// The full model as a Hugging Face folder.
+    Full,
+}
+
+/// The validation data: a loader for the loss and prompts for the generation metric.
+pub struct Validation {
+    pub loader: Loader,
+    /// `(prompt, reference answer)` pairs.
+    pub prompts: Vec<(HostBatch, String)>,
+}
+
+impl Validation {
+    /// Build the prompts of the first `n` chat samples: the conversation up to its last
+    /// assistant turn, with the model's turn opened, and that turn's text as the reference.
+    pub fn new(loader: Loader, samples: &[Sample], n: usize) -> Result<Self, TrainError> {
+        let enc = loader.encoder.clone();
+        let mut prompts = Vec::new();
+        for s in samples.iter().filter_map(|s| match s {
+            Sample::Chat(c) => Some(c),
+            Sample::Text(_) => None,
+        }) {
+            if prompts.len() >= n {
+                break;
+            }
+            let Some(last) = s.messages.iter().rposition(|m| m.role == Role::Assistant) else {
+                continue;
+            };
+            let prompt = Conversation {
+                messages: s.messages[..last].to_vec(),
+            };
+            let e: Encoded = enc.encode_prompt(&prompt).map_err(|e| {
+                TrainError::Config(format!("a validation prompt cannot be encoded: {e}"))
+            })?;
+            let b = enc
+                .collate(&[(0, &e)])
+                .map_err(|e| TrainError::Config(format!("a validation prompt: {e}")))?;
+            prompts.push((b, s.messages[last].text_content()));
+        }
+        Ok(Self { loader, prompts })
+    }
+}
+
+/// What a run reports at its end.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub run_dir: PathBuf,
+    pub steps: usize,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    /// The generation metric before training and at the end.
+    pub metric: Option<String>,
+    pub metric_before: Option<f64>,
+    pub metric_after: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub last_checkpoint: Option<PathBuf>,
+    pub resumed_from: Option<PathBuf>,
+}
+
+/// A training job.
+pub struct Trainer<B: AutodiffBackend, M: TrainModel<B>> {
+    pub model: M,
+    pub device: B::Device,
+    pub settings: Settings,
+    pub train: Loader,
+    pub validation: Option<Validation>,
+    pub run_dir: PathBuf,
+    pub export: Export,
+    /// Writes the tokenizer (and other side) files into a `model/` folder.
+    pub side_files: Box<dyn Fn(&Path) -> Result<(), TrainError>>,
+    /// The resolved recipe, saved into each checkpoint as `config.yaml`.
+    pub recipe: String,
+}
+
+/// Clamp the stored AltUp prediction coefficients to ±`clip` (what HF's training forward does
+/// to `prediction_coefs.weight` in place).
+struct ClampAltup {
+    clip: f64,
+    path: KeyPath,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for ClampAltup {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if !self.path.key("").ends_with("altup.prediction_coefs.weight") {
+            return param;
+        }
+        let (id, t, mapper) = param.consume();
+        let rg = t.is_require_grad();
+        let mut c = Tensor::from_inner(t.inner().clamp(-self.clip, self.clip));
+        if rg {
+            c = c.require_grad();
+        }
+        Param::from_mapped_value(id, c, mapper)
+    }
+}
+
+impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
+    /// The number of optimizer steps of the run.
+    pub fn total_steps(&self) -> Result<usize, TrainError> {
+        let s = &self.settings.step_scheduler;
+        let acc = s.grad_acc_steps()?;
+        Ok(match s.max_steps {
+            Some(n) => n,
+            None => s.num_epochs.unwrap_or(1) * self.train.batches_per_epoch().div_ceil(acc),
+        })
+    }
+
+    fn save_checkpoint(
+        &self,
+        optim: &Optimizer<B>,
+        state: &TrainState,
+    ) -> Result<PathBuf, TrainError> {
+        let dir = checkpoint::save(&self.run_dir, state.epoch, state.step, |tmp| {
+            let model_dir = tmp.join("model");
+            std::fs::create_dir_all(&model_dir).map_err(|e| TrainError::file(&model_dir, e))?;
+            match &self.export {
+                Export::Lora {
+                    config,
+                    plan,
+                    base_model,
+                } => {
+                    automodel_peft::save_adapter(
+                        &self.model,
+                        config,
+                        plan,
+                        &model_dir,
+                        base_model,
+                    )?;
+                }
+                Export::Full => {
+                    let shard = self.settings.checkpoint.max_shard_mb.map(|m| m * 1_000_000);
+                    self.model.save_model(&model_dir, shard)?;
+                }
+            }
+            (self.side_files)(&model_dir)?;
+            optim.save(&self.model, &tmp.join("optim"))?;
+            automodel_core::weights::write_atomic(
+                &tmp.join("config.yaml"),
+                self.recipe.as_bytes(),
+            )?;
+            // written last: its presence marks the checkpoint complete
+            checkpoint::write_json(&tmp.join("train_state.json"), state)
+        })?;
+        if let Some(k) = self.settings.checkpoint.max_recent_checkpoints {
+            checkpoint::prune(&self.run_dir, k)?;
+        }
+        Ok(dir)
+    }
+
+    /// Validation loss (token-weighted mean over one pass of the validation data) and the
+    /// generation metric.
+    fn validate(
+        &self,
+        with_metric: bool,
+    ) -> Result<(Option<(f64, usize)>, Option<f64>), TrainError> {
+        let Some(v) = &self.validation else {
+            return Ok((None, None));
+        };
+        let inner = self.model.valid();
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        let n = v.loader.batches_per_epoch();
+        for item in v.loader.iter(Position::default()).take(n) {
+            let (_, b) = item?;
+            if let Some(l) = M::eval_loss(&inner, &b.to_device(&self.device))? {
+                sum += l.sum.into_scalar().elem::<f64>();
+                count += l.num_label_tokens;
+            }
+        }
+        let loss = (count > 0).then(|| (sum / count as f64, count));
+        let metric = self.settings.evaluation.metric;
+        if !with_metric || metric == Metric::None || v.prompts.is_empty() {
+            return Ok((loss, None));
+        }
+        let tok = &v.loader.encoder.tokenizer;
+        let stop: Vec<i64> = tok.stop_ids().into_iter().map(i64::from).collect();
+        let mut pairs = Vec::new();
+        for (prompt, reference) in &v.prompts {
+            let ids = M::greedy(
+                &inner,
+                prompt,
+                self.settings.evaluation.max_new_tokens,
+                &stop,
+            )?;
+            let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+            let text = tok
+                .decode(&ids, true)
+                .map_err(|e| TrainError::Model(format!("decoding an answer: {e}")))?;
+            pairs.push((text, reference.clone()));
+        }
+        let value = match metric {
+            Metric::ExactMatch => {
+                pairs
+                    .iter()
+                    .filter(|(p, r)| automodel_data::builtin::exact_match(p, r))
+                    .count() as f64
+                    / pairs.len() as f64
+            }
+            Metric::Wer => wer(pairs.iter().map(|(p, r)| (p.as_str(), r.as_str()))),
+            Metric::None => unreachable!("handled above"),
+        };
+        for (p, r) in pairs.iter().take(3) {
+            tracing::info!("validation sample: answer {p:?}, reference {r:?}");
+        }
+        Ok((loss, Some(value)))
+    }
+
+    /// Run (or, with `resume`, continue) the training.
+    pub fn run(mut self, resume: bool) -> Result<Summary, TrainError> {
+        let settings = self.settings.clone();
+        let ss = &settings.step_scheduler;
+        let acc = ss.grad_acc_steps()?;
+        let total = self.total_steps()?;
+        let schedule =
+            LrSchedule::new(settings.optimizer.lr, settings.lr_scheduler.clone(), total)?;
+        let mut optim = Optimizer::<B>::new(settings.optimizer.clone(), "")?;
+        std::fs::create_dir_all(&self.run_dir).map_err(|e| TrainError::file(&self.run_dir, e))?;
+        let mut summary = Summary {
+            run_dir: self.run_dir.clone(),
+            metric: (settings.evaluation.metric != Metric::None && self.validation.is_some())
+                .then(|| settings.evaluation.metric.name().to_string()),
+            ..Default::default()
+        };
+        let mut state = TrainState {
+            step: 0,
+            epoch: 0,
+            data: Position::default(),
+            seed: settings.seed,
+            losses: Vec::new(),
+            best_val: None,
+            bad_in_a_row: 0,
+        };
+        let mut val_points: Vec<(usize, f64)> = Vec::new();
+        if resume {
+            let Some(dir) = checkpoint::latest(&self.run_dir) else {
+                return Err(TrainError::file(
+                    &self.run_dir,
+                    "--resume: this run folder holds no complete checkpoint",
+                ));
+            };
+            state = checkpoint::read_state(&dir)?;
+            if state.seed != settings.seed {
+                tracing::warn!(
+                    "the recipe's seed ({}) differs from the checkpoint's ({}); the checkpoint's is used",
+                    settings.seed,
+                    state.seed
+                );
+            }
+            self.model = optim.load(self.model, &dir.join("optim"))?;
+            tracing::info!("resumed from {} (step {})", dir.display(), state.step);
+            summary.resumed_from = Some(dir);
+            for f in ["training.jsonl", "validation.jsonl"] {
+                crate::log::truncate_after(&self.run_dir.join(f), state.step)?;
+            }
+        } else if checkpoint::latest(&self.run_dir).is_some() {
+            return Err(TrainError::file(
+                &self.run_dir,
+                "already holds a run's checkpoints: pass --resume to continue it, or choose another output folder",
+            ));
+        } else {
+            for f in ["training.jsonl", "validation.jsonl"] {
+                let _ = std::fs::remove_file(self.run_dir.join(f));
+            }
+        }
+        let mut train_log = JsonLines::open(self.run_dir.join("training.jsonl"))?;
+        let mut val_log = JsonLines::open(self.run_dir.join("validation.jsonl"))?;
+        if let Ok(text) = std::fs::read_to_string(&val_log.path) {
+            for l in text.lines() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(l)
+                    && let (Some(s), Some(x)) = (v["step"].as_u64(), v["val_loss"].as_f64())
+                {
+                    val_points.push((s as usize, x));
+                }
+            }
+        }
+        let evaluation = settings.evaluation.clone();
+        if state.step == 0 && evaluation.before_training && self.validation.is_some() {
+            let (loss, metric) = self.validate(true)?;
+            summary.metric_before = metric;
+            if let Some((l, n)) = loss {
+                val_points.push((0, l));
+                val_log.write(&ValRecord {
+                    step: 0,
+                    epoch: 0,
+                    timestamp: now(),
+                    val_loss: l,
+                    lr: schedule.at(0),
+                    num_label_tokens: n,
+                    mem: peak_mem_gib(),
+                    exact_match: metric.filter(|_| evaluation.metric == Metric::ExactMatch),
+                    wer: metric.filter(|_| evaluation.metric == Metric::Wer),
+                })?;
+            }
+            eprintln!(
+                "before training: val_loss {}{}",
+                loss.map_or("-".into(), |(l, _)| format!("{l:.4}")),
+                fmt_metric(&summary.metric, metric)
+            );
+        }
+        let progress = Progress::new(total, state.step);
+        let mut batches = self.train.iter(state.data);
+        let clip = self.model.altup_coef_clip();
+        let mut last_ckpt: Option<usize> = None;
+        let mut last_val: Option<usize> = None;
+        let mut last_good: Option<PathBuf> = checkpoint::latest(&self.run_dir);
+        while state.step < total {
+            B::seed(&self.device, state.seed.wrapping_add(state.step as u64));
+            let mut micro = Vec::with_capacity(acc);
+            for _ in 0..acc {
+                let (pos, b) = batches
+                    .next()
+                    .expect("the loader yields batches without end")?;
+                micro.push((pos, b));
+            }
+            let epoch = state.data.epoch;
+            let n_labels: usize = micro.iter().map(|(_, b)| b.num_label_tokens).sum();
+            let n_tokens: usize = micro.iter().map(|(_, b)| b.num_tokens).sum();
+            let t0 = Instant::now();
+            let mut accumulator = GradientsAccumulator::<M>::new();
+            let mut loss = 0.0f64;
+            for (_, b) in &micro {
+                let out = self
+                    .model
+                    .forward_train(&b.to_device(&self.device), TrainOptions::train())
+                    .map_err(|e| TrainError::Model(e.to_string()))?;
+                let Some(l) = out.loss else { continue };
+                // the sum over this micro-batch's label tokens over the global batch's count
+                let part = l.sum / n_labels.max(1) as f64;
+                loss += part.clone().into_scalar().elem::<f64>();
+                let grads = GradientsParams::from_grads(part.backward(), &self.model);
+                accumulator.accumulate(&self.model, grads);
+            }
+            let mut grads = accumulator.grads();
+            let norm = global_grad_norm(&self.model, &grads);
+            let lr = schedule.at(state.step);
+            let finite = loss.is_finite() && norm.is_finite();
+            if finite {
+                self.model = optim.step(
+                    lr,
+                    self.model,
+                    &mut grads,
+                    clip_factor(norm, settings.max_grad_norm),
+                );
+                if let Some(c) = clip {
+                    self.model = self.model.map(&mut ClampAltup {
+                        clip: c,
+                        path: KeyPath::default(),
+                    });
+                }
+                state.bad_in_a_row = 0;
+            } else {
+                state.bad_in_a_row += 1;
+                progress.println(&format!(
+                    "warning: step {} has a non-finite loss ({loss}) or gradient norm ({norm}); skipped",
+                    state.step + 1
+                ));
+                if state.bad_in_a_row >= ss.max_bad_steps.max(1) {
+                    return Err(TrainError::Diverged {
+                        step: state.step + 1,
+                        count: state.bad_in_a_row,
+                        last_good: match &last_good {
+                            Some(p) => format!("The last good checkpoint is {}.", p.display()),
+                            None => "No checkpoint was saved yet.".into(),
+                        },
+                    });
+                }
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            state.step += 1;
+            state.data = micro.last().expect("at least one micro-batch").0;
+            state.epoch = epoch;
+            state.losses.push(loss);
+            summary.first_loss.get_or_insert(loss);
+            summary.last_loss = Some(loss);
+            let rec = StepRecord {
+                step: state.step,
+                epoch,
+                timestamp: now(),
+                loss,
+                grad_norm: norm,
+                lr,
+                mem: peak_mem_gib(),
+                tps: n_tokens as f64 / secs.max(1e-9),
+                num_tokens_per_step: n_tokens,
+                num_label_tokens: n_labels,
+                skipped: !finite,
+            };
+            train_log.write(&rec)?;
+            progress.step(&rec);
+            let last = state.step == total;
+            let is_val = ss.val_every_steps.is_some_and(|n| state.step % n == 0) || last;
+            if is_val && self.validation.is_some() {
+                let (l, metric) = self.validate(true)?;
+                last_val = Some(state.step);
+                if let Some((l, n)) = l {
+                    summary.val_loss = Some(l);
+                    val_points.push((state.step, l));
+                    if state.best_val.as_ref().is_none_or(|(b, _)| l < *b) {
+                        state.best_val = Some((l, checkpoint::name(state.epoch, state.step)));
+                    }
+                    val_log.write(&ValRecord {
+                        step: state.step,
+                        epoch,
+                        timestamp: now(),
+                        val_loss: l,
+                        lr,
+                        num_label_tokens: n,
+                        mem: peak_mem_gib(),
+                        exact_match: metric.filter(|_| evaluation.metric == Metric::ExactMatch),
+                        wer: metric.filter(|_| evaluation.metric == Metric::Wer),
+                    })?;
+                    progress.println(&format!(
+                        "[val] step {} | loss {l:.4} | lr {lr:.2e} | num_label_tokens {n}{}",
+                        state.step,
+                        fmt_metric(&summary.metric, metric)
+                    ));
+                }
+                if last {
+                    summary.metric_after = metric;
+                }
+            }
+            let is_ckpt = ss.ckpt_every_steps.is_some_and(|n| state.step % n == 0)
+                || (last && settings.checkpoint.save_final);
+            if is_ckpt && settings.checkpoint.enabled {
+                let dir = self.save_checkpoint(&optim, &state)?;
+                if let Some((_, name)) = &state.best_val
+                    && *name == checkpoint::name(state.epoch, state.step)
+                {
+                    checkpoint::point(&self.run_dir, checkpoint::LOWEST_VAL, name)?;
+                }
+                progress.println(&format!("checkpoint {}", dir.display()));
+                last_ckpt = Some(state.step);
+                last_good = Some(dir.clone());
+                summary.last_checkpoint = Some(dir);
+            }
+            if last || is_ckpt {
+                let train_pts: Vec<(usize, f64)> = state
+                    .losses
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (i + 1, *l))
+                    .collect();
+                loss_curve(&self.run_dir.join("loss.svg"), &train_pts, &val_points)?;
+            }
+        }
+        progress.finish();
+        let _ = (last_ckpt, last_val);
+        summary.steps = state.step;
+        if summary.last_checkpoint.is_none() {
+            summary.last_checkpoint = checkpoint::latest(&self.run_dir);
+        }
+        crate::checkpoint::write_json(&self.run_dir.join("summary.json"), &summary)?;
+        Ok(summary)
+    }
+}
+
+fn fmt_metric(name: &Option<String>, v: Option<f64>) -> String {
+    match (name, v) {
+        (Some(n), Some(v)) => format!(" | {n} {v:.3}"),
+        _ => String::new(),
+    }
+}
