@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use automodel_data::{DataConfig, Dataset, Loader, Sample, TextSide, stats};
+use automodel_data::{DataConfig, Dataset, Loader, Sample, stats};
 
 use crate::recipe::Recipe;
 
@@ -24,6 +24,7 @@ pub struct DataArgs {
 
 pub fn data(a: DataArgs) -> anyhow::Result<()> {
     let recipe = Recipe::read(&a.config)?;
+    recipe.check_sections()?;
     let name = if a.validation {
         "validation_dataset"
     } else {
@@ -49,7 +50,7 @@ pub fn data(a: DataArgs) -> anyhow::Result<()> {
         }
         _ => false,
     });
-    let side = TextSide::open(&model, has_media)?;
+    let side = recipe.text_side(has_media)?;
     let encoder = side.encoder(
         cfg.encode_config(),
         cfg.chat_template

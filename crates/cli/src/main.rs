@@ -9,6 +9,8 @@
 //! `convert --model <file.gguf> --out DIR` writes such a folder from a GGUF file;
 //! `merge-lora --model M --adapter A --out DIR` writes the base with the adapter merged in.
 //! `data --config RECIPE [--show N] [--validation]` shows a recipe's dataset as the model sees it.
+//! `finetune [--config RECIPE] [--set key.path=value]... [--output-dir DIR] [--resume]
+//! [--device D]` fine-tunes from a recipe (default: `recipes/default.yaml`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
 
 mod data;
+mod finetune;
 mod recipe;
 
 #[derive(Parser)]
@@ -51,6 +54,9 @@ enum Command {
     /// marked ⟦…⟧, and statistics (tokens, label tokens, lengths, what was truncated, dropped or
     /// skipped and why).
     Data(data::DataArgs),
+    /// Fine-tune (LoRA or full) from a YAML recipe; without --config, the built-in default
+    /// (LoRA on Gemma 3 270M with the built-in instruction task, CPU, a few minutes).
+    Finetune(finetune::FinetuneArgs),
 }
 
 #[derive(clap::Args)]
@@ -166,6 +172,7 @@ fn main() -> anyhow::Result<()> {
         Command::Convert(a) => convert(a),
         Command::MergeLora(a) => merge_lora(a),
         Command::Data(a) => data::data(a),
+        Command::Finetune(a) => finetune::finetune(a),
     }
 }
 
@@ -288,7 +295,7 @@ impl OnDevice for GenerateArgs {
 /// A model the CLI runs, with what its tokenizer needs (one value per run: the size difference
 /// between the variants does not matter).
 #[allow(clippy::large_enum_variant)]
-enum Loaded<B: Backend> {
+pub(crate) enum Loaded<B: Backend> {
     /// Gemma 3 (GGUF or HF folder) and its tokenizer.
     Gemma3(Gemma3ForCausalLM<B>, GemmaTokenizer),
     /// The Gemma 3n text decoder (`model_type` `gemma3n_text`) and its tokenizer.
@@ -298,7 +305,7 @@ enum Loaded<B: Backend> {
 }
 
 /// Load `path`: a GGUF file (Gemma 3) or a Hugging Face folder, by its `model_type`.
-fn load<B: Backend>(path: &Path, device: &B::Device) -> anyhow::Result<Loaded<B>> {
+pub(crate) fn load<B: Backend>(path: &Path, device: &B::Device, dtype: DType) -> anyhow::Result<Loaded<B>> {
     if !path.exists() {
         bail!(
             "{}: no such file or folder (expected a GGUF file or a Hugging Face folder)",
@@ -306,7 +313,7 @@ fn load<B: Backend>(path: &Path, device: &B::Device) -> anyhow::Result<Loaded<B>
         );
     }
     if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
-        let (model, tok) = automodel::convert::load_gguf::<B>(path, device, DType::F32)?;
+        let (model, tok) = automodel::convert::load_gguf::<B>(path, device, dtype)?;
         return Ok(Loaded::Gemma3(model, tok));
     }
     let cfg_path = path.join("config.json");
@@ -319,14 +326,14 @@ fn load<B: Backend>(path: &Path, device: &B::Device) -> anyhow::Result<Loaded<B>
         Some("gemma3n") => Loaded::Gemma3n(Gemma3nForConditionalGeneration::from_pretrained(
             path,
             device,
-            DType::F32,
+            dtype,
         )?),
         Some("gemma3n_text") => Loaded::Gemma3nText(
-            Gemma3nForCausalLM::from_pretrained(path, None, device, DType::F32)?,
+            Gemma3nForCausalLM::from_pretrained(path, None, device, dtype)?,
             tokenizer()?,
         ),
         Some("gemma3_text") => Loaded::Gemma3(
-            Gemma3ForCausalLM::from_pretrained(path, device, DType::F32)?,
+            Gemma3ForCausalLM::from_pretrained(path, device, dtype)?,
             tokenizer()?,
         ),
         other => bail!(
@@ -361,7 +368,7 @@ fn merge_lora(a: MergeArgs) -> anyhow::Result<()> {
         Ok(automodel_core::weights::copy_side_files(dir, out)?)
     };
     let mut written = Vec::new();
-    match load::<burn::backend::Flex>(&a.model, &device)? {
+    match load::<burn::backend::Flex>(&a.model, &device, DType::F32)? {
         Loaded::Gemma3(m, tok) => {
             let (m, cfg, _, _) = automodel_peft::load_adapter(m, &a.adapter)?;
             let m = automodel_peft::merge(m, &cfg);
@@ -396,7 +403,7 @@ fn generate<B: Backend>(a: &GenerateArgs, device: &B::Device) -> anyhow::Result<
     if a.has_media() && a.model.extension().is_some_and(|e| e == "gguf") {
         bail!("images and audio need a Gemma 3n model (a Hugging Face folder of the full model)");
     }
-    let loaded = load::<B>(&a.model, device)?;
+    let loaded = load::<B>(&a.model, device, DType::F32)?;
     if a.has_media() && !matches!(loaded, Loaded::Gemma3n(_)) {
         bail!("images and audio need a Gemma 3n model (a Hugging Face folder of the full model)");
     }

@@ -83,6 +83,57 @@ impl TextSide {
         })
     }
 
+    /// The text side of a model built from a config folder (random weights): the tokenizer of
+    /// `tokenizer` (a GGUF file, extended by Gemma 3n's multimodal tokens when the config is a
+    /// Gemma 3n, or a Hugging Face folder's `tokenizer.json`), the built-in Gemma template, and
+    /// for a Gemma 3n config the processor (with `preprocessor_config.json` of `config_dir` when
+    /// present).
+    pub fn for_config(tokenizer: &Path, config_dir: &Path) -> Result<Self, DataError> {
+        let cfg_path = config_dir.join("config.json");
+        let cfg = automodel_core::config::read_json(&cfg_path)?;
+        let gemma3n = cfg.get("model_type").and_then(|v| v.as_str()) == Some("gemma3n");
+        let tok = if tokenizer.is_file() {
+            let gguf = GgufFile::open(tokenizer).map_err(|e| DataError::File {
+                path: tokenizer.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            if gemma3n {
+                GemmaTokenizer::gemma3n_from_gguf(&gguf)?
+            } else {
+                GemmaTokenizer::from_gguf(&gguf)?
+            }
+        } else {
+            GemmaTokenizer::from_file(tokenizer.join("tokenizer.json"))?
+        };
+        let processor = if gemma3n {
+            let config = Gemma3nConfig::from_file(&cfg_path)?;
+            let pp = config_dir.join("preprocessor_config.json");
+            let (image, audio) = if pp.is_file() {
+                (
+                    ImageProcessorConfig::from_file(&pp)
+                        .map_err(|e| DataError::Invalid(e.to_string()))?,
+                    FeatureExtractorConfig::from_file(&pp)
+                        .map_err(|e| DataError::Invalid(e.to_string()))?,
+                )
+            } else {
+                (ImageProcessorConfig::default(), FeatureExtractorConfig::default())
+            };
+            Some(Gemma3nProcessor::new(
+                tok.clone(),
+                image,
+                FeatureExtractor::new(audio).map_err(|e| DataError::Invalid(e.to_string()))?,
+                &config,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            tokenizer: tok,
+            template: ChatTemplate::gemma(),
+            processor,
+        })
+    }
+
     /// An encoder with `config`; `template` replaces the checkpoint's chat template.
     pub fn encoder(
         self,

@@ -26,6 +26,8 @@ use crate::error::TrainError;
 #[serde(default, deny_unknown_fields)]
 pub struct CheckpointConfig {
     pub enabled: bool,
+    /// The run folder (relative to the recipe); `--output-dir` takes precedence.
+    pub checkpoint_dir: Option<PathBuf>,
     /// Keep only the newest K checkpoints (the `LOWEST_VAL` one is kept too); `None` keeps all.
     pub max_recent_checkpoints: Option<usize>,
     /// Also save at the end of the run.
@@ -38,6 +40,7 @@ impl Default for CheckpointConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            checkpoint_dir: None,
             max_recent_checkpoints: Some(3),
             save_final: true,
             max_shard_mb: None,

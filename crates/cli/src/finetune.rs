@@ -1,0 +1,493 @@
+//! `automodel-cli finetune [--config RECIPE] [--set key.path=value]... [--output-dir DIR]
+//! [--resume] [--device cpu|cuda[:N]]`: full fine-tuning or LoRA of Gemma 3 / Gemma 3n from a
+//! YAML recipe (Automodel's section names). Without `--config` it runs `recipes/default.yaml`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use automodel::Gemma3nForConditionalGeneration;
+use automodel_core::device::{DeviceSpec, OnDevice, run_on};
+use automodel_data::{DataConfig, Dataset, Loader, Record, Sample, TextSide};
+use automodel_peft::{FreezeConfig, LoraConfig};
+use automodel_text::matformer::MatformerSpec;
+use automodel_train::{
+    CheckpointConfig, EvaluationConfig, Export, LrSchedulerConfig, OptimizerConfig, Settings,
+    StepScheduler, Summary, TrainModel, Trainer, Validation,
+};
+use burn::tensor::DType;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use crate::Loaded;
+use crate::recipe::{ModelSection, Recipe, TorchDtype};
+
+/// The built-in default recipe (also in `recipes/default.yaml`).
+pub const DEFAULT_RECIPE: &str = include_str!("../../../recipes/default.yaml");
+
+#[derive(clap::Args)]
+pub struct FinetuneArgs {
+    /// The recipe (YAML). Default: `recipes/default.yaml` (LoRA on Gemma 3 270M, built-in
+    /// instruction task, CPU, a few minutes).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a recipe key, e.g. `--set step_scheduler.max_steps=6 --set peft.dim=16`.
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    pub set: Vec<String>,
+    /// The run folder (checkpoints, logs). Default: `checkpoint.checkpoint_dir`, else
+    /// `runs/<recipe>-<date>-<time>`.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Continue the run in the run folder (default: the newest `runs/<recipe>-*`) from its
+    /// latest complete checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Where to train: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+/// Recipe `clip_grad_norm`: `max_norm` 1.0 when the section is absent; `max_norm: null` turns
+/// clipping off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClipGradNorm {
+    max_norm: Option<f64>,
+}
+
+/// Recipe `distributed`: one device only, until data-parallel training exists.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct Distributed {
+    strategy: Option<String>,
+    dp_size: Option<usize>,
+    dp_replicate_size: Option<usize>,
+    tp_size: Option<usize>,
+    cp_size: Option<usize>,
+    pp_size: Option<usize>,
+    ep_size: Option<usize>,
+    sequence_parallel: bool,
+    activation_checkpointing: bool,
+}
+
+impl Distributed {
+    fn check(&self, recipe: &Path) -> anyhow::Result<()> {
+        for (k, v) in [
+            ("dp_size", self.dp_size),
+            ("dp_replicate_size", self.dp_replicate_size),
+            ("tp_size", self.tp_size),
+            ("cp_size", self.cp_size),
+            ("pp_size", self.pp_size),
+            ("ep_size", self.ep_size),
+        ] {
+            if v.is_some_and(|n| n > 1) {
+                bail!(
+                    "{}: distributed.{k} = {}: training on more than one device is not supported yet (data, tensor, context, pipeline and expert parallelism are not implemented); set it to 1 or remove it",
+                    recipe.display(),
+                    v.unwrap_or(1)
+                );
+            }
+        }
+        if self.sequence_parallel {
+            bail!(
+                "{}: distributed.sequence_parallel needs tensor parallelism, which is not supported yet",
+                recipe.display()
+            );
+        }
+        if self.activation_checkpointing {
+            bail!(
+                "{}: distributed.activation_checkpointing is not available yet: Burn 0.21 offers no per-layer recomputation hook; lower step_scheduler.local_batch_size (gradients accumulate to the same global batch) or the sequence length instead",
+                recipe.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Everything a run needs, read and checked before any weight is loaded.
+struct Plan {
+    recipe: Recipe,
+    model: ModelSection,
+    model_path: PathBuf,
+    dataset: DataConfig,
+    validation: Option<DataConfig>,
+    settings: Settings,
+    peft: Option<LoraConfig>,
+    freeze: FreezeConfig,
+    run_dir: PathBuf,
+    resume: bool,
+}
+
+/// `runs/<stem>-<UTC date>-<time>`.
+fn default_run_dir(stem: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // civil date from days since 1970-01-01 (Howard Hinnant's algorithm)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    PathBuf::from("runs").join(format!(
+        "{stem}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    ))
+}
+
+/// The newest `runs/<stem>-*` folder that holds a checkpoint.
+fn newest_run(stem: &str) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir("runs")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{stem}-")))
+                && automodel_train::checkpoint::latest(p).is_some()
+        })
+        .collect();
+    v.sort();
+    v.pop()
+}
+
+fn plan(a: &FinetuneArgs) -> anyhow::Result<Plan> {
+    let mut recipe = match &a.config {
+        Some(p) => Recipe::read(p)?,
+        None if Path::new("recipes/default.yaml").is_file() => {
+            Recipe::read(Path::new("recipes/default.yaml"))?
+        }
+        None => Recipe::parse(Path::new("recipes/default.yaml"), DEFAULT_RECIPE)?,
+    };
+    recipe.check_sections()?;
+    for s in &a.set {
+        recipe.set(s)?;
+    }
+    let r = &recipe;
+    let file = r.path.display().to_string();
+    let model = r.model()?;
+    let model_path = r.model_path()?;
+    if model.torch_dtype == TorchDtype::Float16 {
+        bail!(
+            "{file}: model.torch_dtype float16 is refused: Gemma 3n overflows float16 (activations reach inf/NaN); use bfloat16 (float32 master weights and moments are kept by the optimizer) or float32"
+        );
+    }
+    let dataset: DataConfig = r
+        .section("dataset")?
+        .with_context(|| format!("{file}: the `dataset` section is missing"))?;
+    dataset.validate().with_context(|| format!("{file}: dataset"))?;
+    let validation: Option<DataConfig> = r.section("validation_dataset")?;
+    if let Some(v) = &validation {
+        v.validate()
+            .with_context(|| format!("{file}: validation_dataset"))?;
+    }
+    let step_scheduler: StepScheduler = r.section("step_scheduler")?.unwrap_or_default();
+    step_scheduler
+        .grad_acc_steps()
+        .with_context(|| format!("{file}"))?;
+    let optimizer: OptimizerConfig = r.section("optimizer")?.unwrap_or_default();
+    optimizer.validate().with_context(|| format!("{file}"))?;
+    let lr_scheduler: LrSchedulerConfig = r.section("lr_scheduler")?.unwrap_or_default();
+    let max_grad_norm = match r.section::<ClipGradNorm>("clip_grad_norm")? {
+        None => Some(1.0),
+        Some(c) => c.max_norm,
+    };
+    if let Some(m) = max_grad_norm
+        && !(m.is_finite() && m > 0.0)
+    {
+        bail!("{file}: clip_grad_norm.max_norm: {m} is not a positive number (null turns clipping off)");
+    }
+    let checkpoint: CheckpointConfig = r.section("checkpoint")?.unwrap_or_default();
+    let evaluation: EvaluationConfig = r.section("evaluation")?.unwrap_or_default();
+    let distributed: Distributed = r.section("distributed")?.unwrap_or_default();
+    distributed.check(&r.path)?;
+    let seed: u64 = r.section("seed")?.unwrap_or(42);
+    let peft: Option<LoraConfig> = r.section("peft")?;
+    let freeze: FreezeConfig = r.section("freeze_config")?.unwrap_or_default();
+    let stem = r
+        .path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("run")
+        .to_string();
+    let run_dir = match (&a.output_dir, &checkpoint.checkpoint_dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => r.base().join(d),
+        (None, None) if a.resume => newest_run(&stem).with_context(|| {
+            format!("--resume: no run of this recipe under runs/{stem}-*; pass --output-dir RUN")
+        })?,
+        (None, None) => default_run_dir(&stem),
+    };
+    Ok(Plan {
+        settings: Settings {
+            step_scheduler,
+            optimizer,
+            lr_scheduler,
+            max_grad_norm,
+            checkpoint,
+            evaluation,
+            seed,
+        },
+        model,
+        model_path,
+        dataset,
+        validation,
+        peft,
+        freeze,
+        run_dir,
+        resume: a.resume,
+        recipe,
+    })
+}
+
+pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
+    let plan = plan(&a)?;
+    eprintln!("run directory {}", plan.run_dir.display());
+    let summary = run_on(a.device, Job(plan))??;
+    print_summary(&summary);
+    Ok(())
+}
+
+fn print_summary(s: &Summary) {
+    println!("run directory   {}", s.run_dir.display());
+    if let (Some(a), Some(b)) = (s.first_loss, s.last_loss) {
+        println!("loss            {a:.4} → {b:.4} over {} steps", s.steps);
+    }
+    if let Some(v) = s.val_loss {
+        println!("val_loss        {v:.4}");
+    }
+    if let Some(m) = &s.metric {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        println!(
+            "{m:<15} {} before → {} after",
+            f(s.metric_before),
+            f(s.metric_after)
+        );
+    }
+    if let Some(c) = &s.last_checkpoint {
+        println!("checkpoint      {}", c.display());
+        println!("model           {}", c.join("model").display());
+    }
+}
+
+struct Job(Plan);
+
+impl OnDevice for Job {
+    type Output = anyhow::Result<Summary>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<Summary> {
+        let p = self.0;
+        let dtype = match p.model.torch_dtype {
+            TorchDtype::Float32 => DType::F32,
+            TorchDtype::Bfloat16 => DType::BF16,
+            TorchDtype::Float16 => unreachable!("refused by plan()"),
+        };
+        let loaded = match &p.model.config {
+            None => crate::load::<B>(&p.model_path, &device, dtype)?,
+            Some(c) => {
+                let dir = p.recipe.base().join(c);
+                let cfg = automodel::Gemma3nConfig::from_file(dir.join("config.json"))?;
+                B::seed(&device, p.model.init_seed.unwrap_or(p.settings.seed));
+                Loaded::Gemma3n(Gemma3nForConditionalGeneration::from_config(
+                    &cfg, &device, dtype,
+                )?)
+            }
+        };
+        let spec = p.model.matformer.as_ref().map(|m| MatformerSpec {
+            ffn_widths: m.ffn_widths.clone(),
+            skip_layers: m.skip_layers.clone(),
+        });
+        let file = p.recipe.path.display().to_string();
+        let no_matformer = |spec: &Option<MatformerSpec>| -> anyhow::Result<()> {
+            if spec.is_some() {
+                bail!("{file}: model.matformer needs a Gemma 3n model");
+            }
+            Ok(())
+        };
+        match loaded {
+            Loaded::Gemma3(m, tok) => {
+                no_matformer(&spec)?;
+                let n = m.config.max_position_embeddings;
+                let source = p.model_path.clone();
+                let tok2 = tok.clone();
+                let side: SideFiles = if source.is_file() {
+                    Box::new(move |dir| {
+                        automodel::convert::write_tokenizer_files(&tok2, n, dir)
+                            .map(|_| ())
+                            .map_err(|e| automodel_train::TrainError::Model(e.to_string()))
+                    })
+                } else {
+                    copy_side_files(source)
+                };
+                train(m, p, device, side)
+            }
+            Loaded::Gemma3nText(m, _) => {
+                let m = match &spec {
+                    Some(s) => {
+                        let mut m = m;
+                        m.model = automodel_text::matformer::slice_model(m.model, s)?;
+                        m
+                    }
+                    None => m,
+                };
+                let side = copy_side_files(p.model_path.clone());
+                train(m, p, device, side)
+            }
+            Loaded::Gemma3n(m) => {
+                let m = match &spec {
+                    Some(s) => m.with_matformer(s)?,
+                    None => m,
+                };
+                let side: SideFiles = if p.model.config.is_some() {
+                    let tok = p.model_path.clone();
+                    Box::new(move |dir| {
+                        if tok.is_dir() {
+                            automodel_core::weights::copy_side_files(&tok, dir)?;
+                        }
+                        Ok(())
+                    })
+                } else {
+                    copy_side_files(p.model_path.clone())
+                };
+                train(m, p, device, side)
+            }
+        }
+    }
+}
+
+type SideFiles = Box<dyn Fn(&Path) -> Result<(), automodel_train::TrainError>>;
+
+fn copy_side_files(src: PathBuf) -> SideFiles {
+    Box::new(move |dir| {
+        automodel_core::weights::copy_side_files(&src, dir)?;
+        Ok(())
+    })
+}
+
+/// Read and prepare a dataset section.
+fn prepare(
+    recipe: &Recipe,
+    name: &str,
+    cfg: &DataConfig,
+    side: &TextSideCache,
+) -> anyhow::Result<(Arc<automodel_data::Encoder>, Arc<Dataset>, Vec<Record>)> {
+    let records = cfg
+        .read(recipe.base())
+        .with_context(|| format!("{}: {name}", recipe.path.display()))?;
+    let encoder = Arc::new(side.encoder(recipe, cfg)?);
+    let data = Dataset::prepare(records.clone(), &encoder, cfg.bad_samples)
+        .with_context(|| format!("{}: {name}", recipe.path.display()))?;
+    if data.report.skipped_count() > 0 {
+        tracing::warn!("{name}: {}", data.report);
+    }
+    Ok((encoder, Arc::new(data), records))
+}
+
+/// Opens the checkpoint's text side once per dataset (the tokenizer is cheap to rebuild).
+struct TextSideCache;
+
+impl TextSideCache {
+    fn encoder(&self, recipe: &Recipe, cfg: &DataConfig) -> anyhow::Result<automodel_data::Encoder> {
+        let side: TextSide = recipe.text_side(true)?;
+        Ok(side.encoder(
+            cfg.encode_config(),
+            cfg.chat_template
+                .as_ref()
+                .map(|p| recipe.base().join(p))
+                .as_deref(),
+        )?)
+    }
+}
+
+fn train<B: AutodiffBackend, M: TrainModel<B>>(
+    model: M,
+    p: Plan,
+    device: B::Device,
+    side_files: SideFiles,
+) -> anyhow::Result<Summary> {
+    let file = p.recipe.path.display().to_string();
+    let (model, export) = match &p.peft {
+        Some(cfg) => {
+            let (t, prefix) = model.tree();
+            let lin = automodel_core::tree::linear_paths(t, prefix);
+            let modules = automodel_peft::inject::module_paths(t, prefix);
+            let plan = automodel_peft::inject::plan(cfg, &lin, &modules)
+                .with_context(|| format!("{file}: peft"))?;
+            let (model, cov) =
+                automodel_peft::apply_lora(model, cfg).with_context(|| format!("{file}: peft"))?;
+            eprintln!(
+                "LoRA r {} alpha {}: {} trainable parameters",
+                cfg.r,
+                cfg.alpha,
+                cov.trainable()
+            );
+            let base = p
+                .model
+                .pretrained_model_name_or_path
+                .clone()
+                .unwrap_or_default();
+            (
+                model,
+                Export::Lora {
+                    config: cfg.clone(),
+                    plan,
+                    base_model: base,
+                },
+            )
+        }
+        None => {
+            let (model, cov) = automodel_peft::apply_freeze(model, &p.freeze);
+            eprintln!("full fine-tuning: {} trainable parameters", cov.trainable());
+            (model, Export::Full)
+        }
+    };
+    let side = TextSideCache;
+    let ss = &p.settings.step_scheduler;
+    let (enc, data, _) = prepare(&p.recipe, "dataset", &p.dataset, &side)?;
+    let lc = p.dataset.loader_config(ss.local_batch_size);
+    let train_loader = Loader::new(enc, data, lc)
+        .with_context(|| format!("{file}: dataset"))?;
+    let validation = match &p.validation {
+        Some(v) => {
+            let (enc, data, records) = prepare(&p.recipe, "validation_dataset", v, &side)?;
+            let mut lc = v.loader_config(ss.local_batch_size);
+            lc.shuffle = false;
+            let loader = Loader::new(enc, data, lc)
+                .with_context(|| format!("{file}: validation_dataset"))?;
+            let samples: Vec<Sample> = records.into_iter().filter_map(|r| r.sample.ok()).collect();
+            Some(Validation::new(
+                loader,
+                &samples,
+                p.settings.evaluation.num_samples,
+            )?)
+        }
+        None => None,
+    };
+    let trainer = Trainer {
+        model,
+        device,
+        settings: p.settings.clone(),
+        train: train_loader,
+        validation,
+        run_dir: p.run_dir.clone(),
+        export,
+        side_files,
+        recipe: p.recipe.to_yaml(),
+    };
+    eprintln!(
+        "{} steps of {} rows ({} per micro-batch) on {} training samples",
+        trainer.total_steps()?,
+        ss.global_batch_size,
+        ss.local_batch_size,
+        trainer.train.data.len()
+    );
+    Ok(trainer.run(p.resume)?)
+}
