@@ -183,7 +183,9 @@ fn plan(a: &FinetuneArgs) -> anyhow::Result<Plan> {
     let dataset: DataConfig = r
         .section("dataset")?
         .with_context(|| format!("{file}: the `dataset` section is missing"))?;
-    dataset.validate().with_context(|| format!("{file}: dataset"))?;
+    dataset
+        .validate()
+        .with_context(|| format!("{file}: dataset"))?;
     let validation: Option<DataConfig> = r.section("validation_dataset")?;
     if let Some(v) = &validation {
         v.validate()
@@ -203,7 +205,9 @@ fn plan(a: &FinetuneArgs) -> anyhow::Result<Plan> {
     if let Some(m) = max_grad_norm
         && !(m.is_finite() && m > 0.0)
     {
-        bail!("{file}: clip_grad_norm.max_norm: {m} is not a positive number (null turns clipping off)");
+        bail!(
+            "{file}: clip_grad_norm.max_norm: {m} is not a positive number (null turns clipping off)"
+        );
     }
     let checkpoint: CheckpointConfig = r.section("checkpoint")?.unwrap_or_default();
     let evaluation: EvaluationConfig = r.section("evaluation")?.unwrap_or_default();
@@ -395,7 +399,11 @@ fn prepare(
 struct TextSideCache;
 
 impl TextSideCache {
-    fn encoder(&self, recipe: &Recipe, cfg: &DataConfig) -> anyhow::Result<automodel_data::Encoder> {
+    fn encoder(
+        &self,
+        recipe: &Recipe,
+        cfg: &DataConfig,
+    ) -> anyhow::Result<automodel_data::Encoder> {
         let side: TextSide = recipe.text_side(true)?;
         Ok(side.encoder(
             cfg.encode_config(),
@@ -453,8 +461,7 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
     let ss = &p.settings.step_scheduler;
     let (enc, data, _) = prepare(&p.recipe, "dataset", &p.dataset, &side)?;
     let lc = p.dataset.loader_config(ss.local_batch_size);
-    let train_loader = Loader::new(enc, data, lc)
-        .with_context(|| format!("{file}: dataset"))?;
+    let train_loader = Loader::new(enc, data, lc).with_context(|| format!("{file}: dataset"))?;
     let validation = match &p.validation {
         Some(v) => {
             let (enc, data, records) = prepare(&p.recipe, "validation_dataset", v, &side)?;

@@ -305,7 +305,11 @@ pub(crate) enum Loaded<B: Backend> {
 }
 
 /// Load `path`: a GGUF file (Gemma 3) or a Hugging Face folder, by its `model_type`.
-pub(crate) fn load<B: Backend>(path: &Path, device: &B::Device, dtype: DType) -> anyhow::Result<Loaded<B>> {
+pub(crate) fn load<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    dtype: DType,
+) -> anyhow::Result<Loaded<B>> {
     if !path.exists() {
         bail!(
             "{}: no such file or folder (expected a GGUF file or a Hugging Face folder)",
@@ -324,9 +328,7 @@ pub(crate) fn load<B: Backend>(path: &Path, device: &B::Device, dtype: DType) ->
     };
     Ok(match cfg.get("model_type").and_then(|v| v.as_str()) {
         Some("gemma3n") => Loaded::Gemma3n(Gemma3nForConditionalGeneration::from_pretrained(
-            path,
-            device,
-            dtype,
+            path, device, dtype,
         )?),
         Some("gemma3n_text") => Loaded::Gemma3nText(
             Gemma3nForCausalLM::from_pretrained(path, None, device, dtype)?,

@@ -326,7 +326,9 @@ mod tests {
         assert_eq!(nearest("lrr", ["lr", "betas", "eps"]), Some("lr"));
         assert_eq!(nearest("zzzzzz", ["lr", "betas"]), None);
         assert_eq!(
-            with_suggestion("unknown field `max_step`, expected one of `max_steps`, `num_epochs`".into()),
+            with_suggestion(
+                "unknown field `max_step`, expected one of `max_steps`, `num_epochs`".into()
+            ),
             "unknown field `max_step`, expected one of `max_steps`, `num_epochs` (did you mean `max_steps`?)"
         );
     }

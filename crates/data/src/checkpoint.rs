@@ -116,7 +116,10 @@ impl TextSide {
                         .map_err(|e| DataError::Invalid(e.to_string()))?,
                 )
             } else {
-                (ImageProcessorConfig::default(), FeatureExtractorConfig::default())
+                (
+                    ImageProcessorConfig::default(),
+                    FeatureExtractorConfig::default(),
+                )
             };
             Some(Gemma3nProcessor::new(
                 tok.clone(),

@@ -76,6 +76,13 @@ pub fn tiny<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<Vec<Ch
         &outputs,
         LOSS,
     )?);
+    if outputs.contains("steps.loss.0") {
+        checks.extend(adamw_steps(
+            model.clone(),
+            &train_batch(&input, device),
+            &outputs,
+        )?);
+    }
     let grads = loss.backward();
     checks.extend(lora_gradient_checks(
         &tree::hf_grads(&model, PEFT_PREFIX, &grads),
@@ -112,6 +119,122 @@ pub fn tiny<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<Vec<Ch
         .forward(&inner_input, ForwardOptions::default())?
         .logits;
     checks.push(check("merged_logits", values(ml), &outputs, LOGITS)?);
+    Ok(checks)
+}
+
+/// Losses and pre-clip norms of the optimizer steps: "1e-4 relative".
+const STEP_SCALAR: Tolerance = Tolerance::Elementwise {
+    atol: 0.0,
+    rtol: 1e-4,
+};
+
+/// The `steps.*` of `lora_text`: the trainer's optimizer pieces (AdamW, global-norm clipping at
+/// 1.0, linear warm-up over 3 steps from `lr·(s+1)/3`) for as many steps as the reference took,
+/// on the same batch, from the saved adapter. The losses and pre-clip norms are compared at each
+/// step; the final LoRA tensors, over all of them together, must have at least 99.9 % of their
+/// elements within 1e-4 of their tensor's largest value and every element within 0.06 (twice the
+/// summed learning rates: an element whose gradient is at the float32 noise floor may step the
+/// other way).
+fn adamw_steps<B: AutodiffBackend>(
+    mut model: Gemma3nForConditionalGeneration<B>,
+    batch: &TrainBatch<B>,
+    outputs: &automodel_core::weights::SafeTensorsFiles,
+) -> Result<Vec<Check>, ParityError> {
+    use automodel_train::optim::{Optimizer, OptimizerConfig, clip_factor, global_grad_norm};
+    use automodel_train::schedule::{LrSchedule, LrSchedulerConfig};
+    use burn::optim::GradientsParams;
+    use burn::tensor::ElementConversion;
+    let steps = outputs
+        .names()
+        .filter(|n| n.starts_with("steps.loss."))
+        .count();
+    let lr = 1e-2;
+    let config = OptimizerConfig {
+        lr,
+        weight_decay: 0.01,
+        ..OptimizerConfig::default()
+    };
+    let fail = |m: String| ParityError::Case {
+        path: "lora_text".into(),
+        message: m,
+    };
+    let mut opt = Optimizer::<B>::new(config, "").map_err(|e| fail(e.to_string()))?;
+    let schedule = LrSchedule::new(
+        lr,
+        LrSchedulerConfig {
+            lr_warmup_steps: 3,
+            ..Default::default()
+        },
+        steps,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let mut checks = Vec::new();
+    for s in 0..steps {
+        let loss = model
+            .forward_train(batch, TrainOptions::gradients())?
+            .loss
+            .ok_or_else(|| fail("no labelled token".into()))?
+            .mean();
+        let lv: f64 = loss.clone().into_scalar().elem();
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let norm = global_grad_norm(&model, &grads);
+        for (name, v) in [("loss", lv), ("grad_norm", norm)] {
+            checks.push(check(
+                &format!("steps.{name}.{s}"),
+                (vec![v], vec![]),
+                outputs,
+                STEP_SCALAR,
+            )?);
+        }
+        model = opt.step(
+            schedule.at(s),
+            model,
+            &mut grads,
+            clip_factor(norm, Some(1.0)),
+        );
+    }
+    let got = tree::hf_tensors(&model, PEFT_PREFIX);
+    let (mut total, mut close, mut worst, mut worst_ref) = (0usize, 0usize, 0f64, 0f64);
+    let mut missing = Vec::new();
+    for name in outputs.names().filter(|n| n.starts_with("steps.final.")) {
+        let key = &name["steps.final.".len()..];
+        let Some(g) = got.get(key) else {
+            missing.push(key.to_string());
+            continue;
+        };
+        let (a, _) = data_values(g.clone());
+        let (b, _) = reference(outputs, name)?;
+        let max_ref = b.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+        worst_ref = worst_ref.max(max_ref);
+        for (x, y) in a.iter().zip(&b) {
+            let e = (*x as f64 - *y as f64).abs();
+            total += 1;
+            close += usize::from(e <= 1e-4 * max_ref);
+            worst = worst.max(e);
+        }
+    }
+    let share = close as f64 / total.max(1) as f64;
+    checks.push(Check {
+        name: format!("steps.final.* ({total} values)"),
+        max_abs_err: worst,
+        max_ref: worst_ref,
+        tolerance: Tolerance::Elementwise {
+            atol: 0.06,
+            rtol: 0.0,
+        },
+        passed: missing.is_empty() && total > 0 && share >= 0.999 && worst <= 0.06,
+        note: Some(if missing.is_empty() {
+            format!(
+                "{:.3} % within 1e-4·max|ref| (≥ 99.9 % needed)",
+                100.0 * share
+            )
+        } else {
+            format!(
+                "no such LoRA tensor after the steps: {}",
+                missing.join(", ")
+            )
+        }),
+    });
     Ok(checks)
 }
 
