@@ -10,11 +10,13 @@ use automodel::Gemma3nForConditionalGeneration;
 use automodel_core::device::{DeviceSpec, OnDevice, run_on};
 use automodel_data::{DataConfig, Dataset, Loader, Record, Sample, TextSide};
 use automodel_peft::{FreezeConfig, LoraConfig};
+use automodel_text::Gemma3nForCausalLM;
 use automodel_text::matformer::MatformerSpec;
 use automodel_train::{
     CheckpointConfig, EvaluationConfig, Export, LrSchedulerConfig, OptimizerConfig, Settings,
     StepScheduler, Summary, TrainModel, Trainer, Validation,
 };
+use burn::module::AutodiffModule;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
@@ -45,6 +47,10 @@ pub struct FinetuneArgs {
     /// Where to train: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Read and check the recipe, print what the run would do, and exit (a model or dataset
+    /// that is not there yet is only noted).
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Recipe `clip_grad_norm`: `max_norm` 1.0 when the section is absent; `max_norm: null` turns
@@ -174,7 +180,14 @@ fn plan(a: &FinetuneArgs) -> anyhow::Result<Plan> {
     let r = &recipe;
     let file = r.path.display().to_string();
     let model = r.model()?;
-    let model_path = r.model_path()?;
+    let model_path = match r.model_path() {
+        Ok(p) => p,
+        Err(e) if a.check => {
+            eprintln!("note: {e:#}");
+            PathBuf::new()
+        }
+        Err(e) => return Err(e),
+    };
     if model.torch_dtype == TorchDtype::Float16 {
         bail!(
             "{file}: model.torch_dtype float16 is refused: Gemma 3n overflows float16 (activations reach inf/NaN); use bfloat16 (float32 master weights and moments are kept by the optimizer) or float32"
@@ -198,6 +211,10 @@ fn plan(a: &FinetuneArgs) -> anyhow::Result<Plan> {
     let optimizer: OptimizerConfig = r.section("optimizer")?.unwrap_or_default();
     optimizer.validate().with_context(|| format!("{file}"))?;
     let lr_scheduler: LrSchedulerConfig = r.section("lr_scheduler")?.unwrap_or_default();
+    if let Some(n) = step_scheduler.max_steps {
+        automodel_train::LrSchedule::new(optimizer.lr, lr_scheduler.clone(), n)
+            .with_context(|| format!("{file}"))?;
+    }
     let max_grad_norm = match r.section::<ClipGradNorm>("clip_grad_norm")? {
         None => Some(1.0),
         Some(c) => c.max_norm,
@@ -254,10 +271,53 @@ fn plan(a: &FinetuneArgs) -> anyhow::Result<Plan> {
 
 pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     let plan = plan(&a)?;
+    if a.check {
+        print_plan(&plan);
+        return Ok(());
+    }
     eprintln!("run directory {}", plan.run_dir.display());
     let summary = run_on(a.device, Job(plan))??;
     print_summary(&summary);
     Ok(())
+}
+
+/// What `--check` prints: the resolved run.
+fn print_plan(p: &Plan) {
+    let s = &p.settings;
+    let ss = &s.step_scheduler;
+    println!("recipe          {} (checked)", p.recipe.path.display());
+    println!("model           {}", p.model_path.display());
+    println!(
+        "training        {}",
+        match &p.peft {
+            Some(l) => format!("LoRA r {} alpha {} (scale {})", l.r, l.alpha, l.scale()),
+            None => "full fine-tuning".to_string(),
+        }
+    );
+    println!(
+        "steps           {} of {} rows ({} per micro-batch, {} accumulated)",
+        ss.max_steps.map_or_else(
+            || format!("{} epoch(s)", ss.num_epochs.unwrap_or(1)),
+            |n| n.to_string()
+        ),
+        ss.global_batch_size,
+        ss.local_batch_size,
+        ss.global_batch_size / ss.local_batch_size.max(1)
+    );
+    println!(
+        "optimizer       AdamW lr {:e} betas {:?} eps {:e} weight_decay {}; schedule {:?}, warm-up {}",
+        s.optimizer.lr,
+        s.optimizer.betas,
+        s.optimizer.eps,
+        s.optimizer.weight_decay,
+        s.lr_scheduler.lr_decay_style,
+        s.lr_scheduler.lr_warmup_steps
+    );
+    println!(
+        "clip_grad_norm  {}",
+        s.max_grad_norm.map_or("off".into(), |m| m.to_string())
+    );
+    println!("run directory   {}", p.run_dir.display());
 }
 
 fn print_summary(s: &Summary) {
@@ -334,11 +394,12 @@ impl OnDevice for Job {
                 train(m, p, device, side)
             }
             Loaded::Gemma3nText(m, _) => {
+                // sliced on the inner backend: the sliced tensors become fresh leaves
                 let m = match &spec {
                     Some(s) => {
-                        let mut m = m;
-                        m.model = automodel_text::matformer::slice_model(m.model, s)?;
-                        m
+                        let mut inner = m.valid();
+                        inner.model = automodel_text::matformer::slice_model(inner.model, s)?;
+                        Gemma3nForCausalLM::<B>::from_inner(inner)
                     }
                     None => m,
                 };
@@ -347,7 +408,9 @@ impl OnDevice for Job {
             }
             Loaded::Gemma3n(m) => {
                 let m = match &spec {
-                    Some(s) => m.with_matformer(s)?,
+                    Some(s) => Gemma3nForConditionalGeneration::<B>::from_inner(
+                        m.valid().with_matformer(s)?,
+                    ),
                     None => m,
                 };
                 let side: SideFiles = if p.model.config.is_some() {

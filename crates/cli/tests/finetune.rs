@@ -411,3 +411,129 @@ fn a_diverging_run_stops_and_names_the_last_good_checkpoint() {
         "{steps:?}"
     );
 }
+
+#[test]
+fn every_recipe_checks() {
+    let mut n = 0;
+    for e in std::fs::read_dir(root().join("recipes")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let out = cli(&["finetune", "--check", "--config", &p.display().to_string()]);
+        let s = ok(&out);
+        assert!(s.contains("(checked)"), "{}: {s}", p.display());
+        n += 1;
+    }
+    assert!(n >= 6, "{n} recipes");
+}
+
+#[test]
+fn the_tiny_multimodal_recipe_trains_on_pictures_and_clips_and_a_matformer_slice_exports() {
+    gguf();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let common = [
+        "--set",
+        "optimizer.lr=1e-2",
+        "--set",
+        "lr_scheduler.min_lr=1e-3",
+        "--set",
+        "validation_dataset.num_samples=8",
+        "--set",
+        "evaluation.num_samples=2",
+        "--set",
+        "evaluation.max_new_tokens=3",
+    ];
+    let mut args = vec![
+        "finetune",
+        "--config",
+        "recipes/gemma3n-tiny-multimodal.yaml",
+        "--output-dir",
+    ];
+    let run_s = run.display().to_string();
+    args.push(&run_s);
+    args.extend(common);
+    args.extend([
+        "--set",
+        "step_scheduler.max_steps=8",
+        "--set",
+        "step_scheduler.val_every_steps=8",
+        "--set",
+        "step_scheduler.ckpt_every_steps=8",
+    ]);
+    ok(&cli(&args));
+    let steps = jsonl(&run.join("training.jsonl"));
+    assert_eq!(steps.len(), 8);
+    let loss = |i: usize| steps[i]["loss"].as_f64().unwrap();
+    // from ln(262400) ≈ 12.5 (random weights) down by a clear margin
+    assert!(loss(0) > 12.0, "{}", loss(0));
+    assert!(loss(6) + loss(7) < 2.0 * (loss(0) - 3.0), "{steps:?}");
+    // the towers trained: every step's pictures and clips reached them
+    let optim: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("epoch_0_step_8/optim/optimizer.json")).unwrap(),
+    )
+    .unwrap();
+    let trained = optim["steps"].as_object().unwrap();
+    for tower in [
+        "model.vision_tower.",
+        "model.audio_tower.",
+        "model.embed_vision.",
+        "model.embed_audio.",
+    ] {
+        let n = trained
+            .iter()
+            .filter(|(k, v)| k.starts_with(tower) && v.as_u64() == Some(8))
+            .count();
+        assert!(n > 0, "no parameter of {tower} stepped 8 times");
+    }
+    let model_dir = run.join("epoch_0_step_8/model");
+    assert!(model_dir.join("model.safetensors").is_file());
+    automodel::Gemma3nForConditionalGeneration::<Flex>::from_pretrained(
+        &model_dir,
+        &Default::default(),
+        DType::F32,
+    )
+    .unwrap();
+
+    // a MatFormer Mix-n-Match sub-model (layer 1 dropped, narrower FFNs) trains and exports
+    let sub = dir.path().join("sub");
+    let sub_s = sub.display().to_string();
+    let mut args = vec![
+        "finetune",
+        "--config",
+        "recipes/gemma3n-tiny-multimodal.yaml",
+        "--output-dir",
+        &sub_s,
+    ];
+    args.extend(common);
+    args.extend([
+        "--set",
+        "step_scheduler.max_steps=2",
+        "--set",
+        "lr_scheduler.lr_warmup_steps=1",
+        "--set",
+        "validation_dataset=null",
+        "--set",
+        "model.matformer.skip_layers=[1]",
+        "--set",
+        "model.matformer.ffn_widths=[64, 96, 64, 64, 96]",
+    ]);
+    ok(&cli(&args));
+    let exported = sub.join("epoch_0_step_2/model");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["text_config"]["num_hidden_layers"], 5);
+    assert_eq!(
+        cfg["text_config"]["intermediate_size"],
+        serde_json::json!([64, 96, 64, 64, 96])
+    );
+    let m = automodel::Gemma3nForConditionalGeneration::<Flex>::from_pretrained(
+        &exported,
+        &Default::default(),
+        DType::F32,
+    )
+    .unwrap();
+    assert_eq!(m.model.language_model.layers.len(), 5);
+}

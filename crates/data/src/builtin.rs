@@ -4,7 +4,8 @@
 //!   word of: …") for the real Gemma 3 270M, which answers in prose before fine-tuning and with the
 //!   bare word after a few minutes of LoRA; scored by [`exact_match`];
 //! - `shapes`: pictures of coloured shapes with questions about their colour and shape;
-//! - `tones`: clips of two or three tones to transcribe as digits (each digit its own pitch).
+//! - `tones`: clips of two or three tones to transcribe as digits (each digit its own pitch);
+//! - `shapes_tones`: the two alternated (pictures and clips in one run).
 //!
 //! `train` and `validation` splits never share a sample.
 
@@ -20,7 +21,7 @@ use crate::error::{DataError, Origin};
 use crate::format::{Record, Sample};
 
 /// The built-in datasets.
-pub const NAMES: [&str; 3] = ["instructions", "shapes", "tones"];
+pub const NAMES: [&str; 4] = ["instructions", "shapes", "tones", "shapes_tones"];
 
 /// Default sizes of the splits.
 pub const TRAIN_SIZE: usize = 512;
@@ -183,6 +184,30 @@ pub fn records(name: &str, split: &str, n: Option<usize>) -> Result<Vec<Record>,
             "unknown built-in dataset `{name}` (expected one of: {})",
             NAMES.join(", ")
         )));
+    }
+    if name == "shapes_tones" {
+        let total = n.unwrap_or(if split == "validation" {
+            VALIDATION_SIZE
+        } else {
+            TRAIN_SIZE
+        });
+        let shapes = records("shapes", split, Some(total.div_ceil(2)))?;
+        let tones = records("tones", split, Some(total / 2))?;
+        let mut tones = tones.into_iter();
+        let mut out = Vec::with_capacity(total);
+        for s in shapes {
+            out.push(s);
+            out.extend(tones.next());
+        }
+        let file = PathBuf::from(format!("builtin:{name}/{split}"));
+        for (i, r) in out.iter_mut().enumerate() {
+            r.origin = Origin {
+                file: file.clone(),
+                position: i,
+                is_line: false,
+            };
+        }
+        return Ok(out);
     }
     let (seed, n) = match split {
         "train" => (1, n.unwrap_or(TRAIN_SIZE)),

@@ -31,6 +31,9 @@ pub struct Columns {
     /// An audio clip (path or bytes) played before the prompt.
     pub audio: String,
     pub system: String,
+    /// The user's text when a record has no prompt column (e.g. `Transcribe this audio.` for
+    /// speech-recognition data that holds only `audio` and its transcript).
+    pub default_prompt: Option<String>,
 }
 
 impl Default for Columns {
@@ -43,6 +46,7 @@ impl Default for Columns {
             image: "image".into(),
             audio: "audio".into(),
             system: "system".into(),
+            default_prompt: None,
         }
     }
 }
@@ -63,7 +67,8 @@ pub fn sample_from_json(v: &Value, cols: &Columns, base: &Path) -> Result<Sample
         return Ok(Sample::Chat(Conversation::from_messages(m, base)?));
     }
     let string = |k: &str| obj.get(k).and_then(Value::as_str);
-    if let (Some(p), Some(c)) = (string(&cols.prompt), string(&cols.completion)) {
+    let prompt = string(&cols.prompt).or(cols.default_prompt.as_deref());
+    if let (Some(p), Some(c)) = (prompt, string(&cols.completion)) {
         let mut user = Vec::new();
         if let Some(img) = obj.get(&cols.image).filter(|v| !v.is_null()) {
             user.push(Part::Image(media_value(img, base)?));
@@ -146,6 +151,7 @@ pub fn read_json_file(path: &Path, cols: &Columns) -> Result<Vec<Record>, DataEr
 mod tests {
     use super::*;
     use crate::conversation::Media;
+    use std::path::PathBuf;
 
     #[test]
     fn jsonl_and_json_records_of_every_kind() {
@@ -207,5 +213,25 @@ mod tests {
         );
         std::fs::write(&json, "[{").unwrap();
         assert!(read_json_file(&json, &Columns::default()).is_err());
+    }
+
+    #[test]
+    fn a_default_prompt_stands_in_for_a_missing_prompt_column() {
+        let cols = Columns {
+            completion: "transcript".into(),
+            default_prompt: Some("Transcribe this audio.".into()),
+            ..Default::default()
+        };
+        let v: Value =
+            serde_json::from_str(r#"{"audio": "a.wav", "transcript": "hello"}"#).unwrap();
+        let Sample::Chat(c) = sample_from_json(&v, &cols, Path::new("/d")).unwrap() else {
+            panic!("a chat sample")
+        };
+        assert_eq!(c.messages[0].text_content(), "Transcribe this audio.");
+        assert_eq!(c.media().1, [&Media::Path(PathBuf::from("/d/a.wav"))]);
+        assert_eq!(c.messages[1].text_content(), "hello");
+        // without it such a record is refused, naming the columns
+        let e = sample_from_json(&v, &Columns::default(), Path::new("/d")).unwrap_err();
+        assert!(e.to_string().contains("prompt"), "{e}");
     }
 }
