@@ -485,6 +485,8 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
     side_files: SideFiles,
 ) -> anyhow::Result<Summary> {
     let file = p.recipe.path.display().to_string();
+    // the adapters' random initialisation follows the recipe's seed
+    B::seed(&device, p.settings.seed);
     let (model, export) = match &p.peft {
         Some(cfg) => {
             let (t, prefix) = model.tree();

@@ -537,3 +537,36 @@ fn the_tiny_multimodal_recipe_trains_on_pictures_and_clips_and_a_matformer_slice
     .unwrap();
     assert_eq!(m.model.language_model.layers.len(), 5);
 }
+
+#[test]
+fn accumulated_micro_batches_give_the_big_batchs_loss_and_gradient() {
+    gguf();
+    let dir = tempfile::tempdir().unwrap();
+    let one_step = |name: &str, local: &str| {
+        let run = dir.path().join(name);
+        ok(&cli(&[
+            "finetune",
+            "--output-dir",
+            &run.display().to_string(),
+            "--set",
+            "step_scheduler.max_steps=1",
+            "--set",
+            "step_scheduler.global_batch_size=4",
+            "--set",
+            &format!("step_scheduler.local_batch_size={local}"),
+            "--set",
+            "validation_dataset=null",
+            "--set",
+            "checkpoint.enabled=false",
+        ]));
+        jsonl(&run.join("training.jsonl")).remove(0)
+    };
+    let big = one_step("big", "4");
+    let small = one_step("small", "1");
+    assert_eq!(big["num_label_tokens"], small["num_label_tokens"]);
+    for f in ["loss", "grad_norm"] {
+        let (a, b) = (big[f].as_f64().unwrap(), small[f].as_f64().unwrap());
+        // the token mean over the whole batch, not a mean of the micro-batches' means
+        assert!((a - b).abs() <= 1e-4 * b.abs(), "{f}: {a} vs {b}");
+    }
+}

@@ -531,4 +531,88 @@ mod tests {
         .to_string();
         assert!(e.contains("sgd"), "{e}");
     }
+
+    #[test]
+    fn low_precision_parameters_keep_float32_masters_and_state_round_trips_by_name() {
+        let dev = Default::default();
+        let init = Initializer::<A>::random(&dev, DType::BF16, 0.5);
+        let mut lin = Linear::<A>::new(&init, 3, 2);
+        let x = Tensor::<A, 2>::from_floats([[1.0, -2.0, 0.5]], &dev).cast(DType::BF16);
+        let mut opt = Optimizer::<A>::new(OptimizerConfig::default(), "").unwrap();
+        for _ in 0..2 {
+            let y = lin.forward(x.clone()).cast(DType::F32).powi_scalar(2).sum();
+            let mut g = GradientsParams::from_grads(y.backward(), &lin);
+            lin = opt.step(1e-3, lin, &mut g, 1.0);
+        }
+        assert_eq!(lin.weight.val().dtype(), DType::BF16);
+        let s = &opt.states["weight"];
+        let master = s
+            .master
+            .clone()
+            .expect("a float32 master for a bf16 parameter");
+        assert_eq!(master.dtype(), DType::F32);
+        let rounded: Vec<f32> = master
+            .clone()
+            .cast(DType::BF16)
+            .cast(DType::F32)
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap();
+        let dims = lin.weight.val().dims();
+        let param: Vec<f32> = lin
+            .weight
+            .val()
+            .inner()
+            .cast(DType::F32)
+            .reshape([dims[0] * dims[1]])
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap();
+        assert_eq!(param, rounded, "the parameter is its master, rounded");
+
+        // saved by name, restored into a fresh module: same state, same values
+        let dir = tempfile::tempdir().unwrap();
+        opt.save(&lin, dir.path()).unwrap();
+        let fresh = Linear::<A>::new(&init, 3, 2);
+        let mut again = Optimizer::<A>::new(OptimizerConfig::default(), "").unwrap();
+        let restored = again.load(fresh, dir.path()).unwrap();
+        let flat = |t: Tensor<burn::backend::Flex, 1>| -> Vec<f32> {
+            t.into_data().convert::<f32>().into_vec().unwrap()
+        };
+        let r = &again.states["weight"];
+        assert_eq!(r.step, 2);
+        assert_eq!(flat(r.exp_avg.clone()), flat(s.exp_avg.clone()));
+        assert_eq!(flat(r.exp_avg_sq.clone()), flat(s.exp_avg_sq.clone()));
+        assert_eq!(flat(r.master.clone().unwrap()), flat(master));
+        assert_eq!(
+            restored
+                .weight
+                .val()
+                .inner()
+                .cast(DType::F32)
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap(),
+            lin.weight
+                .val()
+                .inner()
+                .cast(DType::F32)
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap()
+        );
+        // a state for a parameter this module does not train is refused
+        let frozen =
+            automodel_core::tree::set_trainable(Linear::<A>::new(&init, 3, 2), "", |_| false);
+        let e = Optimizer::<A>::new(OptimizerConfig::default(), "")
+            .unwrap()
+            .load(frozen, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not train"), "{e}");
+    }
 }
