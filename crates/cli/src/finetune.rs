@@ -207,13 +207,13 @@ fn plan(a: &FinetuneArgs) -> anyhow::Result<Plan> {
     let step_scheduler: StepScheduler = r.section("step_scheduler")?.unwrap_or_default();
     step_scheduler
         .grad_acc_steps()
-        .with_context(|| format!("{file}"))?;
+        .with_context(|| file.clone())?;
     let optimizer: OptimizerConfig = r.section("optimizer")?.unwrap_or_default();
-    optimizer.validate().with_context(|| format!("{file}"))?;
+    optimizer.validate().with_context(|| file.clone())?;
     let lr_scheduler: LrSchedulerConfig = r.section("lr_scheduler")?.unwrap_or_default();
     if let Some(n) = step_scheduler.max_steps {
         automodel_train::LrSchedule::new(optimizer.lr, lr_scheduler.clone(), n)
-            .with_context(|| format!("{file}"))?;
+            .with_context(|| file.clone())?;
     }
     let max_grad_norm = match r.section::<ClipGradNorm>("clip_grad_norm")? {
         None => Some(1.0),
@@ -430,7 +430,7 @@ impl OnDevice for Job {
     }
 }
 
-type SideFiles = Box<dyn Fn(&Path) -> Result<(), automodel_train::TrainError>>;
+use automodel_train::trainer::SideFiles;
 
 fn copy_side_files(src: PathBuf) -> SideFiles {
     Box::new(move |dir| {

@@ -274,7 +274,7 @@ fn a_resumed_run_continues_exactly_and_ignores_half_written_checkpoints() {
     ok(&short_run(&full, &[]));
     let want = jsonl(&full.join("training.jsonl"));
     assert_eq!(want.len(), 4);
-    assert_eq!(want[0]["num_label_tokens"].as_u64().unwrap() > 0, true);
+    assert!(want[0]["num_label_tokens"].as_u64().unwrap() > 0);
 
     // what a run killed during step 4's save leaves: the step-2 checkpoint, a half-written
     // temporary folder, and a folder under a checkpoint's name without its state file

@@ -204,10 +204,10 @@ fn adamw_steps<B: AutodiffBackend>(
         };
         let (a, _) = data_values(g.clone());
         let (b, _) = reference(outputs, name)?;
-        let max_ref = b.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+        let max_ref = b.iter().fold(0f64, |m, &x| m.max(x.abs()));
         worst_ref = worst_ref.max(max_ref);
         for (x, y) in a.iter().zip(&b) {
-            let e = (*x as f64 - *y as f64).abs();
+            let e = (*x - *y).abs();
             total += 1;
             close += usize::from(e <= 1e-4 * max_ref);
             worst = worst.max(e);

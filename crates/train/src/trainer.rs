@@ -159,6 +159,15 @@ pub struct Summary {
     pub resumed_from: Option<PathBuf>,
 }
 
+/// Writes the tokenizer (and other side) files into a checkpoint's `model/` folder.
+pub type SideFiles = Box<dyn Fn(&Path) -> Result<(), TrainError>>;
+
+/// One validation: the loss and its label-token count, and the metric.
+struct Validated {
+    loss: Option<(f64, usize)>,
+    metric: Option<f64>,
+}
+
 /// A training job.
 pub struct Trainer<B: AutodiffBackend, M: TrainModel<B>> {
     pub model: M,
@@ -169,7 +178,7 @@ pub struct Trainer<B: AutodiffBackend, M: TrainModel<B>> {
     pub run_dir: PathBuf,
     pub export: Export,
     /// Writes the tokenizer (and other side) files into a `model/` folder.
-    pub side_files: Box<dyn Fn(&Path) -> Result<(), TrainError>>,
+    pub side_files: SideFiles,
     /// The resolved recipe, saved into each checkpoint as `config.yaml`.
     pub recipe: String,
 }
@@ -257,12 +266,12 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
 
     /// Validation loss (token-weighted mean over one pass of the validation data) and the
     /// generation metric.
-    fn validate(
-        &self,
-        with_metric: bool,
-    ) -> Result<(Option<(f64, usize)>, Option<f64>), TrainError> {
+    fn validate(&self, with_metric: bool) -> Result<Validated, TrainError> {
         let Some(v) = &self.validation else {
-            return Ok((None, None));
+            return Ok(Validated {
+                loss: None,
+                metric: None,
+            });
         };
         let inner = self.model.valid();
         let (mut sum, mut count) = (0.0f64, 0usize);
@@ -277,7 +286,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         let loss = (count > 0).then(|| (sum / count as f64, count));
         let metric = self.settings.evaluation.metric;
         if !with_metric || metric == Metric::None || v.prompts.is_empty() {
-            return Ok((loss, None));
+            return Ok(Validated { loss, metric: None });
         }
         let tok = &v.loader.encoder.tokenizer;
         let stop: Vec<i64> = tok.stop_ids().into_iter().map(i64::from).collect();
@@ -309,7 +318,10 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         for (p, r) in pairs.iter().take(3) {
             tracing::info!("validation sample: answer {p:?}, reference {r:?}");
         }
-        Ok((loss, Some(value)))
+        Ok(Validated {
+            loss,
+            metric: Some(value),
+        })
     }
 
     /// Run (or, with `resume`, continue) the training.
@@ -382,7 +394,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         }
         let evaluation = settings.evaluation.clone();
         if state.step == 0 && evaluation.before_training && self.validation.is_some() {
-            let (loss, metric) = self.validate(true)?;
+            let Validated { loss, metric } = self.validate(true)?;
             summary.metric_before = metric;
             if let Some((l, n)) = loss {
                 val_points.push((0, l));
@@ -495,9 +507,12 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             train_log.write(&rec)?;
             progress.step(&rec);
             let last = state.step == total;
-            let is_val = ss.val_every_steps.is_some_and(|n| state.step % n == 0) || last;
+            let is_val = ss
+                .val_every_steps
+                .is_some_and(|n| state.step.is_multiple_of(n))
+                || last;
             if is_val && self.validation.is_some() {
-                let (l, metric) = self.validate(true)?;
+                let Validated { loss: l, metric } = self.validate(true)?;
                 last_val = Some(state.step);
                 if let Some((l, n)) = l {
                     summary.val_loss = Some(l);
@@ -526,7 +541,9 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                     summary.metric_after = metric;
                 }
             }
-            let is_ckpt = ss.ckpt_every_steps.is_some_and(|n| state.step % n == 0)
+            let is_ckpt = ss
+                .ckpt_every_steps
+                .is_some_and(|n| state.step.is_multiple_of(n))
                 || (last && settings.checkpoint.save_final);
             if is_ckpt && settings.checkpoint.enabled {
                 let dir = self.save_checkpoint(&optim, &state)?;
