@@ -116,13 +116,14 @@ impl Encoder {
         }
     }
 
-    /// Encode a prompt for generation: the conversation rendered with the model's turn opened
-    /// (`add_generation_prompt`), placeholders expanded, no labels (every label `-100`).
-    pub fn encode_prompt(
+    /// A conversation's ids (the template rendered, media placeholders expanded by the
+    /// processor) and its media in order.
+    fn conversation_ids(
         &self,
         c: &crate::conversation::Conversation,
-    ) -> Result<Encoded, SampleError> {
-        let text = self.template.render(c, true)?;
+        add_generation_prompt: bool,
+    ) -> Result<(Vec<i64>, Vec<Media>, Vec<Media>), SampleError> {
+        let text = self.template.render(c, add_generation_prompt)?;
         let (images, audio) = c.media();
         let (images, audio): (Vec<Media>, Vec<Media>) = (
             images.into_iter().cloned().collect(),
@@ -139,6 +140,16 @@ impl Encoder {
             p.encode_text(&text, images.len(), audio.len())
                 .map_err(|e| SampleError::Malformed(e.to_string()))?
         };
+        Ok((ids, images, audio))
+    }
+
+    /// Encode a prompt for generation: the conversation rendered with the model's turn opened
+    /// (`add_generation_prompt`), placeholders expanded, no labels (every label `-100`).
+    pub fn encode_prompt(
+        &self,
+        c: &crate::conversation::Conversation,
+    ) -> Result<Encoded, SampleError> {
+        let (ids, images, audio) = self.conversation_ids(c, true)?;
         Ok(Encoded {
             labels: vec![IGNORE_INDEX; ids.len()],
             ids,
@@ -153,22 +164,7 @@ impl Encoder {
         let (mut ids, mut labels, images, audio) = match sample {
             Sample::Chat(c) => {
                 c.validate()?;
-                let text = self.template.render(c, false)?;
-                let (images, audio) = c.media();
-                let (images, audio): (Vec<Media>, Vec<Media>) = (
-                    images.into_iter().cloned().collect(),
-                    audio.into_iter().cloned().collect(),
-                );
-                let ids = if images.is_empty() && audio.is_empty() {
-                    let has_bos = text.starts_with(&self.template.bos_token);
-                    self.tokens(&text, !has_bos)?
-                } else {
-                    let p = self.processor.as_ref().ok_or_else(|| {
-                        SampleError::Media("this model takes no images or audio".into())
-                    })?;
-                    p.encode_text(&text, images.len(), audio.len())
-                        .map_err(|e| SampleError::Malformed(e.to_string()))?
-                };
+                let (ids, images, audio) = self.conversation_ids(c, false)?;
                 let labels = match self.config.labels {
                     LabelMode::Answers => self.spans.labels(&ids),
                     // media soft tokens stand for embeddings: nothing to predict

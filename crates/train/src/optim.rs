@@ -467,13 +467,9 @@ mod tests {
         let dev = Default::default();
         let init = Initializer::<A>::random(&dev, DType::F32, 0.5);
         let lin = Linear::<A>::new(&init, 3, 2);
-        let w0: Vec<f32> = lin
-            .weight
-            .val()
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .unwrap();
+        let values =
+            |t: Tensor<A, 2>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
+        let w0 = values(lin.weight.val());
         let mut opt = Optimizer::<A>::new(OptimizerConfig::default(), "").unwrap();
         let x = Tensor::<A, 2>::from_floats([[1.0, -2.0, 0.5]], &dev);
         let mut lin = lin;
@@ -481,26 +477,16 @@ mod tests {
         for _ in 0..3 {
             let y = lin.forward(x.clone()).powi_scalar(2).sum();
             let mut g = GradientsParams::from_grads(y.backward(), &lin);
-            let gv: Vec<f32> = g
-                .get::<burn::backend::Flex, 2>(lin.weight.id)
-                .unwrap()
-                .into_data()
-                .convert::<f32>()
-                .into_vec()
-                .unwrap();
+            let gv = values(Tensor::from_inner(
+                g.get::<burn::backend::Flex, 2>(lin.weight.id).unwrap(),
+            ));
             let norm = global_grad_norm(&lin, &g);
             let want = gv.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
             assert!((norm - want).abs() < 1e-4 * want.max(1.0));
             all_grads.push(gv);
             lin = opt.step(1e-2, lin, &mut g, 1.0);
         }
-        let w: Vec<f32> = lin
-            .weight
-            .val()
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .unwrap();
+        let w = values(lin.weight.val());
         for i in 0..w.len() {
             let gs: Vec<f64> = all_grads.iter().map(|g| g[i] as f64).collect();
             let want = torch_adamw(w0[i] as f64, &gs, 1e-2, 0.01);
