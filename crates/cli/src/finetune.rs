@@ -100,12 +100,6 @@ impl Distributed {
                 recipe.display()
             );
         }
-        if self.activation_checkpointing {
-            bail!(
-                "{}: distributed.activation_checkpointing is not available yet: Burn 0.21 offers no per-layer recomputation hook; lower step_scheduler.local_batch_size (gradients accumulate to the same global batch) or the sequence length instead",
-                recipe.display()
-            );
-        }
         Ok(())
     }
 }
@@ -122,6 +116,7 @@ struct Plan {
     freeze: FreezeConfig,
     run_dir: PathBuf,
     resume: bool,
+    activation_checkpointing: bool,
 }
 
 /// `runs/<stem>-<UTC date>-<time>`.
@@ -265,6 +260,7 @@ fn plan(a: &FinetuneArgs) -> anyhow::Result<Plan> {
         freeze,
         run_dir,
         resume: a.resume,
+        activation_checkpointing: distributed.activation_checkpointing,
         recipe,
     })
 }
@@ -276,7 +272,11 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("run directory {}", plan.run_dir.display());
-    let summary = run_on(a.device, Job(plan))??;
+    let summary = if plan.activation_checkpointing {
+        automodel_core::device::run_on_checkpointed(a.device, Job(plan))??
+    } else {
+        run_on(a.device, Job(plan))??
+    };
     print_summary(&summary);
     Ok(())
 }

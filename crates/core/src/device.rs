@@ -78,6 +78,30 @@ pub fn run_on<J: OnDevice>(spec: DeviceSpec, job: J) -> Result<J::Output, Device
     }
 }
 
+/// Run `job` like [`run_on`], on an autodiff backend with Burn's balanced checkpointing: in the
+/// backward pass memory-bound operations (element-wise, norms, activations) are recomputed from
+/// their inputs instead of keeping their outputs from the forward pass; compute-bound ones
+/// (matmuls) keep theirs. Same gradients, less activation memory, some recomputation.
+pub fn run_on_checkpointed<J: OnDevice>(
+    spec: DeviceSpec,
+    job: J,
+) -> Result<J::Output, DeviceError> {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    match spec {
+        DeviceSpec::Cpu => Ok(job
+            .run::<burn::backend::Autodiff<crate::CpuBackend, BalancedCheckpointing>>(
+                Default::default(),
+            )),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(n) => Ok(job
+            .run::<burn::backend::Autodiff<crate::CudaBackend, BalancedCheckpointing>>(
+                burn::backend::cuda::CudaDevice::new(n),
+            )),
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::Cuda(_) => Err(DeviceError::NoCuda(spec)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
