@@ -117,12 +117,12 @@ impl Encoder {
     }
 
     /// A conversation's ids (the template rendered, media placeholders expanded by the
-    /// processor) and its media in order.
+    /// processor) and its media in order; no labels yet (every label `-100`).
     fn conversation_ids(
         &self,
         c: &crate::conversation::Conversation,
         add_generation_prompt: bool,
-    ) -> Result<(Vec<i64>, Vec<Media>, Vec<Media>), SampleError> {
+    ) -> Result<Encoded, SampleError> {
         let text = self.template.render(c, add_generation_prompt)?;
         let (images, audio) = c.media();
         let (images, audio): (Vec<Media>, Vec<Media>) = (
@@ -140,16 +140,6 @@ impl Encoder {
             p.encode_text(&text, images.len(), audio.len())
                 .map_err(|e| SampleError::Malformed(e.to_string()))?
         };
-        Ok((ids, images, audio))
-    }
-
-    /// Encode a prompt for generation: the conversation rendered with the model's turn opened
-    /// (`add_generation_prompt`), placeholders expanded, no labels (every label `-100`).
-    pub fn encode_prompt(
-        &self,
-        c: &crate::conversation::Conversation,
-    ) -> Result<Encoded, SampleError> {
-        let (ids, images, audio) = self.conversation_ids(c, true)?;
         Ok(Encoded {
             labels: vec![IGNORE_INDEX; ids.len()],
             ids,
@@ -159,12 +149,23 @@ impl Encoder {
         })
     }
 
+    /// Encode a prompt for generation: the conversation rendered with the model's turn opened
+    /// (`add_generation_prompt`), placeholders expanded, no labels (every label `-100`).
+    pub fn encode_prompt(
+        &self,
+        c: &crate::conversation::Conversation,
+    ) -> Result<Encoded, SampleError> {
+        self.conversation_ids(c, true)
+    }
+
     /// Encode one sample.
     pub fn encode(&self, sample: &Sample) -> Result<Encoded, SampleError> {
         let (mut ids, mut labels, images, audio) = match sample {
             Sample::Chat(c) => {
                 c.validate()?;
-                let (ids, images, audio) = self.conversation_ids(c, false)?;
+                let Encoded {
+                    ids, images, audio, ..
+                } = self.conversation_ids(c, false)?;
                 let labels = match self.config.labels {
                     LabelMode::Answers => self.spans.labels(&ids),
                     // media soft tokens stand for embeddings: nothing to predict
