@@ -424,6 +424,8 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         let mut last_good: Option<PathBuf> = checkpoint::latest(&self.run_dir);
         while state.step < total {
             B::seed(&self.device, state.seed.wrapping_add(state.step as u64));
+            // the whole step: waiting for batches, forward, backward, optimizer
+            let t0 = Instant::now();
             let mut micro = Vec::with_capacity(acc);
             for _ in 0..acc {
                 let (pos, b) = batches
@@ -434,7 +436,6 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             let epoch = state.data.epoch;
             let n_labels: usize = micro.iter().map(|(_, b)| b.num_label_tokens).sum();
             let n_tokens: usize = micro.iter().map(|(_, b)| b.num_tokens).sum();
-            let t0 = Instant::now();
             let mut accumulator = GradientsAccumulator::<M>::new();
             let mut loss = 0.0f64;
             for (_, b) in &micro {
