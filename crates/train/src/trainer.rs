@@ -419,8 +419,6 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         let progress = Progress::new(total, state.step);
         let mut batches = self.train.iter(state.data);
         let clip = self.model.altup_coef_clip();
-        let mut last_ckpt: Option<usize> = None;
-        let mut last_val: Option<usize> = None;
         let mut last_good: Option<PathBuf> = checkpoint::latest(&self.run_dir);
         while state.step < total {
             B::seed(&self.device, state.seed.wrapping_add(state.step as u64));
@@ -514,7 +512,6 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 || last;
             if is_val && self.validation.is_some() {
                 let Validated { loss: l, metric } = self.validate(true)?;
-                last_val = Some(state.step);
                 if let Some((l, n)) = l {
                     summary.val_loss = Some(l);
                     val_points.push((state.step, l));
@@ -554,7 +551,6 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                     checkpoint::point(&self.run_dir, checkpoint::LOWEST_VAL, name)?;
                 }
                 progress.println(&format!("checkpoint {}", dir.display()));
-                last_ckpt = Some(state.step);
                 last_good = Some(dir.clone());
                 summary.last_checkpoint = Some(dir);
             }
@@ -569,7 +565,6 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             }
         }
         progress.finish();
-        let _ = (last_ckpt, last_val);
         summary.steps = state.step;
         if summary.last_checkpoint.is_none() {
             summary.last_checkpoint = checkpoint::latest(&self.run_dir);
