@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use automodel::Gemma3nForConditionalGeneration;
 use automodel_core::device::{DeviceSpec, OnDevice, run_on};
-use automodel_data::{DataConfig, Dataset, Loader, Record, Sample, TextSide};
+use automodel_data::{DataConfig, Dataset, Loader, Record, Sample};
 use automodel_peft::{FreezeConfig, LoraConfig};
 use automodel_text::Gemma3nForCausalLM;
 use automodel_text::matformer::MatformerSpec;
@@ -121,27 +121,8 @@ struct Plan {
 
 /// `runs/<stem>-<UTC date>-<time>`.
 fn default_run_dir(stem: &str) -> PathBuf {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // civil date from days since 1970-01-01 (Howard Hinnant's algorithm)
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    PathBuf::from("runs").join(format!(
-        "{stem}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    ))
+    let now = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+    PathBuf::from("runs").join(format!("{stem}-{now}"))
 }
 
 /// The newest `runs/<stem>-*` folder that holds a checkpoint.
@@ -381,10 +362,9 @@ impl OnDevice for Job {
                 no_matformer(&spec)?;
                 let n = m.config.max_position_embeddings;
                 let source = p.model_path.clone();
-                let tok2 = tok.clone();
                 let side: SideFiles = if source.is_file() {
                     Box::new(move |dir| {
-                        automodel::convert::write_tokenizer_files(&tok2, n, dir)
+                        automodel::convert::write_tokenizer_files(&tok, n, dir)
                             .map(|_| ())
                             .map_err(|e| automodel_train::TrainError::Model(e.to_string()))
                     })
@@ -444,12 +424,11 @@ fn prepare(
     recipe: &Recipe,
     name: &str,
     cfg: &DataConfig,
-    side: &TextSideCache,
 ) -> anyhow::Result<(Arc<automodel_data::Encoder>, Arc<Dataset>, Vec<Record>)> {
     let records = cfg
         .read(recipe.base())
         .with_context(|| format!("{}: {name}", recipe.path.display()))?;
-    let encoder = Arc::new(side.encoder(recipe, cfg)?);
+    let encoder = Arc::new(encoder(recipe, cfg)?);
     let data = Dataset::prepare(records.clone(), &encoder, cfg.bad_samples)
         .with_context(|| format!("{}: {name}", recipe.path.display()))?;
     if data.report.skipped_count() > 0 {
@@ -458,24 +437,16 @@ fn prepare(
     Ok((encoder, Arc::new(data), records))
 }
 
-/// Opens the checkpoint's text side once per dataset (the tokenizer is cheap to rebuild).
-struct TextSideCache;
-
-impl TextSideCache {
-    fn encoder(
-        &self,
-        recipe: &Recipe,
-        cfg: &DataConfig,
-    ) -> anyhow::Result<automodel_data::Encoder> {
-        let side: TextSide = recipe.text_side(true)?;
-        Ok(side.encoder(
-            cfg.encode_config(),
-            cfg.chat_template
-                .as_ref()
-                .map(|p| recipe.base().join(p))
-                .as_deref(),
-        )?)
-    }
+/// An encoder for a dataset section: the checkpoint's text side (opened per dataset: building
+/// the tokenizer is cheap next to the data) with the section's settings and template.
+fn encoder(recipe: &Recipe, cfg: &DataConfig) -> anyhow::Result<automodel_data::Encoder> {
+    Ok(recipe.text_side(true)?.encoder(
+        cfg.encode_config(),
+        cfg.chat_template
+            .as_ref()
+            .map(|p| recipe.base().join(p))
+            .as_deref(),
+    )?)
 }
 
 fn train<B: AutodiffBackend, M: TrainModel<B>>(
@@ -522,14 +493,13 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
             (model, Export::Full)
         }
     };
-    let side = TextSideCache;
     let ss = &p.settings.step_scheduler;
-    let (enc, data, _) = prepare(&p.recipe, "dataset", &p.dataset, &side)?;
+    let (enc, data, _) = prepare(&p.recipe, "dataset", &p.dataset)?;
     let lc = p.dataset.loader_config(ss.local_batch_size);
     let train_loader = Loader::new(enc, data, lc).with_context(|| format!("{file}: dataset"))?;
     let validation = match &p.validation {
         Some(v) => {
-            let (enc, data, records) = prepare(&p.recipe, "validation_dataset", v, &side)?;
+            let (enc, data, records) = prepare(&p.recipe, "validation_dataset", v)?;
             let mut lc = v.loader_config(ss.local_batch_size);
             lc.shuffle = false;
             let loader = Loader::new(enc, data, lc)

@@ -92,7 +92,7 @@ pub fn nearest<'a>(target: &str, names: impl Iterator<Item = &'a str>, n: usize)
     let mut scored: Vec<(usize, String)> = names
         .map(|name| {
             (
-                edit_distance(&t, &last(name)).min(edit_distance(target, name)),
+                strsim::levenshtein(&t, &last(name)).min(strsim::levenshtein(target, name)),
                 last(name),
             )
         })
@@ -100,20 +100,6 @@ pub fn nearest<'a>(target: &str, names: impl Iterator<Item = &'a str>, n: usize)
     scored.sort();
     scored.dedup_by(|a, b| a.1 == b.1);
     scored.into_iter().take(n).map(|(_, s)| s).collect()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

@@ -49,6 +49,31 @@ pub struct ValRecord {
     pub wer: Option<f64>,
 }
 
+impl ValRecord {
+    /// A validation at `step`: the loss and its label-token count, and the value of `kind`.
+    pub fn new(
+        step: usize,
+        epoch: usize,
+        lr: f64,
+        (val_loss, num_label_tokens): (f64, usize),
+        kind: crate::metrics::Metric,
+        metric: Option<f64>,
+    ) -> Self {
+        use crate::metrics::Metric;
+        Self {
+            step,
+            epoch,
+            timestamp: now(),
+            val_loss,
+            lr,
+            num_label_tokens,
+            mem: peak_mem_gib(),
+            exact_match: metric.filter(|_| kind == Metric::ExactMatch),
+            wer: metric.filter(|_| kind == Metric::Wer),
+        }
+    }
+}
+
 pub fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -63,16 +63,7 @@ fn words(s: &str) -> Vec<String> {
 /// Word-level edit distance (substitutions, insertions, deletions) and the reference's length.
 pub fn word_errors(prediction: &str, reference: &str) -> (usize, usize) {
     let (h, r) = (words(prediction), words(reference));
-    let mut prev: Vec<usize> = (0..=h.len()).collect();
-    for (i, rw) in r.iter().enumerate() {
-        let mut cur = vec![i + 1; h.len() + 1];
-        for (j, hw) in h.iter().enumerate() {
-            let sub = prev[j] + usize::from(rw != hw);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    (prev[h.len()], r.len())
+    (strsim::generic_levenshtein(&h, &r), r.len())
 }
 
 /// Corpus WER: total word errors over total reference words.

@@ -5,14 +5,11 @@
 use std::path::Path;
 
 use automodel::{AudioInput, Gemma3nForConditionalGeneration, MultimodalInput};
-use automodel_core::loss::LossSum;
 use automodel_data::HostBatch;
 use automodel_peft::PeftModel;
 use automodel_text::gemma3::Gemma3ForCausalLM;
 use automodel_text::generate::TextPrompt;
-use automodel_text::{
-    CausalLm, Gemma3nForCausalLM, Generate, GenerationConfig, TrainBatch, TrainOptions,
-};
+use automodel_text::{CausalLm, Gemma3nForCausalLM, Generate, GenerationConfig};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -21,8 +18,14 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::error::TrainError;
 
 /// A model the trainer can fine-tune.
+///
+/// The inference copy (`valid()`) is a causal LM too: validation computes its loss without an
+/// autodiff graph.
 pub trait TrainModel<B: AutodiffBackend>:
-    AutodiffModule<B> + CausalLm<B, Error = Self::ModelError> + PeftModel<B> + Clone
+    AutodiffModule<B, InnerModule: CausalLm<B::InnerBackend, Error: std::fmt::Display>>
+    + CausalLm<B, Error = Self::ModelError>
+    + PeftModel<B>
+    + Clone
 {
     type ModelError: std::fmt::Display;
 
@@ -33,12 +36,6 @@ pub trait TrainModel<B: AutodiffBackend>:
     fn altup_coef_clip(&self) -> Option<f64> {
         None
     }
-
-    /// The evaluation loss of a batch on the inference copy of the model (no autodiff graph).
-    fn eval_loss(
-        model: &Self::InnerModule,
-        batch: &TrainBatch<B::InnerBackend>,
-    ) -> Result<Option<LossSum<B::InnerBackend>>, TrainError>;
 
     /// Greedy continuation of a one-row prompt batch: the new ids (stop token excluded).
     fn greedy(
@@ -77,16 +74,6 @@ macro_rules! text_model {
                 ($clip)(self)
             }
 
-            fn eval_loss(
-                model: &$model<B::InnerBackend>,
-                batch: &TrainBatch<B::InnerBackend>,
-            ) -> Result<Option<LossSum<B::InnerBackend>>, TrainError> {
-                Ok(model
-                    .forward_train(batch, TrainOptions::eval())
-                    .map_err(model_err)?
-                    .loss)
-            }
-
             fn greedy(
                 model: &$model<B::InnerBackend>,
                 prompt: &HostBatch,
@@ -121,16 +108,6 @@ impl<B: AutodiffBackend> TrainModel<B> for Gemma3nForConditionalGeneration<B> {
 
     fn altup_coef_clip(&self) -> Option<f64> {
         self.model.language_model.config.altup_coef_clip
-    }
-
-    fn eval_loss(
-        model: &Gemma3nForConditionalGeneration<B::InnerBackend>,
-        batch: &TrainBatch<B::InnerBackend>,
-    ) -> Result<Option<LossSum<B::InnerBackend>>, TrainError> {
-        Ok(model
-            .forward_train(batch, TrainOptions::eval())
-            .map_err(model_err)?
-            .loss)
     }
 
     fn greedy(

@@ -8,7 +8,7 @@ use std::time::Instant;
 use automodel_core::tree::KeyPath;
 use automodel_data::{Conversation, Encoded, HostBatch, Loader, Position, Role, Sample};
 use automodel_peft::{LoraConfig, Plan};
-use automodel_text::TrainOptions;
+use automodel_text::{CausalLm, TrainOptions};
 use burn::module::{ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
@@ -266,7 +266,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
 
     /// Validation loss (token-weighted mean over one pass of the validation data) and the
     /// generation metric.
-    fn validate(&self, with_metric: bool) -> Result<Validated, TrainError> {
+    fn validate(&self) -> Result<Validated, TrainError> {
         let Some(v) = &self.validation else {
             return Ok(Validated {
                 loss: None,
@@ -278,14 +278,17 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         let n = v.loader.batches_per_epoch();
         for item in v.loader.iter(Position::default()).take(n) {
             let (_, b) = item?;
-            if let Some(l) = M::eval_loss(&inner, &b.to_device(&self.device))? {
+            let out = inner
+                .forward_train(&b.to_device(&self.device), TrainOptions::eval())
+                .map_err(|e| TrainError::Model(e.to_string()))?;
+            if let Some(l) = out.loss {
                 sum += l.sum.into_scalar().elem::<f64>();
                 count += l.num_label_tokens;
             }
         }
         let loss = (count > 0).then(|| (sum / count as f64, count));
         let metric = self.settings.evaluation.metric;
-        if !with_metric || metric == Metric::None || v.prompts.is_empty() {
+        if metric == Metric::None || v.prompts.is_empty() {
             return Ok(Validated { loss, metric: None });
         }
         let tok = &v.loader.encoder.tokenizer;
@@ -394,21 +397,18 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         }
         let evaluation = settings.evaluation.clone();
         if state.step == 0 && evaluation.before_training && self.validation.is_some() {
-            let Validated { loss, metric } = self.validate(true)?;
+            let Validated { loss, metric } = self.validate()?;
             summary.metric_before = metric;
             if let Some((l, n)) = loss {
                 val_points.push((0, l));
-                val_log.write(&ValRecord {
-                    step: 0,
-                    epoch: 0,
-                    timestamp: now(),
-                    val_loss: l,
-                    lr: schedule.at(0),
-                    num_label_tokens: n,
-                    mem: peak_mem_gib(),
-                    exact_match: metric.filter(|_| evaluation.metric == Metric::ExactMatch),
-                    wer: metric.filter(|_| evaluation.metric == Metric::Wer),
-                })?;
+                val_log.write(&ValRecord::new(
+                    0,
+                    0,
+                    schedule.at(0),
+                    (l, n),
+                    evaluation.metric,
+                    metric,
+                ))?;
             }
             eprintln!(
                 "before training: val_loss {}{}",
@@ -511,24 +511,21 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 .is_some_and(|n| state.step.is_multiple_of(n))
                 || last;
             if is_val && self.validation.is_some() {
-                let Validated { loss: l, metric } = self.validate(true)?;
+                let Validated { loss: l, metric } = self.validate()?;
                 if let Some((l, n)) = l {
                     summary.val_loss = Some(l);
                     val_points.push((state.step, l));
                     if state.best_val.as_ref().is_none_or(|(b, _)| l < *b) {
                         state.best_val = Some((l, checkpoint::name(state.epoch, state.step)));
                     }
-                    val_log.write(&ValRecord {
-                        step: state.step,
+                    val_log.write(&ValRecord::new(
+                        state.step,
                         epoch,
-                        timestamp: now(),
-                        val_loss: l,
                         lr,
-                        num_label_tokens: n,
-                        mem: peak_mem_gib(),
-                        exact_match: metric.filter(|_| evaluation.metric == Metric::ExactMatch),
-                        wer: metric.filter(|_| evaluation.metric == Metric::Wer),
-                    })?;
+                        (l, n),
+                        evaluation.metric,
+                        metric,
+                    ))?;
                     progress.println(&format!(
                         "[val] step {} | loss {l:.4} | lr {lr:.2e} | num_label_tokens {n}{}",
                         state.step,
