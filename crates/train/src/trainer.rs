@@ -435,7 +435,8 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             let n_labels: usize = micro.iter().map(|(_, b)| b.num_label_tokens).sum();
             let n_tokens: usize = micro.iter().map(|(_, b)| b.num_tokens).sum();
             let mut accumulator = GradientsAccumulator::<M>::new();
-            let mut loss = 0.0f64;
+            // summed on the device: one host read per step, not one per micro-batch
+            let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
             for (_, b) in &micro {
                 let out = self
                     .model
@@ -444,10 +445,15 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 let Some(l) = out.loss else { continue };
                 // the sum over this micro-batch's label tokens over the global batch's count
                 let part = l.sum / n_labels.max(1) as f64;
-                loss += part.clone().into_scalar().elem::<f64>();
+                let value = part.clone().inner();
+                loss_sum = Some(match loss_sum {
+                    Some(s) => s + value,
+                    None => value,
+                });
                 let grads = GradientsParams::from_grads(part.backward(), &self.model);
                 accumulator.accumulate(&self.model, grads);
             }
+            let loss = loss_sum.map_or(0.0, |s| s.into_scalar().elem::<f64>());
             let mut grads = accumulator.grads();
             let norm = global_grad_norm(&self.model, &grads);
             let lr = schedule.at(state.step);
