@@ -419,22 +419,37 @@ fn copy_side_files(src: PathBuf) -> SideFiles {
     })
 }
 
-/// Read and prepare a dataset section.
-fn prepare(
+/// Read a dataset section's records.
+fn read(recipe: &Recipe, name: &str, cfg: &DataConfig) -> anyhow::Result<Vec<Record>> {
+    cfg.read(recipe.base())
+        .with_context(|| format!("{}: {name}", recipe.path.display()))
+}
+
+/// Encode a dataset section's records into a loader (validation data in file order).
+fn loader(
     recipe: &Recipe,
-    name: &str,
+    validation: bool,
     cfg: &DataConfig,
-) -> anyhow::Result<(Arc<automodel_data::Encoder>, Arc<Dataset>, Vec<Record>)> {
-    let records = cfg
-        .read(recipe.base())
-        .with_context(|| format!("{}: {name}", recipe.path.display()))?;
+    records: Vec<Record>,
+    batch_size: usize,
+) -> anyhow::Result<Loader> {
+    let file = recipe.path.display();
+    let name = if validation {
+        "validation_dataset"
+    } else {
+        "dataset"
+    };
     let encoder = Arc::new(encoder(recipe, cfg)?);
-    let data = Dataset::prepare(records.clone(), &encoder, cfg.bad_samples)
-        .with_context(|| format!("{}: {name}", recipe.path.display()))?;
+    let data = Dataset::prepare(records, &encoder, cfg.bad_samples)
+        .with_context(|| format!("{file}: {name}"))?;
     if data.report.skipped_count() > 0 {
         tracing::warn!("{name}: {}", data.report);
     }
-    Ok((encoder, Arc::new(data), records))
+    let mut lc = cfg.loader_config(batch_size);
+    if validation {
+        lc.shuffle = false;
+    }
+    Loader::new(encoder, Arc::new(data), lc).with_context(|| format!("{file}: {name}"))
 }
 
 /// An encoder for a dataset section: the checkpoint's text side (opened per dataset: building
@@ -494,22 +509,20 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
         }
     };
     let ss = &p.settings.step_scheduler;
-    let (enc, data, _) = prepare(&p.recipe, "dataset", &p.dataset)?;
-    let lc = p.dataset.loader_config(ss.local_batch_size);
-    let train_loader = Loader::new(enc, data, lc).with_context(|| format!("{file}: dataset"))?;
+    let records = read(&p.recipe, "dataset", &p.dataset)?;
+    let train_loader = loader(&p.recipe, false, &p.dataset, records, ss.local_batch_size)?;
     let validation = match &p.validation {
         Some(v) => {
-            let (enc, data, records) = prepare(&p.recipe, "validation_dataset", v)?;
-            let mut lc = v.loader_config(ss.local_batch_size);
-            lc.shuffle = false;
-            let loader = Loader::new(enc, data, lc)
-                .with_context(|| format!("{file}: validation_dataset"))?;
-            let samples: Vec<Sample> = records.into_iter().filter_map(|r| r.sample.ok()).collect();
-            Some(Validation::new(
-                loader,
-                &samples,
-                p.settings.evaluation.num_samples,
-            )?)
+            let records = read(&p.recipe, "validation_dataset", v)?;
+            // the prompts of the generation metric (only these samples are kept twice)
+            let n = p.settings.evaluation.num_samples;
+            let samples: Vec<Sample> = records
+                .iter()
+                .filter_map(|r| r.sample.clone().ok())
+                .take(n)
+                .collect();
+            let loader = loader(&p.recipe, true, v, records, ss.local_batch_size)?;
+            Some(Validation::new(loader, &samples, n)?)
         }
         None => None,
     };
