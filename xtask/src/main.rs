@@ -3,19 +3,32 @@
 //! * `parity [<golden-dir>] [--case NAME]...` — run every supported case of a folder written by
 //!   `reference/make_golden.py` (default: the vendored `reference/golden`; or one case folder),
 //!   print each compared tensor with its error and tolerance, end with `N passed, M failed`;
-//!   exit status 1 on any failure, 2 on an unknown case name.
+//!   exit status 1 on any failure, 2 on an unknown case name. `--device cuda` runs them on
+//!   Burn's CUDA backend (a build with `--features cuda`).
 //! * `parity <golden-gemma3-270m-dir> --model <gguf>` — the real Gemma 3 270M against
 //!   `reference/make_gemma3_270m_golden.py`'s outputs.
 //! * `parity reference/golden-peft [--model <gguf>]` — the LoRA cases of
 //!   `reference/make_peft_golden.py` (the 270M one with `--model`).
 //! * `fetch-model gemma-3-270m` — download the 270M GGUF from PyPI into the cache and print
 //!   its path.
+//! * `bench [--device cpu|cuda] [--quick] [--baseline] [--steps N] [--warmup N] [--threads N]
+//!   [--only NAME]... [--json FILE] [--record]` — training-step and generation benchmarks, with
+//!   PyTorch's figures beside ours (`--baseline`); see `docs/benchmarks.md`.
+//! * `gpu-check [--no-build]` — build what a run on the GPU machine needs into
+//!   `target/gpu-check/` (run there with `xtask/gpu-check.sh`).
+
+// jemalloc, tuned for training's large short-lived tensors (see `automodel_core::jemalloc!`)
+automodel_core::jemalloc!();
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use automodel_core::CpuAutodiff;
+use automodel_core::device::{DeviceSpec, OnDevice, run_on};
+use burn::tensor::backend::AutodiffBackend;
+
+mod bench;
+mod gpu_check;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -24,6 +37,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("parity") => parity(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
+        Some("bench-one") => bench::bench_one(&args[1..]),
+        Some("gpu-check") => gpu_check::gpu_check(&args[1..]),
         Some("fetch-model") => fetch_model(&args[1..]).map(|p| {
             println!("{}", p.display());
             true
@@ -44,12 +60,13 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]...   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
+pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda] [--quick] [--baseline] [--steps N] [--warmup N] [--threads N] [--only NAME]... [--json FILE] [--record]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
 
 fn parity(args: &[String]) -> anyhow::Result<bool> {
     let mut dir: Option<PathBuf> = None;
     let mut only = Vec::new();
     let mut model: Option<PathBuf> = None;
+    let mut device = DeviceSpec::Cpu;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -58,6 +75,13 @@ fn parity(args: &[String]) -> anyhow::Result<bool> {
                 model = Some(PathBuf::from(
                     it.next().context("--model needs a GGUF file")?,
                 ))
+            }
+            "--device" => {
+                device = it
+                    .next()
+                    .context("--device needs cpu or cuda[:N]")?
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--device: {e}"))?
             }
             s if s.starts_with("--") => bail!("unknown option `{s}`\n{USAGE}"),
             s => {
@@ -68,54 +92,69 @@ fn parity(args: &[String]) -> anyhow::Result<bool> {
         }
     }
     let dir = dir.unwrap_or_else(automodel_parity::golden_dir);
-    let device = Default::default();
-    let only = (!only.is_empty()).then_some(only.as_slice());
-    if let Some(gguf) = model
-        .as_ref()
-        .filter(|_| dir.join("tokenizer_cases.json").is_file())
-    {
-        let checks = automodel_parity::gemma3::run::<CpuAutodiff>(&dir, gguf, &device)
-            .with_context(|| {
-                format!(
-                    "Gemma 3 parity of {} against {}",
-                    gguf.display(),
-                    dir.display()
-                )
-            })?;
-        println!("== gemma3 ({} with {})", dir.display(), gguf.display());
-        let failed = checks.iter().filter(|c| !c.passed).count();
-        for c in &checks {
-            println!("{c}");
+    run_on(device, Parity { dir, only, model })?
+}
+
+/// A parity run on one backend and device (`--device`).
+struct Parity {
+    dir: PathBuf,
+    only: Vec<String>,
+    model: Option<PathBuf>,
+}
+
+impl OnDevice for Parity {
+    type Output = anyhow::Result<bool>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<bool> {
+        let Parity { dir, only, model } = self;
+        let only = (!only.is_empty()).then_some(only.as_slice());
+        if let Some(gguf) = model
+            .as_ref()
+            .filter(|_| dir.join("tokenizer_cases.json").is_file())
+        {
+            let checks =
+                automodel_parity::gemma3::run::<B>(&dir, gguf, &device).with_context(|| {
+                    format!(
+                        "Gemma 3 parity of {} against {}",
+                        gguf.display(),
+                        dir.display()
+                    )
+                })?;
+            println!("== gemma3 ({} with {})", dir.display(), gguf.display());
+            let failed = checks.iter().filter(|c| !c.passed).count();
+            for c in &checks {
+                println!("{c}");
+            }
+            println!("{} passed, {failed} failed", checks.len() - failed);
+            return Ok(failed == 0);
         }
-        println!("{} passed, {failed} failed", checks.len() - failed);
-        return Ok(failed == 0);
-    }
-    let reports = automodel_parity::run::<CpuAutodiff>(&dir, &device, only, model.as_deref())
-        .with_context(|| format!("parity run over {}", dir.display()))?;
-    if let Some(only) = only
-        && let Some(missing) = only.iter().find(|c| !reports.iter().any(|r| &r.case == *c))
-    {
-        bail!(
-            "no case `{missing}` in {} (cases there: {})",
-            dir.display(),
-            automodel_parity::case_names(&dir)?.join(", ")
-        );
-    }
-    let (mut passed, mut failed) = (0usize, 0usize);
-    for r in &reports {
-        match &r.skipped {
-            Some(why) => println!("== {} ({}): skipped — {why}", r.case, r.dir.display()),
-            None => {
-                println!("== {} ({})", r.case, r.dir.display());
-                for c in &r.checks {
-                    println!("{c}");
-                    if c.passed { passed += 1 } else { failed += 1 }
+        let reports = automodel_parity::run::<B>(&dir, &device, only, model.as_deref())
+            .with_context(|| format!("parity run over {}", dir.display()))?;
+        if let Some(only) = only
+            && let Some(missing) = only.iter().find(|c| !reports.iter().any(|r| &r.case == *c))
+        {
+            bail!(
+                "no case `{missing}` in {} (cases there: {})",
+                dir.display(),
+                automodel_parity::case_names(&dir)?.join(", ")
+            );
+        }
+        let (mut passed, mut failed) = (0usize, 0usize);
+        for r in &reports {
+            match &r.skipped {
+                Some(why) => println!("== {} ({}): skipped — {why}", r.case, r.dir.display()),
+                None => {
+                    println!("== {} ({})", r.case, r.dir.display());
+                    for c in &r.checks {
+                        println!("{c}");
+                        if c.passed { passed += 1 } else { failed += 1 }
+                    }
                 }
             }
         }
+        println!("{passed} passed, {failed} failed");
+        Ok(failed == 0)
     }
-    println!("{passed} passed, {failed} failed");
-    Ok(failed == 0)
 }
 
 /// The PyPI packages that carry Gemma 3 270M (Q4_K_M GGUF) in four parts, and the file's sha256.

@@ -12,6 +12,9 @@
 //! `finetune [--config RECIPE] [--set key.path=value]... [--output-dir DIR] [--resume]
 //! [--device D]` fine-tunes from a recipe (default: `recipes/default.yaml`).
 
+// jemalloc, tuned for training's large short-lived tensors (see `automodel_core::jemalloc!`)
+automodel_core::jemalloc!();
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -26,6 +26,28 @@ pub mod pretrained;
 pub mod tree;
 pub mod weights;
 
+/// Make jemalloc (`tikv-jemallocator`, a dependency of the calling binary) the global allocator,
+/// with transparent huge pages and freed pages kept for reuse (`_RJEM_MALLOC_CONF` still
+/// overrides these settings).
+///
+/// A training step allocates and frees tensors of hundreds of MB (a 262k-row embedding's
+/// gradient and its optimizer temporaries). glibc hands every block over 32 MiB back to the
+/// kernel, so each one is faulted in and zeroed again 4 KiB at a time; on the 270M this made
+/// a full fine-tuning step 2.7× slower (docs/benchmarks.md). The cost: freed memory stays with
+/// the process, so its resident size stays at its peak.
+#[macro_export]
+macro_rules! jemalloc {
+    () => {
+        #[global_allocator]
+        static ALLOC: ::tikv_jemallocator::Jemalloc = ::tikv_jemallocator::Jemalloc;
+
+        #[allow(non_upper_case_globals)]
+        #[unsafe(export_name = "_rjem_malloc_conf")]
+        pub static malloc_conf: &[u8; 65] =
+            b"thp:always,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+    };
+}
+
 pub use config::ConfigError;
 pub use device::DeviceSpec;
 pub use error::{ReadError, WeightError, read_file};

@@ -124,7 +124,9 @@ fn lm_head_loss_in_chunks<B: Backend>(
     let want_w = grad && table.is_require_grad();
     let mut total = Tensor::<B, 1>::zeros([1], (&device, DType::F32));
     let mut g_h = Vec::new();
-    let mut g_w = want_w.then(|| Tensor::<B, 2>::zeros([v, h], (&device, DType::F32)));
+    // G_wᵀ `[H, V]`: `hcᵀ · dz` reads both operands along their rows (as `dzᵀ · hc` would not)
+    let mut g_w: Option<Tensor<B, 2>> = None;
+    let mut group: Vec<(Tensor<B, 2>, Tensor<B, 2>)> = Vec::new();
     for start in (0..n).step_by(step) {
         let len = step.min(n - start);
         let hc = hd.clone().narrow(0, start, len);
@@ -134,28 +136,47 @@ fn lm_head_loss_in_chunks<B: Backend>(
             logits = crate::nn::softcap(logits, cap);
         }
         let logits = logits.cast(DType::F32);
-        let lse = logsumexp_rows(logits.clone()).reshape([len, 1]);
+        // the log-sum-exp with its exponentials kept: softmax = e / Σe needs no second exp
+        let max = logits.clone().max_dim(1);
+        let e = (logits.clone() - max.clone()).exp();
+        let sum = blocked_row_sum(e.clone());
+        let lse = sum.clone().log() + max;
         let picked = logits.clone().gather(1, tc.clone());
-        total = total + (lse.clone() - picked).sum();
+        total = total + (lse - picked).sum();
         if !grad {
             continue;
         }
-        // d(Σ nll)/d logits = softmax − one-hot, then through the soft-cap
-        let onehot = Tensor::<B, 2>::zeros([len, v], (&device, DType::F32)).scatter(
+        // d(Σ nll)/d logits = softmax − one-hot (−1 added at the targets), then through the
+        // soft-cap
+        let mut dz = (e / sum).scatter(
             1,
             tc,
-            Tensor::ones([len, 1], (&device, DType::F32)),
+            Tensor::ones([len, 1], (&device, DType::F32)).neg(),
             burn::tensor::IndexingUpdateOp::Add,
         );
-        let mut dz = (logits.clone() - lse).exp() - onehot;
         if let Some(cap) = softcap {
             let th = logits / cap;
             dz = dz * (th.clone() * th).neg().add_scalar(1.0);
         }
         let dz = dz.cast(dtype);
         g_h.push(dz.clone().matmul(wd.clone()));
-        if let Some(gw) = g_w.take() {
-            g_w = Some(gw + dz.transpose().matmul(hc).cast(DType::F32));
+        if want_w {
+            group.push((hc, dz));
+            let rows: usize = group.iter().map(|(x, _)| x.dims()[0]).sum();
+            if rows >= h || start + len == n {
+                // one matmul per group of at least H rows: G_wᵀ `[H, V]` is written once per
+                // group instead of once per chunk (holding ≤ H rows of `dz` costs no more than
+                // G_w itself)
+                let (hs, dzs): (Vec<_>, Vec<_>) = std::mem::take(&mut group).into_iter().unzip();
+                let part = Tensor::cat(hs, 0)
+                    .transpose()
+                    .matmul(Tensor::cat(dzs, 0))
+                    .cast(DType::F32);
+                g_w = Some(match g_w.take() {
+                    Some(gw) => gw + part,
+                    None => part,
+                });
+            }
         }
     }
     let mut sum = total;
@@ -163,6 +184,9 @@ fn lm_head_loss_in_chunks<B: Backend>(
         let g_h = Tensor::cat(g_h, 0);
         let mut surrogate = (selected * g_h).cast(DType::F32).sum();
         if let Some(gw) = g_w {
+            // G_w `[V, H]` contiguous (one copy of the `[H, V]` sum), so that Σ table ⊙ G_w and
+            // its backward run on contiguous buffers
+            let gw = gw.transpose().reshape([v * h]).reshape([v, h]);
             surrogate = surrogate + (table * gw.cast(dtype)).cast(DType::F32).sum();
         }
         sum = sum + (surrogate.clone() - surrogate.detach());

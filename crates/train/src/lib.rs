@@ -26,4 +26,6 @@ pub use metrics::{EvaluationConfig, Metric};
 pub use model::TrainModel;
 pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::{DecayStyle, LrSchedule, LrSchedulerConfig};
-pub use trainer::{Export, Settings, StepScheduler, Summary, Trainer, Validation};
+pub use trainer::{
+    Export, Settings, StepOutcome, StepScheduler, Summary, Trainer, Validation, train_step,
+};

@@ -8,7 +8,7 @@ use std::time::Instant;
 use automodel_core::tree::KeyPath;
 use automodel_data::{Conversation, Encoded, HostBatch, Loader, Position, Role, Sample};
 use automodel_peft::{LoraConfig, Plan};
-use automodel_text::{CausalLm, TrainOptions};
+use automodel_text::{CausalLm, TrainBatch, TrainOptions};
 use burn::module::{ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
@@ -418,7 +418,6 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         }
         let progress = Progress::new(total, state.step);
         let mut batches = self.train.iter(state.data);
-        let clip = self.model.altup_coef_clip();
         let mut last_good: Option<PathBuf> = checkpoint::latest(&self.run_dir);
         while state.step < total {
             B::seed(&self.device, state.seed.wrapping_add(state.step as u64));
@@ -434,43 +433,24 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             let epoch = state.data.epoch;
             let n_labels: usize = micro.iter().map(|(_, b)| b.num_label_tokens).sum();
             let n_tokens: usize = micro.iter().map(|(_, b)| b.num_tokens).sum();
-            let mut accumulator = GradientsAccumulator::<M>::new();
-            // summed on the device: one host read per step, not one per micro-batch
-            let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
-            for (_, b) in &micro {
-                let out = self
-                    .model
-                    .forward_train(&b.to_device(&self.device), TrainOptions::train())
-                    .map_err(|e| TrainError::Model(e.to_string()))?;
-                let Some(l) = out.loss else { continue };
-                // the sum over this micro-batch's label tokens over the global batch's count
-                let part = l.sum / n_labels.max(1) as f64;
-                let value = part.clone().inner();
-                loss_sum = Some(match loss_sum {
-                    Some(s) => s + value,
-                    None => value,
-                });
-                let grads = GradientsParams::from_grads(part.backward(), &self.model);
-                accumulator.accumulate(&self.model, grads);
-            }
-            let loss = loss_sum.map_or(0.0, |s| s.into_scalar().elem::<f64>());
-            let mut grads = accumulator.grads();
-            let norm = global_grad_norm(&self.model, &grads);
             let lr = schedule.at(state.step);
-            let finite = loss.is_finite() && norm.is_finite();
+            let (
+                model,
+                StepOutcome {
+                    loss,
+                    grad_norm: norm,
+                    applied: finite,
+                },
+            ) = train_step(
+                self.model,
+                &mut optim,
+                micro.iter().map(|(_, b)| b.to_device(&self.device)),
+                n_labels,
+                lr,
+                settings.max_grad_norm,
+            )?;
+            self.model = model;
             if finite {
-                self.model = optim.step(
-                    lr,
-                    self.model,
-                    &mut grads,
-                    clip_factor(norm, settings.max_grad_norm),
-                );
-                if let Some(c) = clip {
-                    self.model = self.model.map(&mut ClampAltup {
-                        clip: c,
-                        path: KeyPath::default(),
-                    });
-                }
                 state.bad_in_a_row = 0;
             } else {
                 state.bad_in_a_row += 1;
@@ -575,6 +555,88 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         crate::checkpoint::write_json(&self.run_dir.join("summary.json"), &summary)?;
         Ok(summary)
     }
+}
+
+/// What one optimizer step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// The loss: the sum over every micro-batch's label tokens over `n_labels`.
+    pub loss: f64,
+    /// The global L2 norm of the gradients, before clipping.
+    pub grad_norm: f64,
+    /// False when the loss or the norm was not finite: the parameters were left unchanged.
+    pub applied: bool,
+}
+
+/// One optimizer step of the trainer: forward and backward over each micro-batch (each one's
+/// loss sum divided by `n_labels`, the label tokens of all of them, and the gradients
+/// accumulated), the global gradient norm, clipping to `max_grad_norm`, AdamW at `lr`, and the
+/// AltUp coefficient clamp. A non-finite loss or norm leaves the model as it was.
+/// The micro-batches are taken one at a time, so only one is on the device at once.
+pub fn train_step<B: AutodiffBackend, M: TrainModel<B>>(
+    mut model: M,
+    optim: &mut Optimizer<B>,
+    micro: impl IntoIterator<Item = TrainBatch<B>>,
+    n_labels: usize,
+    lr: f64,
+    max_grad_norm: Option<f64>,
+) -> Result<(M, StepOutcome), TrainError> {
+    let mut accumulator = GradientsAccumulator::<M>::new();
+    // summed on the device: one host read per step, not one per micro-batch
+    let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
+    // where the step's time goes (debug log): forward, backward, norm, optimizer
+    let mut phases = [0.0f64; 4];
+    let mut clock = Instant::now();
+    let mut lap = |i: usize| {
+        phases[i] += clock.elapsed().as_secs_f64();
+        clock = Instant::now();
+    };
+    for b in micro {
+        let out = model
+            .forward_train(&b, TrainOptions::train())
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let Some(l) = out.loss else { continue };
+        let part = l.sum / n_labels.max(1) as f64;
+        let value = part.clone().inner();
+        loss_sum = Some(match loss_sum {
+            Some(s) => s + value,
+            None => value,
+        });
+        lap(0);
+        let grads = GradientsParams::from_grads(part.backward(), &model);
+        accumulator.accumulate(&model, grads);
+        lap(1);
+    }
+    let loss = loss_sum.map_or(0.0, |s| s.into_scalar().elem::<f64>());
+    let mut grads = accumulator.grads();
+    let grad_norm = global_grad_norm(&model, &grads);
+    lap(2);
+    let applied = loss.is_finite() && grad_norm.is_finite();
+    if applied {
+        model = optim.step(lr, model, &mut grads, clip_factor(grad_norm, max_grad_norm));
+        if let Some(c) = model.altup_coef_clip() {
+            model = model.map(&mut ClampAltup {
+                clip: c,
+                path: KeyPath::default(),
+            });
+        }
+    }
+    lap(3);
+    tracing::debug!(
+        "step: forward {:.3} s, backward {:.3} s, gradient norm {:.3} s, optimizer {:.3} s",
+        phases[0],
+        phases[1],
+        phases[2],
+        phases[3]
+    );
+    Ok((
+        model,
+        StepOutcome {
+            loss,
+            grad_norm,
+            applied,
+        },
+    ))
 }
 
 fn fmt_metric(name: &Option<String>, v: Option<f64>) -> String {
