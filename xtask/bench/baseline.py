@@ -77,7 +77,7 @@ def main():
     device = "cuda" if wl["device"] == "cuda" else "cpu"
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[wl["dtype"]]
     stack = f"torch {torch.__version__}, transformers {transformers.__version__}"
-    model = build_model(job, torch, dtype, device)
+    model = build_model(job, torch, dtype, device) if wl["model"] != "kernel" else None
 
     def sync():
         if device == "cuda":
@@ -95,7 +95,30 @@ def main():
         return peak_rss_mib()
 
     times, loss = [], None
-    if wl["mode"] == "generate":
+    if wl["model"] == "kernel":
+        # Burn's kernel against PyTorch's: matmul [m, k] x [k, n], or exp over [m, k]
+        m, k, n = wl["batch"], wl["seq_len"], wl["new_tokens"]
+
+        def fill(r, c):
+            i = torch.arange(r * c, dtype=torch.int64)
+            return (((i * 7919) % 1000).to(torch.float32) / 1000.0 - 0.5).reshape(r, c).to(
+                device=device, dtype=dtype
+            )
+
+        a = fill(m, k)
+        b = fill(k, n) if wl["mode"] == "matmul" else None
+        with torch.inference_mode():
+            for i in range(opts["warmup"] + opts["steps"]):
+                if i == opts["warmup"]:
+                    reset_peak()
+                t0 = time.perf_counter()
+                out = a @ b if b is not None else torch.exp(a)
+                sync()
+                if i >= opts["warmup"]:
+                    times.append(time.perf_counter() - t0)
+                del out
+        tokens = 1
+    elif wl["mode"] == "generate":
         model.eval()
         prompt = torch.tensor(job["prompt"], device=device)
         n = wl["new_tokens"]

@@ -134,6 +134,8 @@ pub fn workloads(device: &str, quick: bool) -> Vec<Workload> {
             w("gemma3n-tiny", "full", "text", 1, 256, 0, "cpu"),
             w("gemma3n-tiny", "full", "image+text", 1, 256, 0, "cpu"),
             w("gemma-3-270m", "generate", "text", 1, 32, 64, "cpu"),
+            kernel("matmul", 256, 640, 262_144, "cpu"),
+            kernel("exp", 64, 262_144, 1, "cpu"),
         ];
     }
     if quick {
@@ -152,7 +154,34 @@ pub fn workloads(device: &str, quick: bool) -> Vec<Workload> {
         }
     }
     v.push(w("gemma-3-270m", "generate", "text", 1, 32, 128, "cuda"));
+    v.push(kernel("matmul", 4096, 2048, 16_384, "cuda"));
     v
+}
+
+/// A kernel microbenchmark (no model): `matmul` of `[m, k] × [k, n]` or element-wise `exp` over
+/// `[m, k]`, in the workload's dtype, one call per step; Burn's kernel against PyTorch's on the
+/// same shapes. Encoded in a [`Workload`] as `model` `kernel`, `mode` the op, `batch` = m,
+/// `seq_len` = k, `new_tokens` = n.
+fn kernel(op: &str, m: usize, k: usize, n: usize, device: &str) -> Workload {
+    let mut wl = w("kernel", op, "text", m, k, n, device);
+    wl.name = if op == "matmul" {
+        format!("kernel-matmul-{m}x{k}x{n}")
+    } else {
+        format!("kernel-{op}-{m}x{k}")
+    };
+    wl
+}
+
+/// FLOPs of one kernel call (reported per "token", one call being one token).
+fn kernel_flops(wl: &Workload) -> Option<f64> {
+    (wl.model == "kernel").then(|| {
+        let (m, k, n) = (wl.batch as f64, wl.seq_len as f64, wl.new_tokens as f64);
+        if wl.mode == "matmul" {
+            2.0 * m * k * n
+        } else {
+            m * k
+        }
+    })
 }
 
 /// The workspace root: `$AUTOMODEL_ROOT`, else the current folder when it is a checkout (a
@@ -296,14 +325,15 @@ pub fn flops_per_token(wl: &Workload) -> anyhow::Result<f64> {
             .sum::<f64>()
             / t as f64
     };
+    if let Some(f) = kernel_flops(wl) {
+        return Ok(f);
+    }
     let fwd = if wl.model == "gemma-3-270m" {
+        // the config from the GGUF's metadata (no weights read)
         let gguf = automodel_parity::gemma3_270m_path();
-        let (m, _) = automodel::convert::load_gguf::<automodel_core::CpuBackend>(
-            &gguf,
-            &Default::default(),
-            DType::F32,
-        )?;
-        let c = m.config;
+        let file = automodel_gguf::GgufFile::open(&gguf)?;
+        let hf = automodel_gguf::gemma3::Gemma3Gguf::new(file)?.hf_config()?;
+        let c = automodel_text::gemma3::Gemma3TextConfig::from_value(&hf)?;
         let (h, q, kv, hd, f) = (
             c.hidden_size as f64,
             c.num_attention_heads as f64,
@@ -422,6 +452,9 @@ impl OnDevice for Job {
             other => bail!("dtype `{other}`: expected float32 or bfloat16"),
         };
         B::seed(&device, 0);
+        if wl.model == "kernel" {
+            return kernel_run::<B::InnerBackend>(wl, self.opts, &device, dtype);
+        }
         if wl.model == "gemma-3-270m" {
             let gguf = automodel_parity::gemma3_270m_path();
             if !gguf.is_file() {
@@ -514,6 +547,41 @@ where
         }
     }
     measure(wl, opts, &times, None, (wl.batch * wl.new_tokens) as f64)
+}
+
+fn kernel_run<B: Backend>(
+    wl: &Workload,
+    opts: RunOpts,
+    device: &B::Device,
+    dtype: DType,
+) -> anyhow::Result<Measure> {
+    let (m, k, n) = (wl.batch, wl.seq_len, wl.new_tokens);
+    let fill = |r: usize, c: usize| {
+        let v: Vec<f32> = (0..r * c)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        Tensor::<B, 2>::from_data(TensorData::new(v, [r, c]), device).cast(dtype)
+    };
+    let a = fill(m, k);
+    let b = (wl.mode == "matmul").then(|| fill(k, n));
+    let mut times = Vec::new();
+    for i in 0..opts.warmup + opts.steps {
+        if i == opts.warmup {
+            reset_peak_rss();
+        }
+        let t0 = Instant::now();
+        let out = match (&b, wl.mode.as_str()) {
+            (Some(b), "matmul") => a.clone().matmul(b.clone()),
+            (None, "exp") => a.clone().exp(),
+            _ => bail!("kernel `{}`: expected matmul or exp", wl.mode),
+        };
+        B::sync(device)?;
+        if i >= opts.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        drop(out);
+    }
+    measure(wl, opts, &times, None, 1.0)
 }
 
 fn measure(
@@ -738,6 +806,14 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
 }
 
 fn run_baseline(py: &str, wl: &Workload, opts: RunOpts) -> anyhow::Result<Option<Measure>> {
+    if wl.model == "kernel" {
+        return run_python(
+            py,
+            wl,
+            opts,
+            serde_json::json!({ "workload": wl, "opts": opts }),
+        );
+    }
     let spec = batch_spec(wl)?;
     let mut job = serde_json::json!({
         "workload": wl, "opts": opts, "batch": spec,
@@ -750,6 +826,15 @@ fn run_baseline(py: &str, wl: &Workload, opts: RunOpts) -> anyhow::Result<Option
     } else {
         job["config"] = gemma3n_config(&wl.model)?.raw;
     }
+    run_python(py, wl, opts, job)
+}
+
+fn run_python(
+    py: &str,
+    wl: &Workload,
+    opts: RunOpts,
+    job: serde_json::Value,
+) -> anyhow::Result<Option<Measure>> {
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let job_file = dir.join(format!("{}.job.json", wl.name));
@@ -833,7 +918,7 @@ fn row_line(r: &Row) -> String {
 /// The results as a Markdown table (the one `--record` writes into `docs/benchmarks.md`).
 pub fn markdown_table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| workload | device | threads | ours s/step (min–max) | ours tok/s | ours peak MiB | PyTorch s/step (min–max) | PyTorch tok/s | PyTorch peak MiB | speed ratio | MFU | date |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| workload | device | threads | ours s/step (min–max) | ours tok/s | ours GFLOP/s | ours peak MiB | PyTorch s/step (min–max) | PyTorch tok/s | PyTorch peak MiB | speed ratio | MFU | date |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let m = |x: &Measure| {
@@ -850,12 +935,16 @@ pub fn markdown_table(rows: &[Row]) -> String {
             .map(m)
             .unwrap_or(("–".into(), "–".into(), "–".into()));
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.workload.name,
             r.device_name,
             r.ours.threads,
             o.0,
             o.1,
+            fmt_opt(r.flops_per_token, |f| format!(
+                "{:.1}",
+                f * r.ours.tokens_per_s / 1e9
+            )),
             o.2,
             p.0,
             p.1,
@@ -945,6 +1034,22 @@ mod tests {
         let mut g = wl.clone();
         g.mode = "generate".into();
         assert!((flops_per_token(&g).unwrap() * 3.0 - f * 1e9).abs() < 1.0);
+    }
+
+    #[test]
+    fn kernels_count_their_own_flops() {
+        let mm = kernel("matmul", 2, 3, 5, "cpu");
+        assert_eq!(mm.name, "kernel-matmul-2x3x5");
+        assert_eq!(flops_per_token(&mm).unwrap(), 60.0);
+        let e = kernel("exp", 4, 8, 1, "cpu");
+        assert_eq!(e.name, "kernel-exp-4x8");
+        assert_eq!(flops_per_token(&e).unwrap(), 32.0);
+        // every CPU workload has a distinct name (the key of docs/benchmarks.json)
+        let names: std::collections::BTreeSet<String> = workloads("cpu", false)
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        assert_eq!(names.len(), workloads("cpu", false).len());
     }
 
     #[test]
