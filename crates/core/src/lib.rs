@@ -33,7 +33,7 @@ pub mod weights;
 /// A training step allocates and frees tensors of hundreds of MB (a 262k-row embedding's
 /// gradient and its optimizer temporaries). glibc hands every block over 32 MiB back to the
 /// kernel, so each one is faulted in and zeroed again 4 KiB at a time; on the 270M this made
-/// a full fine-tuning step 2.7× slower (docs/benchmarks.md). The cost: freed memory stays with
+/// a full fine-tuning step 2.9× slower (docs/benchmarks.md). The cost: freed memory stays with
 /// the process, so its resident size stays at its peak.
 #[macro_export]
 macro_rules! jemalloc {
