@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 B=target/gpu-check/xtask
 OUT="${OUT:-target/gpu-check/out}"
 mkdir -p "$OUT"
-export AUTOMODEL_ROOT="$PWD" RUST_LOG="${RUST_LOG:-warn}"
+export AUTOMODEL_ROOT="$PWD" RUST_LOG="${RUST_LOG:-warn}" NO_COLOR=1
 if ! python3 -c "import peft" 2>/dev/null && [ -d target/gpu-check/py ]; then
   export PYTHONPATH="$PWD/target/gpu-check/py${PYTHONPATH:+:$PYTHONPATH}"
 fi
