@@ -301,13 +301,18 @@ fn train_batch<B: Backend>(spec: &BatchSpec, device: &B::Device) -> TrainBatch<B
     b
 }
 
-/// The LoRA settings of the `lora` workloads (those of `recipes/default.yaml`).
-pub fn bench_lora() -> LoraConfig {
-    serde_json::from_value(serde_json::json!({
+/// The LoRA settings of the `lora` workloads (those of `recipes/default.yaml`), in PEFT's field
+/// names: our side parses them, the PyTorch side passes them to `peft.LoraConfig`.
+fn bench_lora_json() -> serde_json::Value {
+    serde_json::json!({
         "r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    }))
-    .expect("a valid LoRA config")
+    })
+}
+
+/// [`bench_lora_json`] as our config.
+pub fn bench_lora() -> LoraConfig {
+    serde_json::from_value(bench_lora_json()).expect("a valid LoRA config")
 }
 
 /// Analytic model FLOPs per token of a training step (forward + backward = 3 × forward, for
@@ -817,8 +822,7 @@ fn run_baseline(py: &str, wl: &Workload, opts: RunOpts) -> anyhow::Result<Option
     let spec = batch_spec(wl)?;
     let mut job = serde_json::json!({
         "workload": wl, "opts": opts, "batch": spec,
-        "lora": { "r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] },
+        "lora": bench_lora_json(),
         "prompt": token_ids(wl.batch, wl.seq_len, 20_000, 2),
     });
     if wl.model == "gemma-3-270m" {
@@ -856,10 +860,7 @@ fn run_python(
 }
 
 fn chrono_date() -> String {
-    let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output();
-    out.ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
 }
 
 fn device_name(device: &str) -> String {
