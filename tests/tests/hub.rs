@@ -1,5 +1,6 @@
 //! Loading by Hub repo id from the local Hugging Face cache (no network).
 
+#[path = "e2e/common/mod.rs"]
 mod common;
 
 use automodel::Gemma3nForConditionalGeneration;

@@ -1,6 +1,6 @@
 //! The audio tower and feature extractor against Hugging Face.
 
-mod common;
+use crate::common;
 
 use automodel_audio::decode::load_audio;
 use automodel_audio::encoder::AUDIO_PREFIX;

@@ -2,7 +2,7 @@
 //! loaded from PEFT's files give PEFT's logits, loss, adapter gradients, merged weights and
 //! merged logits; the real 270M's adapter too.
 
-mod common;
+use crate::common;
 
 use automodel_core::CpuAutodiff;
 

@@ -1,6 +1,6 @@
 //! Loading and saving Hugging Face checkpoints with the golden tiny model.
 
-mod common;
+use crate::common;
 
 use automodel_core::CpuBackend as B;
 use automodel_core::weights::{SafeTensorsFiles, TensorMap};

@@ -1,7 +1,7 @@
 //! The text decoder against Hugging Face: every check of the `text`, `generate` and `text_bf16`
 //! golden cases (tolerances from reference/README.md).
 
-mod common;
+use crate::common;
 
 fn run_case(case: &str) -> Vec<automodel_parity::Check> {
     common::passing_checks(case)

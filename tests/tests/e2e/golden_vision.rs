@@ -1,6 +1,6 @@
 //! The vision tower and image processor against Hugging Face / timm.
 
-mod common;
+use crate::common;
 
 use automodel_core::pretrained::Pretrained;
 use automodel_core::weights::SafeTensorsFiles;

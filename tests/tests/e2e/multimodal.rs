@@ -1,6 +1,6 @@
 //! Gemma3nForConditionalGeneration: parity, merging errors, generation, real sizes, checkpoints.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

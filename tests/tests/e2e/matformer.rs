@@ -1,6 +1,6 @@
 //! MatFormer Mix-n-Match extraction on the golden tiny model.
 
-mod common;
+use crate::common;
 
 use automodel_core::CpuBackend as B;
 use automodel_core::weights::SafeTensorsFiles;

@@ -2,7 +2,7 @@
 //! multimodal ids): HF's placeholder expansion, the same token layout as the golden multimodal
 //! inputs, media batching and its errors.
 
-mod common;
+use crate::common;
 
 use automodel::processor::{Padding, Prompt};
 use automodel::{Gemma3nConfig, Gemma3nProcessor};
