@@ -31,8 +31,13 @@ mod bench;
 mod gpu_check;
 
 fn main() -> ExitCode {
+    // logs on stderr; colour codes only for a terminal (and not with NO_COLOR)
+    let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_ansi(color)
+        .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -112,6 +117,13 @@ impl OnDevice for Parity {
             .as_ref()
             .filter(|_| dir.join("tokenizer_cases.json").is_file())
         {
+            if let Some(only) = only {
+                anyhow::bail!(
+                    "--case {} does not apply to {}: its checks run as one case",
+                    only.join(", "),
+                    dir.display()
+                );
+            }
             let checks =
                 automodel_parity::gemma3::run::<B>(&dir, gguf, &device).with_context(|| {
                     format!(

@@ -49,11 +49,28 @@ pub fn decode_audio(
         name: name.to_string(),
         message,
     };
-    let (mono, rate) = decode_mono(bytes, ext).map_err(|e| {
-        err(format!(
+    let decoded = decode_mono(bytes, ext).map_err(|e| match e {
+        Stop::Codec(e) => err(format!(
             "cannot decode ({e}); expected WAV, FLAC, MP3 or OGG/Vorbis"
-        ))
+        )),
+        Stop::Truncated { samples, rate } => err(format!(
+            "the file is cut short: its data ends after {samples} samples ({:.2} s) of what its header declares",
+            samples as f64 / f64::from(rate.unwrap_or(0).max(1))
+        )),
     })?;
+    let (mono, rate) = (decoded.mono, decoded.rate);
+    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
+        return Err(err(format!(
+            "the sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz"
+        )));
+    }
+    if decoded.skipped_packets > 0 {
+        tracing::warn!(
+            "{name}: skipped {} corrupt packet(s), about {:.2} s of audio",
+            decoded.skipped_packets,
+            decoded.skipped_frames as f64 / f64::from(rate)
+        );
+    }
     if mono.is_empty() {
         return Err(err("the file holds no audio samples".into()));
     }
@@ -67,7 +84,36 @@ pub fn decode_audio(
     })
 }
 
-fn decode_mono(bytes: Vec<u8>, ext: Option<&str>) -> Result<(Vec<f32>, u32), SymphoniaError> {
+/// The lowest sample rate accepted (telephone audio is 8 kHz).
+pub const MIN_SAMPLE_RATE: u32 = 1_000;
+/// The highest sample rate accepted (studio audio goes to 384 kHz).
+pub const MAX_SAMPLE_RATE: u32 = 384_000;
+
+/// What a decode produced: mono samples, their rate, and what was lost to corrupt packets.
+struct Decoded {
+    mono: Vec<f32>,
+    rate: u32,
+    skipped_packets: usize,
+    skipped_frames: u64,
+}
+
+/// Why a decode stopped.
+enum Stop {
+    Codec(SymphoniaError),
+    /// The container declares more data than the file holds.
+    Truncated {
+        samples: usize,
+        rate: Option<u32>,
+    },
+}
+
+impl From<SymphoniaError> for Stop {
+    fn from(e: SymphoniaError) -> Self {
+        Stop::Codec(e)
+    }
+}
+
+fn decode_mono(bytes: Vec<u8>, ext: Option<&str>) -> Result<Decoded, Stop> {
     let mss = MediaSourceStream::new(
         Box::new(std::io::Cursor::new(bytes)),
         MediaSourceStreamOptions::default(),
@@ -98,24 +144,45 @@ fn decode_mono(bytes: Vec<u8>, ext: Option<&str>) -> Result<(Vec<f32>, u32), Sym
         .make_audio_decoder(&params, &AudioDecoderOptions::default())?;
     let mut mono = Vec::new();
     let mut rate = params.sample_rate;
+    if let Some(r) = rate
+        && !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&r)
+    {
+        // refuse before decoding anything (a hostile header can declare any rate)
+        return Ok(Decoded {
+            mono,
+            rate: r,
+            skipped_packets: 0,
+            skipped_frames: 0,
+        });
+    }
+    let (mut skipped_packets, mut skipped_frames) = (0, 0);
     let mut interleaved: Vec<f32> = Vec::new();
     loop {
         let packet = match format.next_packet() {
             Ok(Some(p)) => p,
             Ok(None) => break,
+            // the demuxers end a complete stream with `None`: an early end is a cut file
             Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                break;
+                return Err(Stop::Truncated {
+                    samples: mono.len(),
+                    rate,
+                });
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         if packet.track_id != track_id {
             continue;
         }
         let buf = match decoder.decode(&packet) {
             Ok(b) => b,
-            // A corrupt packet inside an otherwise good stream is skipped, as players do.
-            Err(SymphoniaError::DecodeError(_)) => continue,
-            Err(e) => return Err(e),
+            // A corrupt packet inside an otherwise good stream is skipped, as players do; the
+            // caller warns about what was lost.
+            Err(SymphoniaError::DecodeError(_)) => {
+                skipped_packets += 1;
+                skipped_frames += packet.dur.get();
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         let spec = buf.spec();
         rate = Some(spec.rate());
@@ -127,7 +194,12 @@ fn decode_mono(bytes: Vec<u8>, ext: Option<&str>) -> Result<(Vec<f32>, u32), Sym
         }
     }
     let rate = rate.ok_or(SymphoniaError::Unsupported("unknown sample rate"))?;
-    Ok((mono, rate))
+    Ok(Decoded {
+        mono,
+        rate,
+        skipped_packets,
+        skipped_frames,
+    })
 }
 
 /// Resample mono audio from `from` to `to` Hz (identity when equal).

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use automodel_core::CpuBackend;
-use automodel_core::weights::write_atomic;
+use automodel_core::weights::{write_atomic, write_folder};
 use automodel_gguf::GgufFile;
 use automodel_gguf::gemma3::Gemma3Gguf;
 use automodel_text::gemma3::{Gemma3ForCausalLM, Gemma3TextConfig};
@@ -38,7 +38,7 @@ pub fn load_gguf<B: Backend>(
     let file = GgufFile::open(gguf)?;
     let tok = GemmaTokenizer::from_gguf(&file)?;
     let src = Gemma3Gguf::new(file)?;
-    let cfg = Gemma3TextConfig::from_value(&src.hf_config()?)?;
+    let cfg = Gemma3TextConfig::from_value(&src.hf_config()?).map_err(|e| src.metadata_error(e))?;
     let model = Gemma3ForCausalLM::from_source(&src, &cfg, device, dtype)?;
     Ok((model, tok))
 }
@@ -91,9 +91,10 @@ pub fn gguf_to_hf(
 ) -> Result<Vec<PathBuf>, ModelError> {
     check_overwrite(out, overwrite)?;
     let (model, tok) = load_gguf::<CpuBackend>(gguf, &Default::default(), DType::F32)?;
-    let mut written = model.save_pretrained(out, max_shard_bytes)?;
-    let n_pos = model.config.max_position_embeddings;
-    drop(model);
-    written.extend(write_tokenizer_files(&tok, n_pos, out)?);
-    Ok(written)
+    write_folder(out, |dir| -> Result<Vec<PathBuf>, ModelError> {
+        let mut written = model.save_pretrained(dir, max_shard_bytes)?;
+        let n_pos = model.config.max_position_embeddings;
+        written.extend(write_tokenizer_files(&tok, n_pos, dir)?);
+        Ok(written)
+    })
 }

@@ -11,7 +11,7 @@ use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
 use automodel_text::gemma3n::model::{
     CONDITIONAL_PREFIX as TEXT_PREFIX, ignored_key, reusing_layers,
 };
-use automodel_text::generate::{Generate, host_rows, ids_tensor};
+use automodel_text::generate::{Generate, PREFILL_CHUNK, host_rows, ids_tensor, in_chunks};
 use automodel_text::{
     CausalLm, ForwardOptions, Gemma3nTextModel, KvCache, TextModelOutput, TrainBatch, TrainOptions,
     TrainOutput,
@@ -454,7 +454,10 @@ impl<B: Backend> Generate<B> for Gemma3nForConditionalGeneration<B> {
     fn device(&self) -> B::Device {
         self.model.language_model.device()
     }
-    /// Images and audio are encoded once, here.
+    fn max_positions(&self) -> usize {
+        self.config.text.max_position_embeddings
+    }
+    /// Images and audio are encoded once, here; the decoder then runs the prompt in chunks.
     fn prefill(
         &self,
         prompt: &MultimodalInput<B>,
@@ -468,7 +471,20 @@ impl<B: Backend> Generate<B> for Gemma3nForConditionalGeneration<B> {
             prompt.audio.as_ref(),
             false,
         )?;
-        self.decode(emb, Some(mask), Some(positions), cache)
+        let [b, t, _] = emb.inputs_embeds.dims();
+        in_chunks(t, PREFILL_CHUNK, |r| {
+            let part = Embedded {
+                inputs_embeds: emb.inputs_embeds.clone().slice_dim(1, r.clone()),
+                token_part: emb.token_part.clone().slice_dim(1, r.clone()),
+                image_features: None,
+                audio_features: None,
+                vision: None,
+                audio: None,
+            };
+            let mask = mask.clone().slice([0..b, r.clone()]);
+            let positions = positions.clone().slice([0..b, r]);
+            self.decode(part, Some(mask), Some(positions), cache)
+        })
     }
     fn step(
         &self,

@@ -22,6 +22,7 @@ use anyhow::{Context, bail};
 use automodel::processor::{AUDIO_TOKEN, Gemma3nProcessor, IMAGE_TOKEN, Padding, Prompt};
 use automodel::{Gemma3nForConditionalGeneration, Generate, GenerationConfig};
 use automodel_core::device::{DeviceSpec, OnDevice, run_on};
+use automodel_core::weights::write_folder;
 use automodel_peft::PeftModel;
 use automodel_text::Gemma3nForCausalLM;
 use automodel_text::gemma3::Gemma3ForCausalLM;
@@ -122,13 +123,13 @@ struct GenerateArgs {
     #[arg(long)]
     sample: bool,
     /// Sampling temperature (a positive number).
-    #[arg(long, default_value_t = 1.0, value_parser = positive)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive, allow_negative_numbers = true)]
     temperature: f64,
     /// Keep the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 64)]
     top_k: usize,
     /// Keep the smallest set of tokens whose probability reaches p, in (0, 1].
-    #[arg(long, default_value_t = 0.95, value_parser = probability)]
+    #[arg(long, default_value_t = 0.95, value_parser = probability, allow_negative_numbers = true)]
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -164,13 +165,30 @@ fn probability(s: &str) -> Result<f64, String> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(color)
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // one message: the error and its causes, no backtrace unless RUST_BACKTRACE asks
+            eprintln!("error: {e:#}");
+            if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+                eprintln!("{}", e.backtrace());
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Generate(a) => run_on(a.device, a)?,
         Command::Convert(a) => convert(a),
         Command::MergeLora(a) => merge_lora(a),
@@ -365,39 +383,56 @@ fn with_adapter<B: Backend, M: PeftModel<B>>(model: M, dir: Option<&Path>) -> an
     }
 }
 
+/// `model` with the adapter in `dir` merged into its weights.
+fn merged<B: Backend, M: PeftModel<B>>(model: M, dir: &Path) -> anyhow::Result<M> {
+    let (m, cfg, _, _) = automodel_peft::load_adapter(model, dir)
+        .with_context(|| format!("loading the adapter {}", dir.display()))?;
+    Ok(automodel_peft::merge(m, &cfg))
+}
+
 fn merge_lora(a: MergeArgs) -> anyhow::Result<()> {
     let (out, shard) = (&a.output.out, a.output.shard_bytes());
     automodel::convert::check_overwrite(out, a.output.overwrite)?;
     let device = Default::default();
-    let merged = |dir: &Path| -> anyhow::Result<Vec<PathBuf>> {
-        Ok(automodel_core::weights::copy_side_files(dir, out)?)
+    // merged in memory first; the folder is then written whole or not at all: the weights and
+    // config (`save`), then the base's tokenizer files
+    let write = |save: &dyn Fn(&Path) -> anyhow::Result<Vec<PathBuf>>| {
+        write_folder(out, |dir| -> anyhow::Result<Vec<PathBuf>> {
+            let mut w = save(dir)?;
+            w.extend(automodel_core::weights::copy_side_files(&a.model, dir)?);
+            Ok(w)
+        })
     };
-    let mut written = Vec::new();
-    match load::<burn::backend::Flex>(&a.model, &device, DType::F32)? {
-        Loaded::Gemma3(m, tok) => {
-            let (m, cfg, _, _) = automodel_peft::load_adapter(m, &a.adapter)?;
-            let m = automodel_peft::merge(m, &cfg);
-            written.extend(m.save_pretrained(out, shard)?);
-            if a.model.is_file() {
+    let written = match load::<burn::backend::Flex>(&a.model, &device, DType::F32)? {
+        Loaded::Gemma3(m, tok) if a.model.is_file() => {
+            // from a GGUF: the tokenizer files come from its vocabulary
+            let m = merged(m, &a.adapter)?;
+            write(&|dir| {
+                let mut w = m.save_pretrained(dir, shard)?;
                 let n = m.config.max_position_embeddings;
-                written.extend(automodel::convert::write_tokenizer_files(&tok, n, out)?);
-            } else {
-                written.extend(merged(&a.model)?);
-            }
+                w.extend(automodel::convert::write_tokenizer_files(&tok, n, dir)?);
+                Ok(w)
+            })?
+        }
+        Loaded::Gemma3(m, _) => {
+            let m = merged(m, &a.adapter)?;
+            write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
         }
         Loaded::Gemma3nText(m, _) => {
-            let (m, cfg, _, _) = automodel_peft::load_adapter(m, &a.adapter)?;
-            automodel_peft::merge(m, &cfg).save_pretrained(out, shard)?;
-            written.push(out.join("config.json"));
-            written.extend(merged(&a.model)?);
+            let m = merged(m, &a.adapter)?;
+            write(&|dir| {
+                m.save_pretrained(dir, shard)?;
+                Ok(vec![dir.join("config.json")])
+            })?
         }
         Loaded::Gemma3n(m) => {
-            let (m, cfg, _, _) = automodel_peft::load_adapter(m, &a.adapter)?;
-            automodel_peft::merge(m, &cfg).save_pretrained(out, shard)?;
-            written.push(out.join("config.json"));
-            written.extend(merged(&a.model)?);
+            let m = merged(m, &a.adapter)?;
+            write(&|dir| {
+                m.save_pretrained(dir, shard)?;
+                Ok(vec![dir.join("config.json")])
+            })?
         }
-    }
+    };
     for f in written {
         println!("wrote {}", f.display());
     }

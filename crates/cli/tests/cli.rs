@@ -295,3 +295,78 @@ fn data_shows_samples_with_labelled_spans_and_statistics() {
         "d.jsonl:2",
     );
 }
+
+/// Hostile inputs end with one clear `error:` message and exit status 1: no panic, no colour
+/// codes in a non-terminal stderr, no backtrace; flags are checked before anything loads.
+#[test]
+fn hostile_inputs_give_one_clear_error() {
+    use automodel_gguf::GgufValue;
+    use automodel_parity::fixtures::{TINY_CONTEXT, tiny_gemma3_gguf};
+    let dir = tempfile::tempdir().unwrap();
+    let clean = |out: &Output| {
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "exit status 1: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("stack backtrace"),
+            "{err}"
+        );
+        assert!(!err.contains('\u{1b}'), "colour codes: {err:?}");
+        err
+    };
+
+    let good = dir.path().join("tiny.gguf");
+    tiny_gemma3_gguf().write(&good).unwrap();
+    let good = good.display().to_string();
+    let ok = cli(&[
+        "generate",
+        "--model",
+        &good,
+        "--prompt",
+        "the water",
+        "--max-new-tokens",
+        "3",
+    ]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+
+    let bad = dir.path().join("bos.gguf");
+    tiny_gemma3_gguf()
+        .set("tokenizer.ggml.bos_token_id", GgufValue::U32(70_000))
+        .write(&bad)
+        .unwrap();
+    let bad = bad.display().to_string();
+    for args in [
+        vec!["generate", "--model", &bad, "--prompt", "x"],
+        vec![
+            "convert",
+            "--model",
+            &bad,
+            "--out",
+            dir.path().to_str().unwrap(),
+        ],
+    ] {
+        let err = clean(&cli(&args));
+        assert!(
+            err.contains("tokenizer.ggml.bos_token_id") && err.contains("bos.gguf"),
+            "{err}"
+        );
+    }
+
+    // a prompt longer than the model's context
+    let long = "the water boils ".repeat(TINY_CONTEXT);
+    let err = clean(&cli(&["generate", "--model", &good, "--prompt", &long]));
+    assert!(err.contains(&format!("context is {TINY_CONTEXT}")), "{err}");
+
+    // sampling flags
+    for (flags, want) in [
+        (vec!["--top-p", "0"], "not in (0, 1]"),
+        (vec!["--top-p", "nan"], "not in (0, 1]"),
+        (vec!["--top-p", "-0.5"], "not in (0, 1]"),
+        (vec!["--temperature", "-1"], "not a positive number"),
+        (vec!["--temperature", "inf"], "not a positive number"),
+    ] {
+        let mut args = vec!["generate", "--model", &good, "--prompt", "x", "--sample"];
+        args.extend(flags);
+        fails_with(&cli(&args), want);
+    }
+}

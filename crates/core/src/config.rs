@@ -85,6 +85,39 @@ impl ConfigError {
     }
 }
 
+/// The largest sizes a config may declare. Far above every released Gemma (vocabulary 262,400,
+/// hidden size 3,840, 62 layers, context 131,072), they stop a corrupt or hostile config from
+/// sizing a model nobody can allocate before any weight is compared with it.
+pub mod limits {
+    /// `vocab_size` (and the per-layer-input vocabulary).
+    pub const VOCAB: usize = 1 << 24;
+    /// `hidden_size` and the other widths of the residual stream.
+    pub const HIDDEN: usize = 1 << 16;
+    /// `intermediate_size` of a feed-forward block.
+    pub const INTERMEDIATE: usize = 1 << 18;
+    /// `num_hidden_layers`.
+    pub const LAYERS: usize = 1024;
+    /// `num_attention_heads`, `num_key_value_heads`.
+    pub const HEADS: usize = 1024;
+    /// `head_dim`.
+    pub const HEAD_DIM: usize = 1 << 12;
+    /// `max_position_embeddings` and `sliding_window`.
+    pub const POSITIONS: usize = 1 << 24;
+}
+
+/// Each `(field, value, max)`: an error naming the first field whose value exceeds `max`.
+pub fn check_max(fields: &[(&str, usize, usize)]) -> Result<(), ConfigError> {
+    for &(name, v, max) in fields {
+        if v > max {
+            return Err(ConfigError::field(
+                name,
+                format!("{v} is larger than {max}, the most this library accepts"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Read and parse a JSON file.
 pub fn read_json(path: &Path) -> Result<Value, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {

@@ -66,10 +66,71 @@ pub enum WeightError {
     NotFound { path: PathBuf },
     #[error("tensor `{key}` is not in the checkpoint")]
     NoSuchTensor { key: String },
-    #[error("the checkpoint does not match the model ({} problem(s)):\n  {}", .problems.len(), .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    #[error("the checkpoint does not match the model ({} problem(s)):\n  {}", .problems.len(), summarize(.problems))]
     Mismatch { problems: Vec<KeyProblem> },
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
+    /// An error about the checkpoint at `path`.
+    #[error("{}: {source}", .path.display())]
+    In {
+        path: PathBuf,
+        source: Box<WeightError>,
+    },
+}
+
+/// At most this many problems are listed one per line; the rest are counted.
+const LISTED_PROBLEMS: usize = 12;
+
+/// The layer index in a key (`model.layers.17.mlp…` → 17).
+fn layer_of(key: &str) -> Option<usize> {
+    let rest = &key[key.find("layers.")? + "layers.".len()..];
+    rest.split('.').next()?.parse().ok()
+}
+
+/// The problems, one per line up to [`LISTED_PROBLEMS`], then a count by kind; when whole layers
+/// are missing or unexpected, which ones (a layer count that disagrees with the checkpoint).
+fn summarize(problems: &[KeyProblem]) -> String {
+    let mut lines: Vec<String> = problems
+        .iter()
+        .take(LISTED_PROBLEMS)
+        .map(|p| p.to_string())
+        .collect();
+    if problems.len() > LISTED_PROBLEMS {
+        let count = |f: fn(&KeyProblem) -> bool| problems.iter().filter(|p| f(p)).count();
+        lines.push(format!(
+            "… and {} more ({} missing, {} unexpected, {} of another shape, {} unreadable)",
+            problems.len() - LISTED_PROBLEMS,
+            count(|p| matches!(p, KeyProblem::Missing { .. })),
+            count(|p| matches!(p, KeyProblem::Unexpected { .. })),
+            count(|p| matches!(p, KeyProblem::Shape { .. })),
+            count(|p| matches!(p, KeyProblem::Unreadable { .. } | KeyProblem::Dtype { .. })),
+        ));
+    }
+    let layers = |missing: bool| -> Option<(usize, usize)> {
+        let ids: std::collections::BTreeSet<usize> = problems
+            .iter()
+            .filter_map(|p| match p {
+                KeyProblem::Missing { key, .. } if missing => layer_of(key),
+                KeyProblem::Unexpected { key } if !missing => layer_of(key),
+                _ => None,
+            })
+            .collect();
+        Some((*ids.first()?, *ids.last()?))
+    };
+    if problems.len() <= LISTED_PROBLEMS {
+        return lines.join("\n  ");
+    }
+    if let Some((a, b)) = layers(true) {
+        lines.push(format!(
+            "keys of layers {a}–{b} are missing: does the config's layer count match the checkpoint?"
+        ));
+    }
+    if let Some((a, b)) = layers(false) {
+        lines.push(format!(
+            "the checkpoint has layers {a}–{b} that the model does not: does the config's layer count match the checkpoint?"
+        ));
+    }
+    lines.join("\n  ")
 }
 
 /// A file that cannot be read (media, side files).

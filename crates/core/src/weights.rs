@@ -64,6 +64,63 @@ pub struct RawTensor<'a> {
     pub bytes: &'a [u8],
 }
 
+/// Which tensor of a safetensors header is wrong, when the `safetensors` crate does not say
+/// (its "invalid shape, data type, or offset for tensor" names none): the first tensor whose
+/// shape and dtype do not fill its `data_offsets` exactly.
+fn explain_header(map: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(map.get(..8)?.try_into().ok()?);
+    let header = map.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?;
+    let v: serde_json::Value = serde_json::from_slice(header).ok()?;
+    for (name, t) in v.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = t.get("dtype")?.as_str()?;
+        let size: u64 = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            _ => continue,
+        };
+        let shape: Vec<u64> = t
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect::<Option<_>>()?;
+        let offsets: Vec<u64> = t
+            .get("data_offsets")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect::<Option<_>>()?;
+        let [start, end] = offsets[..] else {
+            return Some(format!(
+                "tensor `{name}`: data_offsets must be [start, end]"
+            ));
+        };
+        let data = (map.len() as u64).saturating_sub(8 + n);
+        if end > data {
+            return Some(format!(
+                "tensor `{name}`: data_offsets [{start}, {end}] reach past the end of the data ({data} bytes; is the file cut short?)"
+            ));
+        }
+        let need = shape
+            .iter()
+            .try_fold(size, |a, &d| a.checked_mul(d))
+            .map_or("more than 2^64".to_string(), |b| b.to_string());
+        let have = end.checked_sub(start);
+        if have.map(|h| h.to_string()) != Some(need.clone()) {
+            return Some(format!(
+                "tensor `{name}`: shape {shape:?} of {dtype} needs {need} bytes, its data_offsets [{start}, {end}] hold {}",
+                have.map_or("a negative count of".into(), |h| h.to_string())
+            ));
+        }
+    }
+    None
+}
+
 impl SafeTensorsFiles {
     /// Open a checkpoint: a `.safetensors` file, a `model.safetensors.index.json`, or a folder
     /// holding either (the index wins when both exist).
@@ -178,7 +235,7 @@ impl SafeTensorsFiles {
             })?;
             let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| WeightError::Format {
                 path: path.clone(),
-                message: e.to_string(),
+                message: explain_header(&map).unwrap_or_else(|| e.to_string()),
             })?;
             let data_start = 8 + n;
             for (name, info) in meta.tensors() {
@@ -314,6 +371,10 @@ pub trait TensorSource {
     fn tensor_shape(&self, name: &str) -> Option<Vec<usize>>;
     /// The values of `name` as float [`TensorData`] (any float dtype).
     fn tensor_data(&self, name: &str) -> Result<TensorData, WeightError>;
+    /// The file or folder the tensors come from, for errors.
+    fn origin(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 impl TensorSource for SafeTensorsFiles {
@@ -327,6 +388,14 @@ impl TensorSource for SafeTensorsFiles {
 
     fn tensor_data(&self, name: &str) -> Result<TensorData, WeightError> {
         self.float_data(name)
+    }
+
+    fn origin(&self) -> Option<PathBuf> {
+        match self.paths().as_slice() {
+            [one] => Some(one.to_path_buf()),
+            [first, ..] => first.parent().map(Path::to_path_buf),
+            [] => None,
+        }
     }
 }
 
@@ -391,10 +460,13 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
             .insert(format!("{}{name}", self.prefix));
     }
 
-    /// Read `{prefix}{name}` with the expected shape, converted to the loader's dtype.
+    /// Read `{prefix}{name}` with the expected shape, converted to the loader's dtype. On a
+    /// problem (recorded for [`Self::finish`]) the result is a broadcast zero that costs no
+    /// memory, so a config that declares sizes the checkpoint does not have never allocates them.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Tensor<B, D> {
-        self.try_tensor(name, shape)
-            .unwrap_or_else(|| Tensor::zeros(shape, (&self.device, self.dtype)))
+        self.try_tensor(name, shape).unwrap_or_else(|| {
+            Tensor::<B, D>::zeros([1; D], (&self.device, self.dtype)).expand(shape)
+        })
     }
 
     /// Like [`Self::tensor`] but returns `None` (after recording the problem) on failure.
@@ -457,10 +529,16 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
             }
         }
         if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(WeightError::Mismatch { problems })
+            return Ok(());
         }
+        let e = WeightError::Mismatch { problems };
+        Err(match self.files.origin() {
+            Some(path) => WeightError::In {
+                path,
+                source: Box::new(e),
+            },
+            None => e,
+        })
     }
 }
 
@@ -545,15 +623,9 @@ impl TensorMap {
         if groups.len() == 1 {
             let path = dir.join(SINGLE_FILE);
             self.write_group(&path, &groups[0], &metadata)?;
-            // A stale index would shadow the new single file.
-            let stale = dir.join(INDEX_FILE);
-            if stale.exists() {
-                std::fs::remove_file(&stale).map_err(|e| WeightError::Write {
-                    path: stale,
-                    message: e.to_string(),
-                })?;
-            }
             written.push(path);
+            // a stale index would shadow the new single file
+            remove_stale_weights(dir, &written)?;
             return Ok(written);
         }
         let n = groups.len();
@@ -575,6 +647,7 @@ impl TensorMap {
             serde_json::to_string_pretty(&index).unwrap().as_bytes(),
         )?;
         written.push(path);
+        remove_stale_weights(dir, &written)?;
         Ok(written)
     }
 
@@ -629,6 +702,33 @@ impl TensorMap {
     }
 }
 
+/// Remove the weight files of an earlier save in `dir` that the new one (`written`) does not
+/// use: `model.safetensors`, `model-*-of-*.safetensors` shards and the index.
+fn remove_stale_weights(dir: &Path, written: &[PathBuf]) -> Result<(), WeightError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| WeightError::Write {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let shard =
+            name.starts_with("model-") && name.ends_with(".safetensors") && name.contains("-of-");
+        let ours = name == SINGLE_FILE || name == INDEX_FILE || shard;
+        if ours
+            && !written
+                .iter()
+                .any(|w| w.file_name() == Some(entry.file_name().as_os_str()))
+        {
+            std::fs::remove_file(entry.path()).map_err(|e| WeightError::Write {
+                path: entry.path(),
+                message: format!("cannot remove a stale weight file: {e}"),
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Write `bytes` to `path` atomically (see [`replace_atomically`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightError> {
     replace_atomically(path, |tmp| std::fs::write(tmp, bytes))
@@ -652,6 +752,106 @@ pub fn replace_atomically(
             message: e.to_string(),
         }
     })
+}
+
+/// Whether a file name belongs to a model folder's layout (config, weights, index, adapter,
+/// tokenizer and other [`SIDE_FILES`]): on overwrite, such files of the old folder that the new
+/// one does not write are removed; any other file (a README, notes) is kept.
+pub fn is_model_file(name: &str) -> bool {
+    name == "config.json"
+        || name.ends_with(".safetensors")
+        || name.ends_with(".safetensors.index.json")
+        || name == "adapter_config.json"
+        || name == "automodel_peft_config.json"
+        || SIDE_FILES.contains(&name)
+}
+
+/// Write a whole folder `out` or nothing: `fill` writes into a new temporary sibling, which then
+/// replaces `out`. Files of an old `out` that are not [`is_model_file`]s and that `fill` did not
+/// write are carried over; stale model files (an old single `model.safetensors` beside new
+/// shards) are not. If `fill` fails, `out` is left byte-identical and the sibling is removed.
+/// Returns the paths `fill` returned, moved under `out`.
+pub fn write_folder<E: From<WeightError>>(
+    out: &Path,
+    fill: impl FnOnce(&Path) -> Result<Vec<PathBuf>, E>,
+) -> Result<Vec<PathBuf>, E> {
+    let werr = |path: &Path, e: std::io::Error| WeightError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("out")
+        .to_string();
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| werr(&parent, e))?;
+    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir(&staging).map_err(|e| werr(&staging, e))?;
+    let written = match fill(&staging) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    let swap = || -> Result<(), WeightError> {
+        if out.is_dir() {
+            // the user's own files come along; old model files stay behind
+            for entry in std::fs::read_dir(out).map_err(|e| werr(out, e))? {
+                let entry = entry.map_err(|e| werr(out, e))?;
+                let file = entry.file_name();
+                let keep = file.to_str().is_none_or(|f| !is_model_file(f));
+                if keep && !staging.join(&file).exists() {
+                    copy_recursively(&entry.path(), &staging.join(&file))
+                        .map_err(|e| werr(&entry.path(), e))?;
+                }
+            }
+            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::rename(out, &old).map_err(|e| werr(out, e))?;
+            if let Err(e) = std::fs::rename(&staging, out) {
+                let _ = std::fs::rename(&old, out);
+                return Err(werr(out, e));
+            }
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&staging, out).map_err(|e| werr(out, e))?;
+        }
+        if let Ok(f) = std::fs::File::open(&parent) {
+            let _ = f.sync_all();
+        }
+        Ok(())
+    };
+    if let Err(e) = swap() {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e.into());
+    }
+    Ok(written
+        .into_iter()
+        .map(|p| match p.strip_prefix(&staging) {
+            Ok(rel) => out.join(rel),
+            Err(_) => p,
+        })
+        .collect())
+}
+
+/// Copy a file or a folder tree.
+fn copy_recursively(from: &Path, to: &Path) -> std::io::Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_recursively(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(from, to).map(|_| ())
+    }
 }
 
 /// The small files of a Hugging Face model folder besides the config and the weights
@@ -779,6 +979,34 @@ mod tests {
     }
 
     #[test]
+    fn a_new_save_removes_the_weight_files_of_the_old_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        sample().save(dir.path(), None).unwrap();
+        let many = sample().save(dir.path(), Some(1)).unwrap();
+        assert!(!dir.path().join(SINGLE_FILE).exists(), "stale single file");
+        let fewer = sample().save(dir.path(), Some(16)).unwrap();
+        assert!(fewer.len() < many.len());
+        let mut want: Vec<String> = fewer
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .chain(["notes.txt".to_string()])
+            .collect();
+        want.sort();
+        assert_eq!(names(dir.path()), want, "no stale shards");
+        sample().save(dir.path(), None).unwrap();
+        assert_eq!(names(dir.path()), vec!["model.safetensors", "notes.txt"]);
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let dir = tempfile::tempdir().unwrap();
         sample().save(dir.path(), None).unwrap();
@@ -787,7 +1015,12 @@ mod tests {
         let _ = loader.tensor("a.weight", [2, 3]);
         let _ = loader.tensor("missing.weight", [4]);
         let err = loader.finish(|k| k == "b.weight").unwrap_err();
-        let WeightError::Mismatch { problems } = &err else {
+        // the error names the checkpoint it is about
+        let WeightError::In { path, source } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(path, &dir.path().join(SINGLE_FILE));
+        let WeightError::Mismatch { problems } = source.as_ref() else {
             panic!("{err}")
         };
         assert_eq!(problems.len(), 3, "{err}");

@@ -8,7 +8,7 @@ use automodel_core::error::KeyProblem;
 use automodel_core::weights::TensorSource;
 use burn::tensor::TensorData;
 
-use crate::reader::{GgufError, GgufFile};
+use crate::reader::{GgufError, GgufFile, GgufValue};
 
 /// The HF name of a llama.cpp Gemma tensor, and whether it is a norm weight that the converter
 /// stored as `1 + w` (HF keeps `w`; Gemma 3 norms compute `x · (1 + w)`).
@@ -39,6 +39,27 @@ pub fn hf_name(gguf: &str) -> Option<(String, bool)> {
         _ => return None,
     };
     Some((format!("model.layers.{idx}.{name}"), norm))
+}
+
+/// The GGUF metadata key an HF config field of [`Gemma3Gguf::hf_config`] comes from.
+pub fn metadata_key(hf_field: &str) -> Option<&'static str> {
+    Some(match hf_field {
+        "vocab_size" => "tokenizer.ggml.tokens",
+        "hidden_size" => "gemma3.embedding_length",
+        "intermediate_size" => "gemma3.feed_forward_length",
+        "num_hidden_layers" | "layer_types" => "gemma3.block_count",
+        "num_attention_heads" => "gemma3.attention.head_count",
+        "num_key_value_heads" => "gemma3.attention.head_count_kv",
+        "head_dim" | "query_pre_attn_scalar" => "gemma3.attention.key_length",
+        "rms_norm_eps" => "gemma3.attention.layer_norm_rms_epsilon",
+        "max_position_embeddings" => "gemma3.context_length",
+        "sliding_window" => "gemma3.attention.sliding_window",
+        "rope_theta" => "gemma3.rope.freq_base",
+        "bos_token_id" => "tokenizer.ggml.bos_token_id",
+        "eos_token_id" => "tokenizer.ggml.eos_token_id",
+        "pad_token_id" => "tokenizer.ggml.padding_token_id",
+        _ => return None,
+    })
 }
 
 /// A Gemma 3 GGUF file seen as HF-named f32 tensors.
@@ -123,7 +144,41 @@ impl Gemma3Gguf {
     }
 }
 
+impl Gemma3Gguf {
+    /// A config error about a field of [`Self::hf_config`] as an error about this file's
+    /// metadata: the file, the GGUF key, the value, and the HF field it became.
+    pub fn metadata_error(&self, e: automodel_core::ConfigError) -> GgufError {
+        let message = match &e {
+            automodel_core::ConfigError::Field { field, message, .. } => {
+                match metadata_key(field) {
+                    Some(key) => {
+                        let value = self
+                            .file
+                            .get(key)
+                            .map(|v| match v {
+                                GgufValue::Array(a) => format!("an array of {}", a.len()),
+                                v => format!("{v:?}"),
+                            })
+                            .unwrap_or_else(|| "absent".into());
+                        format!("metadata `{key}` ({value}, the model's `{field}`): {message}")
+                    }
+                    None => format!("the model's `{field}`: {message}"),
+                }
+            }
+            other => other.to_string(),
+        };
+        GgufError::Format {
+            path: self.file.path.clone(),
+            message,
+        }
+    }
+}
+
 impl TensorSource for Gemma3Gguf {
+    fn origin(&self) -> Option<std::path::PathBuf> {
+        Some(self.file.path.clone())
+    }
+
     fn tensor_names(&self) -> Vec<String> {
         self.names.keys().cloned().collect()
     }

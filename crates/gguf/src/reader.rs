@@ -313,12 +313,30 @@ impl GgufFile {
                 )));
             }
             let mut raw = Vec::with_capacity(n_tensors.min(1 << 16));
-            for _ in 0..n_tensors {
-                let name = c.string()?;
+            for i in 0..n_tensors {
+                // a tensor count larger than the table reads past its end: say so
+                let count_hint = || {
+                    format!(
+                        "tensor table entry {} of the {n_tensors} the header declares",
+                        i + 1
+                    )
+                };
+                let name = c.string().map_err(|e| match e {
+                    GgufError::Format { path, message } => GgufError::Format {
+                        path,
+                        message: format!(
+                            "{}: {message} (is the tensor count right?)",
+                            count_hint()
+                        ),
+                    },
+                    e => e,
+                })?;
                 let nd = c.u32()? as usize;
                 if nd == 0 || nd > 4 {
                     return Err(c.err(format!(
-                        "tensor `{name}` has {nd} dimensions (1 to 4 expected)"
+                        "{} (`{}`) has {nd} dimensions, expected 1 to 4 (is the tensor count right?)",
+                        count_hint(),
+                        name.chars().take(64).collect::<String>()
                     )));
                 }
                 let mut dims = Vec::with_capacity(nd);
@@ -327,6 +345,11 @@ impl GgufFile {
                 }
                 let ty = GgmlType::from_id(c.u32()?);
                 let offset = c.u64()?;
+                if !offset.is_multiple_of(alignment as u64) {
+                    return Err(c.err(format!(
+                        "tensor `{name}` starts at data offset {offset}, which is not a multiple of the alignment {alignment}"
+                    )));
+                }
                 raw.push((name, dims, ty, offset));
             }
             let data_start = c.pos.div_ceil(alignment) * alignment;

@@ -8,6 +8,7 @@
 
 mod audio;
 mod compare;
+pub mod fixtures;
 pub mod gemma3;
 mod multimodal;
 pub mod peft;

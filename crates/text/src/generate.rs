@@ -158,7 +158,10 @@ pub trait Generate<B: Backend> {
     fn new_cache(&self) -> KvCache<B>;
     /// Where the model lives.
     fn device(&self) -> B::Device;
-    /// Run the prompt into `cache`; logits of its last position `[B, V]`.
+    /// The model's context: positions beyond `max_position_embeddings` are never run.
+    fn max_positions(&self) -> usize;
+    /// Run the prompt into `cache`; logits of its last position `[B, V]`. Long prompts run in
+    /// chunks of [`PREFILL_CHUNK`] tokens, so attention never holds a `[T, T]` score matrix.
     fn prefill(
         &self,
         prompt: &Self::Prompt,
@@ -200,6 +203,21 @@ pub trait Generate<B: Backend> {
             Some(m) => m.to_vec(),
             None => vec![vec![1; t]; b],
         };
+        let context = self.max_positions();
+        if t > context {
+            return Err(TextError::Input(format!(
+                "the prompt has {t} tokens; the model's context is {context} (max_position_embeddings)"
+            ))
+            .into());
+        }
+        let room = context - t;
+        if cfg.max_new_tokens > room {
+            tracing::warn!(
+                "the prompt has {t} tokens of the model's {context}: at most {room} new tokens, not {}",
+                cfg.max_new_tokens
+            );
+        }
+        let max_new_tokens = cfg.max_new_tokens.min(room);
         let device = self.device();
         let positions = ids_tensor::<B>(&positions_from_mask(&mask), &device);
         let mut cache = self.new_cache();
@@ -209,7 +227,7 @@ pub trait Generate<B: Backend> {
         let mut generated = vec![Vec::new(); b];
         let mut step_logits = Vec::new();
         let mut done = vec![false; b];
-        for step in 0..cfg.max_new_tokens {
+        for step in 0..max_new_tokens {
             let v = logits.dims()[1];
             let host = logits
                 .clone()
@@ -233,7 +251,7 @@ pub trait Generate<B: Backend> {
                 done[r] |= cfg.stop_ids.contains(&n);
             }
             on_token(&next);
-            if done.iter().all(|d| *d) || step + 1 == cfg.max_new_tokens {
+            if done.iter().all(|d| *d) || step + 1 == max_new_tokens {
                 break;
             }
             let col: Vec<Vec<i64>> = next.iter().map(|&n| vec![n]).collect();
@@ -277,6 +295,29 @@ pub trait TextDecoder<B: Backend> {
     fn new_cache(&self) -> KvCache<B>;
     /// Where the model lives.
     fn device(&self) -> B::Device;
+    /// `max_position_embeddings`.
+    fn max_positions(&self) -> usize;
+}
+
+/// Prompts run through the decoder this many tokens at a time.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// Run `t` prompt columns in chunks of `chunk` (`run` gets each range); the last chunk's result.
+pub fn in_chunks<T, E>(
+    t: usize,
+    chunk: usize,
+    mut run: impl FnMut(std::ops::Range<usize>) -> Result<T, E>,
+) -> Result<T, E> {
+    let chunk = chunk.max(1);
+    let mut start = 0;
+    loop {
+        let end = (start + chunk).min(t);
+        let out = run(start..end)?;
+        if end >= t {
+            return Ok(out);
+        }
+        start = end;
+    }
 }
 
 /// `Generate` with a [`TextPrompt`] for a model that implements [`TextDecoder`] (a blanket
@@ -302,6 +343,9 @@ macro_rules! text_generate {
             fn device(&self) -> B::Device {
                 $crate::generate::TextDecoder::device(self)
             }
+            fn max_positions(&self) -> usize {
+                $crate::generate::TextDecoder::max_positions(self)
+            }
             fn prefill(
                 &self,
                 prompt: &$crate::generate::TextPrompt,
@@ -310,12 +354,16 @@ macro_rules! text_generate {
                 cache: &mut $crate::KvCache<B>,
             ) -> Result<::burn::tensor::Tensor<B, 2>, $crate::TextError> {
                 let device = $crate::generate::TextDecoder::device(self);
-                let tokens = $crate::generate::Tokens {
-                    ids: $crate::generate::ids_tensor(&prompt.ids, &device),
-                    mask: Some(mask),
-                    positions: Some(positions),
-                };
-                $crate::generate::TextDecoder::decode(self, tokens, cache)
+                let ids = $crate::generate::ids_tensor(&prompt.ids, &device);
+                let t = ids.dims()[1];
+                $crate::generate::in_chunks(t, $crate::generate::PREFILL_CHUNK, |r| {
+                    let tokens = $crate::generate::Tokens {
+                        ids: ids.clone().slice([0..ids.dims()[0], r.clone()]),
+                        mask: Some(mask.clone().slice([0..ids.dims()[0], r.clone()])),
+                        positions: Some(positions.clone().slice([0..ids.dims()[0], r])),
+                    };
+                    $crate::generate::TextDecoder::decode(self, tokens, cache)
+                })
             }
             fn step(
                 &self,

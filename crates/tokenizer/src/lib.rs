@@ -151,12 +151,30 @@ impl GemmaTokenizer {
         if scores.len() != tokens.len() || types.len() != tokens.len() {
             return Err(bad("tokens, scores and token types differ in length"));
         }
-        let id = |k: &str, d: u32| file.get(k).and_then(|v| v.as_u64()).map_or(d, |v| v as u32);
+        if tokens.is_empty() {
+            return Err(bad("`tokenizer.ggml.tokens` is empty"));
+        }
+        // every special id must name a token of the vocabulary
+        let id = |k: &str, d: u32| -> Result<u32, TokenizerError> {
+            let v = match file.get(k) {
+                None => u64::from(d),
+                Some(v) => v
+                    .as_u64()
+                    .ok_or_else(|| bad(&format!("`{k}` is {v:?}, expected a token id")))?,
+            };
+            if v >= tokens.len() as u64 {
+                return Err(bad(&format!(
+                    "`{k}` is {v}, outside the vocabulary of {} tokens",
+                    tokens.len()
+                )));
+            }
+            Ok(v as u32)
+        };
         let (bos, eos, unk, pad) = (
-            id("tokenizer.ggml.bos_token_id", 2),
-            id("tokenizer.ggml.eos_token_id", 1),
-            id("tokenizer.ggml.unknown_token_id", 3),
-            id("tokenizer.ggml.padding_token_id", 0),
+            id("tokenizer.ggml.bos_token_id", 2)?,
+            id("tokenizer.ggml.eos_token_id", 1)?,
+            id("tokenizer.ggml.unknown_token_id", 3)?,
+            id("tokenizer.ggml.padding_token_id", 0)?,
         );
         let merges = derive_merges(&tokens, &scores);
         let vocab: tokenizers::models::bpe::Vocab = tokens

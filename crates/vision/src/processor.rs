@@ -172,7 +172,23 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage, VisionError> {
     decode_image(&bytes, &path.display().to_string())
 }
 
-/// Decode image bytes; `name` appears in errors.
+/// The widest and tallest image accepted, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// The most memory one decoded image may take.
+pub const MAX_IMAGE_BYTES: u64 = 1 << 30;
+
+/// Whether a JPEG's last scan (`FF DA`) is followed by its end-of-image marker (`FF D9`).
+/// Decoders fill a cut file's missing rows with grey without a word, so this is checked first.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
+}
+
+/// Decode image bytes; `name` appears in errors. Corrupt or cut files, and images beyond
+/// [`MAX_IMAGE_SIDE`] or [`MAX_IMAGE_BYTES`], are errors.
 pub fn decode_image(bytes: &[u8], name: &str) -> Result<RgbImage, VisionError> {
     let err = |message: String| VisionError::Image {
         name: name.to_string(),
@@ -191,8 +207,24 @@ pub fn decode_image(bytes: &[u8], name: &str) -> Result<RgbImage, VisionError> {
             "{format:?} images are not supported; expected PNG, JPEG or WebP"
         )));
     }
-    let img = image::load_from_memory_with_format(bytes, format)
-        .map_err(|e| err(format!("cannot decode: {e}")))?;
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(err(
+            "the JPEG is cut short: its last scan has no end-of-image marker".into(),
+        ));
+    }
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => err(format!(
+            "the image is too large ({e}); at most {MAX_IMAGE_SIDE} pixels a side and {} MB decoded",
+            MAX_IMAGE_BYTES / 1_000_000
+        )),
+        e => err(format!("cannot decode: {e}")),
+    })?;
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
     if w == 0 || h == 0 {

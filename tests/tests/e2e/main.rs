@@ -11,6 +11,7 @@ mod gemma3_270m;
 mod golden_audio;
 mod golden_text;
 mod golden_vision;
+mod hardening;
 mod lora;
 mod matformer;
 mod multimodal;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::attention::AttentionGeometry;
-use crate::config::{LayerType, OneOrMany, positive};
+use crate::config::{DecoderSizes, LayerType, OneOrMany, positive};
 
 /// HF `Gemma3TextConfig` (the fields the model uses; HF names and defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +136,21 @@ impl Gemma3TextConfig {
                 return Err(ConfigError::field(name, "must be greater than 0"));
             }
         }
+        DecoderSizes {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            max_position_embeddings: self.max_position_embeddings,
+            sliding_window: self.sliding_window,
+            bos_token_id: self.bos_token_id,
+            pad_token_id: self.pad_token_id,
+            eos_token_id: self.eos_token_id.as_ref(),
+        }
+        .check(&[])?;
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads)

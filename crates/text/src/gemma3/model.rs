@@ -282,6 +282,9 @@ impl<B: Backend> TextDecoder<B> for Gemma3ForCausalLM<B> {
             vec![true; n],
         )
     }
+    fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings
+    }
     fn device(&self) -> B::Device {
         self.model.embed_tokens.weight.device()
     }

@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use automodel_core::config::{ConfigError, deserialize, read_config};
+use automodel_core::config::{ConfigError, deserialize, limits, read_config};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::attention::AttentionGeometry;
-use crate::config::{KvSharing, LayerType, OneOrMany, positive};
+use crate::config::{DecoderSizes, KvSharing, LayerType, OneOrMany, positive};
 
 /// The text part of a Gemma 3n config (`text_config`). Field names are Hugging Face's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +136,35 @@ impl Gemma3nTextConfig {
                 return Err(ConfigError::field(name, "must be greater than 0"));
             }
         }
+        let widest_ffn = self
+            .intermediate_size
+            .to_vec()
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        DecoderSizes {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: widest_ffn,
+            num_hidden_layers: l,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            max_position_embeddings: self.max_position_embeddings,
+            sliding_window: self.sliding_window,
+            bos_token_id: self.bos_token_id,
+            pad_token_id: self.pad_token_id,
+            eos_token_id: self.eos_token_id.as_ref(),
+        }
+        .check(&[
+            (
+                "hidden_size_per_layer_input",
+                self.hidden_size_per_layer_input,
+                limits::HIDDEN,
+            ),
+            ("altup_num_inputs", self.altup_num_inputs, 64),
+            ("laurel_rank", self.laurel_rank, limits::HIDDEN),
+        ])?;
         if self.vocab_size_per_layer_input > self.vocab_size {
             return Err(ConfigError::field(
                 "vocab_size_per_layer_input",

@@ -486,6 +486,9 @@ impl<B: Backend> TextDecoder<B> for Gemma3nForCausalLM<B> {
     fn new_cache(&self) -> KvCache<B> {
         self.model.new_cache()
     }
+    fn max_positions(&self) -> usize {
+        self.model.config.max_position_embeddings
+    }
     fn device(&self) -> B::Device {
         self.model.device()
     }
