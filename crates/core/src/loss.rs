@@ -82,7 +82,7 @@ pub fn lm_head_loss<B: Backend>(
     grad: bool,
 ) -> Option<LossSum<B>> {
     let step = chunk_rows(table.dims()[0]);
-    lm_head_loss_in_chunks(hidden, table, softcap, labels, grad, step)
+    lm_head_loss_in_chunks(hidden, table, softcap, labels, grad, step, true)
 }
 
 fn lm_head_loss_in_chunks<B: Backend>(
@@ -92,6 +92,7 @@ fn lm_head_loss_in_chunks<B: Backend>(
     labels: Tensor<B, 2, Int>,
     grad: bool,
     step: usize,
+    allow_host: bool,
 ) -> Option<LossSum<B>> {
     let [b, t, h] = hidden.dims();
     let [v, _] = table.dims();
@@ -117,6 +118,10 @@ fn lm_head_loss_in_chunks<B: Backend>(
     if n == 0 {
         return None;
     }
+    // one fused pass per chunk on the host when the tensors live there (see `host`)
+    let fused = allow_host && host::applies::<B>() && dtype == DType::F32;
+    let host_targets = targets.clone();
+    let mut host_total = 0.0f64;
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
     let selected = hidden.reshape([b * t, h]).select(0, idx); // [N, H]
     let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
@@ -132,33 +137,44 @@ fn lm_head_loss_in_chunks<B: Backend>(
         let hc = hd.clone().narrow(0, start, len);
         let tc = targets.clone().narrow(0, start, len).reshape([len, 1]);
         let mut logits = hc.clone().matmul(wd.clone().transpose());
-        if let Some(cap) = softcap {
-            logits = crate::nn::softcap(logits, cap);
-        }
-        let logits = logits.cast(DType::F32);
-        // the log-sum-exp with its exponentials kept: softmax = e / Σe needs no second exp
-        let max = logits.clone().max_dim(1);
-        let e = (logits.clone() - max.clone()).exp();
-        let sum = blocked_row_sum(e.clone());
-        let lse = sum.clone().log() + max;
-        let picked = logits.clone().gather(1, tc.clone());
-        total = total + (lse - picked).sum();
-        if !grad {
-            continue;
-        }
-        // d(Σ nll)/d logits = softmax − one-hot (−1 added at the targets), then through the
-        // soft-cap
-        let mut dz = (e / sum).scatter(
-            1,
-            tc,
-            Tensor::ones([len, 1], (&device, DType::F32)).neg(),
-            burn::tensor::IndexingUpdateOp::Add,
-        );
-        if let Some(cap) = softcap {
-            let th = logits / cap;
-            dz = dz * (th.clone() * th).neg().add_scalar(1.0);
-        }
-        let dz = dz.cast(dtype);
+        let dz = if fused {
+            let mut data = logits.into_data();
+            let buf = data.as_mut_slice::<f32>().expect("float32 logits");
+            let tv = &host_targets[start..start + len];
+            host_total += host::softmax_xent_rows(buf, v, tv, softcap.map(|c| c as f32), grad);
+            if !grad {
+                continue;
+            }
+            Tensor::<B, 2>::from_data(data, (&device, DType::F32))
+        } else {
+            if let Some(cap) = softcap {
+                logits = crate::nn::softcap(logits, cap);
+            }
+            let logits = logits.cast(DType::F32);
+            // the log-sum-exp with its exponentials kept: softmax = e / Σe needs no second exp
+            let max = logits.clone().max_dim(1);
+            let e = (logits.clone() - max.clone()).exp();
+            let sum = blocked_row_sum(e.clone());
+            let lse = sum.clone().log() + max;
+            let picked = logits.clone().gather(1, tc.clone());
+            total = total + (lse - picked).sum();
+            if !grad {
+                continue;
+            }
+            // d(Σ nll)/d logits = softmax − one-hot (−1 added at the targets), then through the
+            // soft-cap
+            let mut dz = (e / sum).scatter(
+                1,
+                tc,
+                Tensor::ones([len, 1], (&device, DType::F32)).neg(),
+                burn::tensor::IndexingUpdateOp::Add,
+            );
+            if let Some(cap) = softcap {
+                let th = logits / cap;
+                dz = dz * (th.clone() * th).neg().add_scalar(1.0);
+            }
+            dz.cast(dtype)
+        };
         g_h.push(dz.clone().matmul(wd.clone()));
         if want_w {
             group.push((hc, dz));
@@ -179,7 +195,14 @@ fn lm_head_loss_in_chunks<B: Backend>(
             }
         }
     }
-    let mut sum = total;
+    let mut sum = if fused {
+        Tensor::from_data(
+            TensorData::new(vec![host_total as f32], [1]),
+            (&device, DType::F32),
+        )
+    } else {
+        total
+    };
     if grad {
         let g_h = Tensor::cat(g_h, 0);
         let mut surrogate = (selected * g_h).cast(DType::F32).sum();
@@ -195,6 +218,130 @@ fn lm_head_loss_in_chunks<B: Backend>(
         sum,
         num_label_tokens: n,
     })
+}
+
+/// The loss's element-wise work on one chunk of float32 logits in host memory, in one fused pass
+/// per row instead of Burn's one op (and one fresh buffer) per step: soft-cap, max, `exp`, the
+/// blocked sum, the log-sum-exp, and the gradient `softmax − one-hot` through the soft-cap,
+/// written over the logits. Burn's CPU backend runs each of those as a separate pass with scalar
+/// `exp`/`tanh`; here `exp` is a branch-free polynomial the compiler vectorises.
+mod host {
+    use rayon::prelude::*;
+
+    /// Whether `B`'s tensors live in host memory (Burn's CPU backend).
+    pub fn applies<B: burn::prelude::Backend>() -> bool {
+        std::any::TypeId::of::<B::Device>()
+            == std::any::TypeId::of::<burn::backend::flex::FlexDevice>()
+    }
+
+    /// `e^x` for `x ≤ 88.7` to about 1 ulp (Cephes' `expf`: `x = n·ln 2 + r`, a degree-6
+    /// polynomial in `r`, `2^n` from the exponent bits); values below −87.3 give ≈ 1e-38.
+    #[inline(always)]
+    pub fn exp(x: f32) -> f32 {
+        let x = x.clamp(-87.336_54, 88.722_83);
+        // round to nearest without `round()` (a libm call on baseline x86-64)
+        const SHIFTER: f32 = 12_582_912.0; // 1.5 · 2^23
+        let n = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+        let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+        let mut p = 1.987_569_1e-4f32;
+        p = p * r + 1.398_199_9e-3;
+        p = p * r + 8.333_452e-3;
+        p = p * r + 4.166_579_6e-2;
+        p = p * r + 1.666_666_5e-1;
+        p = p * r + 5.000_000_1e-1;
+        let y = p * r * r + r + 1.0;
+        y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+
+    /// `tanh(x)` from [`exp`]: `1 − 2 / (e^{2x} + 1)`, odd-symmetric.
+    #[inline(always)]
+    fn tanh(x: f32) -> f32 {
+        let e = exp(2.0 * x.abs());
+        (1.0 - 2.0 / (e + 1.0)).copysign(x)
+    }
+
+    /// Rows of `buf` (`[rows, v]`, row-major) are logits; `targets[i]` is row `i`'s label.
+    /// Returns the summed loss `Σ (lse − x[target])` (f64). With `grad`, each row is replaced by
+    /// `d loss / d logits` (before the soft-cap when one is given).
+    pub fn softmax_xent_rows(
+        buf: &mut [f32],
+        v: usize,
+        targets: &[i64],
+        softcap: Option<f32>,
+        grad: bool,
+    ) -> f64 {
+        buf.par_chunks_mut(v)
+            .zip(targets.par_iter())
+            .map(|(row, &t)| row_pass(row, t as usize, softcap, grad))
+            .sum()
+    }
+
+    fn row_pass(row: &mut [f32], t: usize, softcap: Option<f32>, grad: bool) -> f64 {
+        if let Some(cap) = softcap {
+            let inv = 1.0 / cap;
+            row.iter_mut().for_each(|x| *x = cap * tanh(*x * inv));
+        }
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let picked = row[t];
+        // blocked sum (1024 per block, f32 within a block, f64 across), as `blocked_row_sum`
+        let keep = grad && softcap.is_none();
+        let mut sum = 0.0f64;
+        for block in row.chunks_mut(super::SUM_BLOCK) {
+            let mut s = 0.0f32;
+            if keep {
+                for x in block.iter_mut() {
+                    *x = exp(*x - max);
+                    s += *x;
+                }
+            } else {
+                for &x in block.iter() {
+                    s += exp(x - max);
+                }
+            }
+            sum += f64::from(s);
+        }
+        let lse = sum.ln() + f64::from(max);
+        if grad {
+            let inv = (1.0 / sum) as f32;
+            match softcap {
+                // the row holds the exponentials
+                None => row.iter_mut().for_each(|e| *e *= inv),
+                // the row holds the capped logits: softmax · (1 − (x / cap)²)
+                Some(cap) => {
+                    let ic = 1.0 / cap;
+                    row.iter_mut().for_each(|x| {
+                        let th = *x * ic;
+                        *x = exp(*x - max) * inv * (1.0 - th * th);
+                    });
+                }
+            }
+            let d = match softcap {
+                None => 1.0,
+                Some(cap) => {
+                    let th = picked / cap;
+                    1.0 - th * th
+                }
+            };
+            row[t] -= d;
+        }
+        lse - f64::from(picked)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn exp_is_within_two_ulps_of_libm() {
+            let mut worst = 0f32;
+            for i in 0..200_000 {
+                let x = -87.0 + 175.0 * (i as f32 / 200_000.0);
+                let (a, b) = (super::exp(x), x.exp());
+                worst = worst.max((a - b).abs() / b);
+            }
+            assert!(worst < 2.5e-7, "relative error {worst:e}");
+            assert_eq!(super::exp(0.0), 1.0);
+            assert!(super::exp(-200.0) < 1e-37);
+        }
+    }
 }
 
 /// Rows longer than this are summed in blocks of this size (see [`blocked_row_sum`]).
@@ -314,7 +461,12 @@ mod tests {
             .collect();
         let labels =
             Tensor::<A, 2, Int>::from_ints([[7, 1, -100, 2999, 5], [0, -100, -100, 42, 17]], &dev);
-        for cap in [None, Some(3.0)] {
+        for (cap, host) in [
+            (None, true),
+            (Some(3.0), true),
+            (None, false),
+            (Some(3.0), false),
+        ] {
             let run = |chunked: bool| {
                 let hid = Tensor::<A, 3>::from_data(TensorData::new(hv.clone(), [b, t, h]), &dev)
                     .require_grad();
@@ -322,9 +474,17 @@ mod tests {
                     .require_grad();
                 let loss = if chunked {
                     // 5 labelled rows in chunks of 4: two chunks
-                    lm_head_loss_in_chunks(hid.clone(), w.clone(), cap, labels.clone(), true, 4)
-                        .unwrap()
-                        .mean()
+                    lm_head_loss_in_chunks(
+                        hid.clone(),
+                        w.clone(),
+                        cap,
+                        labels.clone(),
+                        true,
+                        4,
+                        host,
+                    )
+                    .unwrap()
+                    .mean()
                 } else {
                     let mut logits = hid
                         .clone()
@@ -356,7 +516,10 @@ mod tests {
                     .iter()
                     .zip(&e)
                     .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-                assert!(err <= 1e-5 * max + 1e-9, "cap {cap:?}: {err} of {max}");
+                assert!(
+                    err <= 1e-5 * max + 1e-9,
+                    "cap {cap:?}, host {host}: {err} of {max}"
+                );
             }
         }
         // evaluation: the same value, no gradient work; nothing labelled: None
