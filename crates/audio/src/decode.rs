@@ -53,17 +53,15 @@ pub fn decode_audio(
         Stop::Codec(e) => err(format!(
             "cannot decode ({e}); expected WAV, FLAC, MP3 or OGG/Vorbis"
         )),
+        Stop::Rate(rate) => err(format!(
+            "the sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz"
+        )),
         Stop::Truncated { samples, rate } => err(format!(
             "the file is cut short: its data ends after {samples} samples ({:.2} s) of what its header declares",
             samples as f64 / f64::from(rate.unwrap_or(0).max(1))
         )),
     })?;
     let (mono, rate) = (decoded.mono, decoded.rate);
-    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
-        return Err(err(format!(
-            "the sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz"
-        )));
-    }
     if decoded.skipped_packets > 0 {
         tracing::warn!(
             "{name}: skipped {} corrupt packet(s), about {:.2} s of audio",
@@ -100,6 +98,8 @@ struct Decoded {
 /// Why a decode stopped.
 enum Stop {
     Codec(SymphoniaError),
+    /// A sample rate outside [`MIN_SAMPLE_RATE`]..=[`MAX_SAMPLE_RATE`].
+    Rate(u32),
     /// The container declares more data than the file holds.
     Truncated {
         samples: usize,
@@ -110,6 +110,14 @@ enum Stop {
 impl From<SymphoniaError> for Stop {
     fn from(e: SymphoniaError) -> Self {
         Stop::Codec(e)
+    }
+}
+
+fn check_rate(rate: u32) -> Result<(), Stop> {
+    if (MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
+        Ok(())
+    } else {
+        Err(Stop::Rate(rate))
     }
 }
 
@@ -144,16 +152,9 @@ fn decode_mono(bytes: Vec<u8>, ext: Option<&str>) -> Result<Decoded, Stop> {
         .make_audio_decoder(&params, &AudioDecoderOptions::default())?;
     let mut mono = Vec::new();
     let mut rate = params.sample_rate;
-    if let Some(r) = rate
-        && !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&r)
-    {
-        // refuse before decoding anything (a hostile header can declare any rate)
-        return Ok(Decoded {
-            mono,
-            rate: r,
-            skipped_packets: 0,
-            skipped_frames: 0,
-        });
+    // refuse before decoding anything (a hostile header can declare any rate)
+    if let Some(r) = rate {
+        check_rate(r)?;
     }
     let (mut skipped_packets, mut skipped_frames) = (0, 0);
     let mut interleaved: Vec<f32> = Vec::new();
@@ -194,6 +195,7 @@ fn decode_mono(bytes: Vec<u8>, ext: Option<&str>) -> Result<Decoded, Stop> {
         }
     }
     let rate = rate.ok_or(SymphoniaError::Unsupported("unknown sample rate"))?;
+    check_rate(rate)?;
     Ok(Decoded {
         mono,
         rate,

@@ -121,7 +121,6 @@ fn lm_head_loss_in_chunks<B: Backend>(
     // one fused pass per chunk on the host when the tensors live there (see `host`)
     let fused = allow_host && host::applies::<B>() && dtype == DType::F32;
     let host_targets = targets.clone();
-    let mut host_total = 0.0f64;
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
     let selected = hidden.reshape([b * t, h]).select(0, idx); // [N, H]
     let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
@@ -136,45 +135,16 @@ fn lm_head_loss_in_chunks<B: Backend>(
         let len = step.min(n - start);
         let hc = hd.clone().narrow(0, start, len);
         let tc = targets.clone().narrow(0, start, len).reshape([len, 1]);
-        let mut logits = hc.clone().matmul(wd.clone().transpose());
-        let dz = if fused {
-            let mut data = logits.into_data();
-            let buf = data.as_mut_slice::<f32>().expect("float32 logits");
+        let logits = hc.clone().matmul(wd.clone().transpose());
+        let (loss, dz) = if fused {
             let tv = &host_targets[start..start + len];
-            host_total += host::softmax_xent_rows(buf, v, tv, softcap.map(|c| c as f32), grad);
-            if !grad {
-                continue;
-            }
-            Tensor::<B, 2>::from_data(data, (&device, DType::F32))
+            chunk_on_host(logits, tv, softcap, grad)
         } else {
-            if let Some(cap) = softcap {
-                logits = crate::nn::softcap(logits, cap);
-            }
-            let logits = logits.cast(DType::F32);
-            // the log-sum-exp with its exponentials kept: softmax = e / Σe needs no second exp
-            let max = logits.clone().max_dim(1);
-            let e = (logits.clone() - max.clone()).exp();
-            let sum = blocked_row_sum(e.clone());
-            let lse = sum.clone().log() + max;
-            let picked = logits.clone().gather(1, tc.clone());
-            total = total + (lse - picked).sum();
-            if !grad {
-                continue;
-            }
-            // d(Σ nll)/d logits = softmax − one-hot (−1 added at the targets), then through the
-            // soft-cap
-            let mut dz = (e / sum).scatter(
-                1,
-                tc,
-                Tensor::ones([len, 1], (&device, DType::F32)).neg(),
-                burn::tensor::IndexingUpdateOp::Add,
-            );
-            if let Some(cap) = softcap {
-                let th = logits / cap;
-                dz = dz * (th.clone() * th).neg().add_scalar(1.0);
-            }
-            dz.cast(dtype)
+            chunk_with_ops(logits, tc, softcap, grad)
         };
+        total = total + loss;
+        let Some(dz) = dz else { continue };
+        let dz = dz.cast(dtype);
         g_h.push(dz.clone().matmul(wd.clone()));
         if want_w {
             group.push((hc, dz));
@@ -195,14 +165,7 @@ fn lm_head_loss_in_chunks<B: Backend>(
             }
         }
     }
-    let mut sum = if fused {
-        Tensor::from_data(
-            TensorData::new(vec![host_total as f32], [1]),
-            (&device, DType::F32),
-        )
-    } else {
-        total
-    };
+    let mut sum = total;
     if grad {
         let g_h = Tensor::cat(g_h, 0);
         let mut surrogate = (selected * g_h).cast(DType::F32).sum();
@@ -218,6 +181,67 @@ fn lm_head_loss_in_chunks<B: Backend>(
         sum,
         num_label_tokens: n,
     })
+}
+
+/// One chunk's summed loss `[1]` and, with `grad`, `d loss / d logits` (float32) from its logits
+/// `[len, V]` and targets `[len, 1]`, with Burn ops (any backend).
+fn chunk_with_ops<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 2, Int>,
+    softcap: Option<f64>,
+    grad: bool,
+) -> (Tensor<B, 1>, Option<Tensor<B, 2>>) {
+    let logits = match softcap {
+        Some(cap) => crate::nn::softcap(logits, cap),
+        None => logits,
+    }
+    .cast(DType::F32);
+    // the log-sum-exp with its exponentials kept: softmax = e / Σe needs no second exp
+    let max = logits.clone().max_dim(1);
+    let e = (logits.clone() - max.clone()).exp();
+    let sum = blocked_row_sum(e.clone());
+    let lse = sum.clone().log() + max;
+    let picked = logits.clone().gather(1, targets.clone());
+    let loss = (lse - picked).sum();
+    if !grad {
+        return (loss, None);
+    }
+    // d(Σ nll)/d logits = softmax − one-hot (−1 added at the targets), then through the soft-cap
+    let len = targets.dims()[0];
+    let mut dz = (e / sum).scatter(
+        1,
+        targets,
+        Tensor::ones([len, 1], (&logits.device(), DType::F32)).neg(),
+        burn::tensor::IndexingUpdateOp::Add,
+    );
+    if let Some(cap) = softcap {
+        let th = logits / cap;
+        dz = dz * (th.clone() * th).neg().add_scalar(1.0);
+    }
+    (loss, Some(dz))
+}
+
+/// [`chunk_with_ops`] for float32 logits in host memory: one fused pass per row (see [`host`]),
+/// in place on the logits' buffer.
+fn chunk_on_host<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: &[i64],
+    softcap: Option<f64>,
+    grad: bool,
+) -> (Tensor<B, 1>, Option<Tensor<B, 2>>) {
+    let device = logits.device();
+    let v = logits.dims()[1];
+    let mut data = logits.into_data();
+    let buf = data.as_mut_slice::<f32>().expect("float32 logits");
+    let loss = host::softmax_xent_rows(buf, v, targets, softcap.map(|c| c as f32), grad);
+    let loss = Tensor::from_data(
+        TensorData::new(vec![loss as f32], [1]),
+        (&device, DType::F32),
+    );
+    (
+        loss,
+        grad.then(|| Tensor::from_data(data, (&device, DType::F32))),
+    )
 }
 
 /// The loss's element-wise work on one chunk of float32 logits in host memory, in one fused pass

@@ -355,12 +355,12 @@ macro_rules! text_generate {
             ) -> Result<::burn::tensor::Tensor<B, 2>, $crate::TextError> {
                 let device = $crate::generate::TextDecoder::device(self);
                 let ids = $crate::generate::ids_tensor(&prompt.ids, &device);
-                let t = ids.dims()[1];
+                let [b, t] = ids.dims();
                 $crate::generate::in_chunks(t, $crate::generate::PREFILL_CHUNK, |r| {
                     let tokens = $crate::generate::Tokens {
-                        ids: ids.clone().slice([0..ids.dims()[0], r.clone()]),
-                        mask: Some(mask.clone().slice([0..ids.dims()[0], r.clone()])),
-                        positions: Some(positions.clone().slice([0..ids.dims()[0], r])),
+                        ids: ids.clone().slice([0..b, r.clone()]),
+                        mask: Some(mask.clone().slice([0..b, r.clone()])),
+                        positions: Some(positions.clone().slice([0..b, r])),
                     };
                     $crate::generate::TextDecoder::decode(self, tokens, cache)
                 })

@@ -213,6 +213,40 @@ fn prompts_run_in_chunks_give_the_logits_of_one_pass() {
     assert!(diff < 1e-5, "chunked prefill differs by {diff}");
 }
 
+#[test]
+fn generation_prefills_long_prompts_in_chunks_with_the_logits_of_one_pass() {
+    // a context long enough for a prompt of more than one prefill chunk
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = tiny_gemma3_gguf();
+    w.set("gemma3.context_length", GgufValue::U32(2048));
+    let p = write(&w, dir.path());
+    let (m, _) = load_gguf::<B>(&p, &Default::default(), DType::F32).unwrap();
+    let n = automodel_text::generate::PREFILL_CHUNK + 77;
+    let ids: Vec<i64> = (0..n as i64).map(|i| 262 + (i * 11) % 40).collect();
+    let out = m
+        .generate(
+            &TextPrompt::single(ids.clone()),
+            &GenerationConfig::greedy(1, vec![]),
+            |_| {},
+        )
+        .unwrap();
+    let dev = Default::default();
+    let mut cache = TextDecoder::new_cache(&m);
+    let one_pass = m
+        .decode(Tokens::ids(ids_tensor::<B>(&[ids], &dev)), &mut cache)
+        .unwrap();
+    let (a, b) = (
+        out.step_logits[0]
+            .clone()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap(),
+        one_pass.into_data().to_vec::<f32>().unwrap(),
+    );
+    let diff = crate::common::max_diff(&a, &b);
+    assert!(diff < 1e-5, "chunked prefill differs by {diff}");
+}
+
 /// Convert the tiny GGUF into `out`; the config of the folder, edited by `change`, must fail to
 /// load with an error naming `config.json` (a bad field) or the weights file (a disagreement).
 fn config_error(change: impl FnOnce(&mut serde_json::Value)) -> String {
