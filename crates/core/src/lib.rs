@@ -12,6 +12,7 @@
 //!   explicit position ids, tanh-GELU and the inverse normal CDF used by activation sparsity.
 //! * [`loss`]: Hugging Face's causal-LM loss, and the memory-lean LM head + loss for training.
 //! * [`device`]: `cpu` / `cuda[:N]` selection.
+//! * [`memory`]: resident-size readings and the bound on pages the allocator keeps.
 //!
 //! Everything is generic over the Burn backend; tests run on the `flex` CPU backend.
 
@@ -21,6 +22,7 @@ pub mod device;
 pub mod error;
 pub mod init;
 pub mod loss;
+pub mod memory;
 pub mod nn;
 pub mod pretrained;
 pub mod tree;
@@ -34,7 +36,12 @@ pub mod weights;
 /// gradient and its optimizer temporaries). glibc hands every block over 32 MiB back to the
 /// kernel, so each one is faulted in and zeroed again 4 KiB at a time; on the 270M this made
 /// a full fine-tuning step 2.9× slower (docs/benchmarks.md). The cost: freed memory stays with
-/// the process, so its resident size stays at its peak.
+/// the process, and pages it cannot fit to later requests pile up (a few MB per step). The
+/// trainer bounds that with [`memory::ResidentLimit`], which calls the `jemalloc_release`
+/// function this macro defines; register it first thing in `main`:
+/// `automodel_core::memory::set_release_hook(jemalloc_release)`.
+///
+/// The binary depends on `tikv-jemallocator` and `tikv-jemalloc-sys`.
 #[macro_export]
 macro_rules! jemalloc {
     () => {
@@ -45,6 +52,22 @@ macro_rules! jemalloc {
         #[unsafe(export_name = "_rjem_malloc_conf")]
         pub static malloc_conf: &[u8; 65] =
             b"thp:always,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+
+        /// Return every arena's kept (dirty and muzzy) pages to the kernel.
+        fn jemalloc_release() -> bool {
+            // `arena.<MALLCTL_ARENAS_ALL>.purge`
+            const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
+            // SAFETY: a NUL-terminated name; purge reads and writes nothing.
+            unsafe {
+                ::tikv_jemalloc_sys::mallctl(
+                    PURGE_ALL.as_ptr().cast(),
+                    ::std::ptr::null_mut(),
+                    ::std::ptr::null_mut(),
+                    ::std::ptr::null_mut(),
+                    0,
+                ) == 0
+            }
+        }
     };
 }
 

@@ -83,15 +83,7 @@ pub fn now() -> f64 {
 
 /// Peak resident memory of this process in GiB (Linux `VmHWM`; 0 elsewhere).
 pub fn peak_mem_gib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / (1024.0 * 1024.0))
+    automodel_core::memory::peak_resident_bytes().map_or(0.0, |b| b as f64 / (1u64 << 30) as f64)
 }
 
 /// Appends JSON lines to a file.

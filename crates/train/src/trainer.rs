@@ -22,6 +22,7 @@ use crate::metrics::{EvaluationConfig, Metric, wer};
 use crate::model::TrainModel;
 use crate::optim::{Optimizer, OptimizerConfig, clip_factor, global_grad_norm};
 use crate::schedule::{LrSchedule, LrSchedulerConfig};
+use automodel_core::memory::ResidentLimit;
 
 /// Recipe `step_scheduler`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -419,6 +420,8 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         let progress = Progress::new(total, state.step);
         let mut batches = self.train.iter(state.data);
         let mut last_good: Option<PathBuf> = checkpoint::latest(&self.run_dir);
+        // the allocator's kept pages, returned once they outgrow the step's working set
+        let mut resident = ResidentLimit::default();
         while state.step < total {
             B::seed(&self.device, state.seed.wrapping_add(state.step as u64));
             // the whole step: waiting for batches, forward, backward, optimizer
@@ -450,6 +453,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 settings.max_grad_norm,
             )?;
             self.model = model;
+            resident.after_step();
             if finite {
                 state.bad_in_a_row = 0;
             } else {
