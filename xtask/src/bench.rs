@@ -408,20 +408,6 @@ fn peak_flops(dtype: &str) -> f64 {
     if dtype == "float32" { 494.5e12 } else { 989e12 }
 }
 
-/// Reset the process's peak resident memory (Linux `clear_refs` 5), so that what follows is
-/// measured on its own.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// The process's peak resident memory in MiB (`VmHWM`).
-fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 fn stats(times: &[f64]) -> (f64, f64, f64) {
     let mut v = times.to_vec();
     v.sort_by(f64::total_cmp);
@@ -506,7 +492,7 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
     let mut loss = None;
     for i in 0..opts.warmup + opts.steps {
         if i == opts.warmup {
-            reset_peak_rss();
+            automodel_core::memory::reset_peak_resident();
         }
         let t0 = Instant::now();
         let batch = train_batch::<B>(&spec, device);
@@ -535,7 +521,7 @@ where
     let mut times = Vec::new();
     for i in 0..opts.warmup + opts.steps {
         if i == opts.warmup {
-            reset_peak_rss();
+            automodel_core::memory::reset_peak_resident();
         }
         let t0 = Instant::now();
         let out = model.generate(&prompt, &cfg, |_| {})?;
@@ -572,7 +558,7 @@ fn kernel_run<B: Backend>(
     let mut times = Vec::new();
     for i in 0..opts.warmup + opts.steps {
         if i == opts.warmup {
-            reset_peak_rss();
+            automodel_core::memory::reset_peak_resident();
         }
         let t0 = Instant::now();
         let out = match (&b, wl.mode.as_str()) {
@@ -608,7 +594,7 @@ fn measure(
         max_s,
         tokens_per_s,
         peak_mem_mib: if wl.device == "cpu" {
-            peak_rss_mib()
+            automodel_core::memory::peak_resident_bytes().map(|b| b as f64 / (1u64 << 20) as f64)
         } else {
             None
         },
