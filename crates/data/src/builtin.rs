@@ -83,12 +83,17 @@ fn instruction(rng: &mut SplitMix64) -> (String, String) {
     }
 }
 
-/// A `shapes` picture: a shape of `colour` on a dark, slightly noisy background.
+/// A `shapes` picture: a large shape of `colour`, near the centre, on a dark, slightly noisy
+/// background. Large and central so that most of the vision tower's 4 × 4 soft tokens (for the
+/// tiny Gemma 3n) see it: a small shape anywhere in the frame leaves its colour in one or two
+/// tokens at a different place each time, which a tower from random weights does not learn to
+/// read within minutes (docs/data.md).
 pub fn shape_image(shape: &str, colour: [u8; 3], rng: &mut SplitMix64) -> RgbImage {
     let s = IMAGE_SIDE as f32;
-    let r = s * (0.2 + 0.1 * rng.next_f64() as f32);
-    let cx = r + (s - 2.0 * r) * rng.next_f64() as f32;
-    let cy = r + (s - 2.0 * r) * rng.next_f64() as f32;
+    let r = s * (0.36 + 0.08 * rng.next_f64() as f32);
+    let jitter = |rng: &mut SplitMix64| s * 0.06 * (rng.next_f64() as f32 - 0.5);
+    let cx = s / 2.0 + jitter(rng);
+    let cy = s / 2.0 + jitter(rng);
     let mut data = Vec::with_capacity(IMAGE_SIDE * IMAGE_SIDE * 3);
     for y in 0..IMAGE_SIDE {
         for x in 0..IMAGE_SIDE {
@@ -372,6 +377,28 @@ mod tests {
             .filter(|p| p[0] > 150 && p[1] < 100)
             .count();
         assert!(red > 100, "a red square has red pixels ({red})");
+        // large and near the centre, so that most of the tiny Gemma 3n's 4 × 4 soft tokens see
+        // it (what makes the pictures learnable from random weights; docs/data.md)
+        for (seed, shape) in [(5, "circle"), (6, "square"), (7, "triangle")] {
+            let img = shape_image(shape, [40, 180, 60], &mut SplitMix64::new(seed));
+            let inside: Vec<(usize, usize)> = (0..IMAGE_SIDE * IMAGE_SIDE)
+                .filter(|i| img.data[3 * i + 1] > 120)
+                .map(|i| (i % IMAGE_SIDE, i / IMAGE_SIDE))
+                .collect();
+            let area = inside.len() as f32 / (IMAGE_SIDE * IMAGE_SIDE) as f32;
+            assert!(area > 0.22, "{shape} covers {area} of the picture");
+            // the bounding box's centre (each shape is drawn centred in its box)
+            let mid = |f: fn(&(usize, usize)) -> usize| {
+                let lo = inside.iter().map(f).min().unwrap() as f32;
+                let hi = inside.iter().map(f).max().unwrap() as f32;
+                (lo + hi + 1.0) / 2.0 - IMAGE_SIDE as f32 / 2.0
+            };
+            let (dx, dy) = (mid(|p| p.0), mid(|p| p.1));
+            assert!(
+                dx.abs() < 3.0 && dy.abs() < 3.0,
+                "{shape} off centre by {dx}, {dy}"
+            );
+        }
 
         let clip = tone_clip(&[0, 9], &mut rng);
         assert_eq!(clip.len(), 2 * SAMPLE_RATE / 5);
