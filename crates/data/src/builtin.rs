@@ -4,7 +4,7 @@
 //!   word of: …") for the real Gemma 3 270M, which answers in prose before fine-tuning and with the
 //!   bare word after a few minutes of LoRA; scored by [`exact_match`];
 //! - `shapes`: pictures of coloured shapes with questions about their colour and shape;
-//! - `tones`: clips of two or three tones to transcribe as digits (each digit its own pitch);
+//! - `tones`: clips of two buzzes to transcribe as digits (each digit its own pitch);
 //! - `shapes_tones`: the two alternated (pictures and clips in one run).
 //!
 //! `train` and `validation` splits never share a sample.
@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 use std::f32::consts::PI;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use automodel_text::generate::SplitMix64;
 use automodel_vision::processor::RgbImage;
@@ -138,24 +139,74 @@ fn shape_sample(rng: &mut SplitMix64) -> (RgbImage, String, String) {
     (img, q, a)
 }
 
-/// Pitch of a digit in `tones` clips.
+/// Fundamental frequency of a digit's buzz in `tones` clips: 100 + 40·d Hz.
 pub fn digit_hz(d: usize) -> f32 {
-    400.0 + 100.0 * d as f32
+    100.0 + 40.0 * d as f32
 }
 
-/// A `tones` clip: each digit a 0.15 s tone with 0.05 s of silence after it.
+/// Seconds of buzz per digit in a `tones` clip, and of silence after it.
+pub const TONE_SECONDS: f32 = 0.3;
+pub const GAP_SECONDS: f32 = 0.1;
+/// Digits per `tones` clip: two buzzes and their gaps last 0.8 s, five of the tiny Gemma 3n's
+/// six audio soft tokens (one per 0.16 s).
+pub const TONE_DIGITS: usize = 2;
+/// Highest harmonic frequency in a buzz.
+const TOP_HZ: f32 = 7000.0;
+
+/// Samples per period in a digit's wavetable.
+const TABLE: usize = 2048;
+
+/// One period of digit `d`'s buzz: every harmonic of [`digit_hz`] up to 7 kHz with phases drawn
+/// from a seed of the digit's own, scaled to peak 1. Computed once per digit.
+fn buzz_period(d: usize) -> &'static [f32] {
+    static TABLES: OnceLock<Vec<Vec<f32>>> = OnceLock::new();
+    &TABLES.get_or_init(|| {
+        (0..10)
+            .map(|d| {
+                let mut rng = SplitMix64::new(0xB022 + d as u64);
+                let harmonics = (TOP_HZ / digit_hz(d)) as usize;
+                let phases: Vec<f32> = (0..harmonics)
+                    .map(|_| 2.0 * PI * rng.next_f64() as f32)
+                    .collect();
+                let wave: Vec<f32> = (0..TABLE)
+                    .map(|i| {
+                        let x = 2.0 * PI * i as f32 / TABLE as f32;
+                        (phases.iter().enumerate())
+                            .map(|(k, ph)| ((k + 1) as f32 * x + ph).sin())
+                            .sum()
+                    })
+                    .collect();
+                let peak = wave.iter().fold(0f32, |m, x| m.max(x.abs()));
+                wave.iter().map(|x| x / peak).collect()
+            })
+            .collect::<Vec<_>>()
+    })[d]
+}
+
+/// A `tones` clip: each digit a [`TONE_SECONDS`] buzz (every harmonic of [`digit_hz`] up to
+/// 7 kHz, peak 0.3–0.6, from a random point of its period) followed by [`GAP_SECONDS`] of
+/// silence.
+///
+/// A buzz, not a pure tone: a pure tone lights one or two of the 128 mel bins, and the tiny Gemma
+/// 3n's random audio tower maps every such clip to nearly the same features (cosine 0.96 across
+/// digits); a harmonic comb changes the whole spectrum (cosine 0.56), which the decoder learns
+/// to read (docs/data.md).
 pub fn tone_clip(digits: &[usize], rng: &mut SplitMix64) -> Vec<f32> {
-    let tone = SAMPLE_RATE * 15 / 100;
-    let gap = SAMPLE_RATE * 5 / 100;
+    let tone = (SAMPLE_RATE as f32 * TONE_SECONDS) as usize;
+    let gap = (SAMPLE_RATE as f32 * GAP_SECONDS) as usize;
     let mut out = Vec::with_capacity(digits.len() * (tone + gap));
     for &d in digits {
-        let f = digit_hz(d);
+        let period = buzz_period(d);
+        let step = digit_hz(d) * TABLE as f32 / SAMPLE_RATE as f32;
+        let start = rng.next_f64() as f32 * TABLE as f32;
         let amp = 0.3 + 0.3 * rng.next_f64() as f32;
         for i in 0..tone {
-            let t = i as f32 / SAMPLE_RATE as f32;
+            let pos = (start + step * i as f32) % TABLE as f32;
+            let (j, frac) = (pos as usize % TABLE, pos.fract());
+            let x = period[j] * (1.0 - frac) + period[(j + 1) % TABLE] * frac;
             // 5 ms fades avoid clicks
             let fade = (i.min(tone - i) as f32 / 80.0).min(1.0);
-            out.push(amp * fade * (2.0 * PI * f * t).sin());
+            out.push(amp * fade * x);
         }
         out.extend(std::iter::repeat_n(0.0, gap));
     }
@@ -163,8 +214,7 @@ pub fn tone_clip(digits: &[usize], rng: &mut SplitMix64) -> Vec<f32> {
 }
 
 fn tone_sample(rng: &mut SplitMix64) -> (Vec<f32>, String) {
-    let n = range(rng, 2, 3);
-    let digits: Vec<usize> = (0..n).map(|_| range(rng, 0, 9)).collect();
+    let digits: Vec<usize> = (0..TONE_DIGITS).map(|_| range(rng, 0, 9)).collect();
     let clip = tone_clip(&digits, rng);
     let text = digits
         .iter()
@@ -401,14 +451,30 @@ mod tests {
         }
 
         let clip = tone_clip(&[0, 9], &mut rng);
-        assert_eq!(clip.len(), 2 * SAMPLE_RATE / 5);
-        // the first tone is 400 Hz: count zero crossings over its 0.15 s
-        let tone = &clip[..SAMPLE_RATE * 15 / 100];
-        let crossings = tone
+        let (tone, gap) = (SAMPLE_RATE * 3 / 10, SAMPLE_RATE / 10);
+        assert_eq!(clip.len(), 2 * (tone + gap));
+        assert!(clip[tone..tone + gap].iter().all(|x| *x == 0.0));
+        // digit 0 buzzes at 100 Hz: its wave repeats every 160 samples, and half a period away
+        // it does not (odd harmonics flip sign there)
+        let corr = |x: &[f32], lag: usize| {
+            let (a, b) = (&x[..x.len() - lag], &x[lag..]);
+            let dot: f32 = a.iter().zip(b).map(|(p, q)| p * q).sum();
+            let norm = |v: &[f32]| v.iter().map(|p| p * p).sum::<f32>().sqrt();
+            dot / (norm(a) * norm(b))
+        };
+        let first = &clip[200..tone - 200];
+        assert!(corr(first, 160) > 0.99, "{}", corr(first, 160));
+        assert!(corr(first, 80).abs() < 0.3, "{}", corr(first, 80));
+        // digit 9 at 460 Hz: four periods are 139.1 samples
+        let second = &clip[tone + gap + 200..2 * tone + gap - 200];
+        assert!(corr(second, 139) > 0.9, "{}", corr(second, 139));
+        assert!(corr(second, 160) < 0.5, "{}", corr(second, 160));
+        // many harmonics, not one pure tone: far more zero crossings than 2 × 100 per second
+        let crossings = first
             .windows(2)
             .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
             .count();
-        assert!((115..=125).contains(&crossings), "{crossings}");
+        assert!(crossings > 1000, "{crossings}");
     }
 
     #[test]
