@@ -570,3 +570,55 @@ fn a_media_sample_needs_a_model_that_takes_media() {
         .to_string();
     assert!(err.contains("no images or audio"), "{err}");
 }
+
+/// Mean cosine across clips of the tiny Gemma 3n's random audio tower's first two soft tokens.
+fn tower_cosine_across(clips: &[Vec<f32>]) -> f32 {
+    use burn::tensor::{Tensor, TensorData};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cfg =
+        Gemma3nConfig::from_file(root.join("recipes/models/gemma3n-tiny/config.json")).unwrap();
+    let dev = Default::default();
+    <B as burn::prelude::Backend>::seed(&dev, 0);
+    let init = Initializer::<B>::random(&dev, DType::F32, cfg.text.initializer_range);
+    let tower = automodel_audio::encoder::AudioEncoder::new(&init, &cfg.audio).unwrap();
+    let fe = FeatureExtractor::new(FeatureExtractorConfig::default()).unwrap();
+    let refs: Vec<&[f32]> = clips.iter().map(Vec::as_slice).collect();
+    let f = fe.extract(&refs).unwrap();
+    let (n, t) = (clips.len(), f.frames());
+    let flat: Vec<f32> = f.features.iter().flatten().flatten().copied().collect();
+    let mel = Tensor::<B, 3>::from_data(TensorData::new(flat, [n, t, 128]), &dev);
+    let out = tower.forward(mel, &f.mask).unwrap();
+    let h = out.encodings.narrow(1, 0, 2).reshape([n, 64]);
+    let v: Vec<f32> = h.into_data().to_vec().unwrap();
+    let row = |i: usize| &v[i * 64..(i + 1) * 64];
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let mut sum = 0.0;
+    for i in 0..n {
+        for j in (0..n).filter(|&j| j != i) {
+            sum += dot(row(i), row(j)) / (dot(row(i), row(i)) * dot(row(j), row(j))).sqrt();
+        }
+    }
+    sum / (n * (n - 1)) as f32
+}
+
+/// What makes `tones` learnable by the tiny Gemma 3n with its audio tower frozen at random
+/// weights (recipes/gemma3n-tiny-tones.yaml, docs/data.md): the tower tells the digits' buzzes
+/// apart, where pure tones (the old clips) all come out nearly alike.
+#[test]
+fn built_in_clips_stay_apart_in_the_tiny_random_audio_tower() {
+    let mut rng = automodel_text::generate::SplitMix64::new(1);
+    let buzzes: Vec<Vec<f32>> = (0..10)
+        .map(|d| builtin::tone_clip(&[d, d], &mut rng))
+        .collect();
+    let tones: Vec<Vec<f32>> = (0..10)
+        .map(|d| {
+            let f = 400.0 + 100.0 * d as f32;
+            (0..buzzes[0].len())
+                .map(|i| 0.4 * (std::f32::consts::TAU * f * i as f32 / 16_000.0).sin())
+                .collect()
+        })
+        .collect();
+    let (b, t) = (tower_cosine_across(&buzzes), tower_cosine_across(&tones));
+    assert!(t > 0.9, "pure tones: cosine {t}");
+    assert!(b < 0.7, "buzzes: cosine {b} (pure tones {t})");
+}
