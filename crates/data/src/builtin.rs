@@ -144,8 +144,9 @@ pub fn digit_hz(d: usize) -> f32 {
     100.0 + 40.0 * d as f32
 }
 
-/// Seconds of buzz per digit in a `tones` clip, and of silence after it.
+/// Seconds of buzz per digit in a `tones` clip.
 pub const TONE_SECONDS: f32 = 0.3;
+/// Seconds of silence after each buzz.
 pub const GAP_SECONDS: f32 = 0.1;
 /// Digits per `tones` clip: two buzzes and their gaps last 0.8 s, five of the tiny Gemma 3n's
 /// six audio soft tokens (one per 0.16 s).
@@ -189,8 +190,8 @@ fn buzz_period(d: usize) -> &'static [f32] {
 ///
 /// A buzz, not a pure tone: a pure tone lights one or two of the 128 mel bins, and the tiny Gemma
 /// 3n's random audio tower maps every such clip to nearly the same features (cosine 0.96 across
-/// digits); a harmonic comb changes the whole spectrum (cosine 0.56), which the decoder learns
-/// to read (docs/data.md).
+/// digits, measured in PyTorch); a harmonic comb changes the whole spectrum (cosine 0.41), which
+/// the decoder learns to read (docs/data.md).
 pub fn tone_clip(digits: &[usize], rng: &mut SplitMix64) -> Vec<f32> {
     let tone = (SAMPLE_RATE as f32 * TONE_SECONDS) as usize;
     let gap = (SAMPLE_RATE as f32 * GAP_SECONDS) as usize;
