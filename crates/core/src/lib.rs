@@ -20,6 +20,7 @@ pub mod cache;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod host;
 pub mod init;
 pub mod loss;
 pub mod memory;

@@ -252,11 +252,7 @@ fn chunk_on_host<B: Backend>(
 mod host {
     use rayon::prelude::*;
 
-    /// Whether `B`'s tensors live in host memory (Burn's CPU backend).
-    pub fn applies<B: burn::prelude::Backend>() -> bool {
-        std::any::TypeId::of::<B::Device>()
-            == std::any::TypeId::of::<burn::backend::flex::FlexDevice>()
-    }
+    pub use crate::host::applies;
 
     /// `e^x` for `x ≤ 88.7` to about 1 ulp (Cephes' `expf`: `x = n·ln 2 + r`, a degree-6
     /// polynomial in `r`, `2^n` from the exponent bits); values below −87.3 give ≈ 1e-38.
