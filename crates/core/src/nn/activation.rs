@@ -1,6 +1,7 @@
 //! Activations and small numerical helpers.
 
 use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
 
 /// PyTorch's `gelu(approximate="tanh")` (HF `gelu_pytorch_tanh`):
 /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, in the input dtype.
@@ -42,14 +43,22 @@ fn gelu_tanh_on_host<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D
     let data = x.clone().detach().into_data();
     let xs = data.as_slice::<f32>().expect("float32 input");
     let mut y = vec![0f32; xs.len()];
-    let mut dy = if grad { vec![0f32; xs.len()] } else { Vec::new() };
+    let mut dy = if grad {
+        vec![0f32; xs.len()]
+    } else {
+        Vec::new()
+    };
     let fwd = |x: f32| {
         let inner = GELU_BETA * (x + GELU_KAPPA * (x * x * x));
         let t = inner.tanh();
         (x * 0.5 * (t + 1.0), t)
     };
     if grad {
-        (xs.par_chunks(BLOCK), y.par_chunks_mut(BLOCK), dy.par_chunks_mut(BLOCK))
+        (
+            xs.par_chunks(BLOCK),
+            y.par_chunks_mut(BLOCK),
+            dy.par_chunks_mut(BLOCK),
+        )
             .into_par_iter()
             .for_each(|(xc, yc, dc)| {
                 for ((&x, y), d) in xc.iter().zip(yc).zip(dc) {
@@ -200,17 +209,25 @@ mod tests {
         type A = burn::backend::Autodiff<crate::CpuBackend>;
         let dev = Default::default();
         // 10⁴ points over [-8, 8] (several parallel blocks), plus exact zeros and large values
-        let mut xs: Vec<f32> = (0..10_000).map(|i| -8.0 + 16.0 * i as f32 / 9_999.0).collect();
+        let mut xs: Vec<f32> = (0..10_000)
+            .map(|i| -8.0 + 16.0 * i as f32 / 9_999.0)
+            .collect();
         xs.extend([0.0, -0.0, 30.0, -30.0, 1e-7]);
         let n = xs.len();
-        let up: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let up: Vec<f32> = (0..n)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
         let run = |host: bool| {
-            let x = Tensor::<A, 1>::from_data(TensorData::new(xs.clone(), [n]), &dev)
-                .require_grad();
+            let x =
+                Tensor::<A, 1>::from_data(TensorData::new(xs.clone(), [n]), &dev).require_grad();
             let u = Tensor::<A, 1>::from_data(TensorData::new(up.clone(), [n]), &dev);
             // through a tracked intermediate, as in a model (not only a leaf)
             let mid = x.clone() * 1.0;
-            let y = if host { gelu_tanh(mid) } else { gelu_tanh_with_ops(mid) };
+            let y = if host {
+                gelu_tanh(mid)
+            } else {
+                gelu_tanh_with_ops(mid)
+            };
             let g = (y.clone() * u).sum().backward();
             let dx = x.grad(&g).unwrap().into_data().to_vec::<f32>().unwrap();
             (y.into_data().to_vec::<f32>().unwrap(), dx)
@@ -220,16 +237,27 @@ mod tests {
         assert_eq!(y_h, y_o);
         for i in 0..n {
             let tol = 2e-6 * (1.0 + g_o[i].abs());
-            assert!((g_h[i] - g_o[i]).abs() <= tol, "x {}: {} vs {}", xs[i], g_h[i], g_o[i]);
+            assert!(
+                (g_h[i] - g_o[i]).abs() <= tol,
+                "x {}: {} vs {}",
+                xs[i],
+                g_h[i],
+                g_o[i]
+            );
         }
         // and the gradient is GELU's derivative (central differences in f64)
         let f = |v: f64| {
-            0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
+            0.5 * v
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
         };
         for i in (0..10_000).step_by(97) {
             let v = xs[i] as f64;
             let want = up[i] as f64 * (f(v + 1e-5) - f(v - 1e-5)) / 2e-5;
-            assert!((g_h[i] as f64 - want).abs() < 1e-5, "x {v}: {} vs {want}", g_h[i]);
+            assert!(
+                (g_h[i] as f64 - want).abs() < 1e-5,
+                "x {v}: {} vs {want}",
+                g_h[i]
+            );
         }
         // untracked input (inference, frozen paths): values only
         let x = Tensor::<crate::CpuBackend, 1>::from_data(TensorData::new(xs.clone(), [n]), &dev);
