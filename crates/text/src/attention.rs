@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use automodel_core::init::Initializer;
-use automodel_core::nn::rope::{RopeTables, apply_rope};
+use automodel_core::nn::rope::{RopeForHeads, RopeTables};
 use automodel_core::nn::{Linear, RmsNorm};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -18,19 +18,23 @@ use crate::error::TextError;
 /// Per-forward inputs shared by every layer of one attention type.
 #[derive(Debug, Clone)]
 pub struct AttentionInputs<B: Backend> {
-    /// RoPE tables `[B, T, 1, D]` for the current tokens.
-    pub cos: Tensor<B, 4>,
-    pub sin: Tensor<B, 4>,
+    /// RoPE tables for the current tokens, laid out for the queries' heads `[B, T, NH, D]`
+    pub rope_q: RopeForHeads<B>,
+    /// and for the keys' heads `[B, T, NKV, D]`.
+    pub rope_k: RopeForHeads<B>,
     /// `[B, 1, T, S]`, true = masked.
     pub mask: Tensor<B, 4, Bool>,
 }
 
-/// The RoPE and window settings [`StepInputs::new`] needs from a config.
+/// The RoPE, head and window settings [`StepInputs::new`] needs from a config.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionGeometry {
     /// RoPE bases: (sliding layers, global layers).
     pub rope_thetas: (f64, f64),
     pub head_dim: usize,
+    /// Query heads and key/value heads (the RoPE tables are laid out for each).
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
     pub sliding_window: usize,
 }
 
@@ -107,6 +111,8 @@ impl<B: Backend> StepInputs<B> {
         let AttentionGeometry {
             rope_thetas: (theta_local, theta_global),
             head_dim,
+            num_heads,
+            num_kv_heads,
             sliding_window,
         } = geometry;
         let mut by_type = HashMap::new();
@@ -115,6 +121,12 @@ impl<B: Backend> StepInputs<B> {
             (LayerType::Full, theta_global),
         ] {
             let (cos, sin) = RopeTables::new(theta, head_dim).cos_sin(positions.clone(), dtype);
+            let rope_q = RopeForHeads::new(&cos, &sin, num_heads);
+            let rope_k = if num_kv_heads == num_heads {
+                rope_q.clone()
+            } else {
+                RopeForHeads::new(&cos, &sin, num_kv_heads)
+            };
             let (key_start, window) = match ty {
                 LayerType::Full => (0, None),
                 // a cache keeps only the last window − 1 keys of sliding layers
@@ -125,7 +137,14 @@ impl<B: Backend> StepInputs<B> {
                 LayerType::Sliding => (0, Some(sliding_window)),
             };
             let mask = build_mask(padding.clone(), past, t, key_start, window);
-            by_type.insert(ty, AttentionInputs { cos, sin, mask });
+            by_type.insert(
+                ty,
+                AttentionInputs {
+                    rope_q,
+                    rope_k,
+                    mask,
+                },
+            );
         }
         Ok(Self {
             by_type,
@@ -225,14 +244,14 @@ impl<B: Backend> Attention<B> {
         let q = self
             .q_norm
             .forward(self.q_proj.forward(x.clone()).reshape([b, t, nh, d]));
-        let mut q = apply_rope(q, &inputs.cos, &inputs.sin).swap_dims(1, 2);
+        let mut q = inputs.rope_q.apply(q).swap_dims(1, 2);
         if let Some(scale) = s.query_scale {
             q = q * scale;
         }
         let (k, v) = match (&self.k_proj, &self.v_proj, &self.k_norm) {
             (Some(k_proj), Some(v_proj), Some(k_norm)) => {
                 let k = k_norm.forward(k_proj.forward(x.clone()).reshape([b, t, nkv, d]));
-                let k = apply_rope(k, &inputs.cos, &inputs.sin).swap_dims(1, 2);
+                let k = inputs.rope_k.apply(k).swap_dims(1, 2);
                 let mut v = v_proj.forward(x).reshape([b, t, nkv, d]);
                 if let Some(n) = &self.v_norm {
                     v = n.forward(v);

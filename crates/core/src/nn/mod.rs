@@ -11,4 +11,4 @@ pub use activation::{gelu_tanh, normal_icdf, softcap};
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use norm::RmsNorm;
-pub use rope::{RopeTables, rotate_half};
+pub use rope::{RopeForHeads, RopeTables, rotate_half};

@@ -243,6 +243,8 @@ impl Gemma3TextConfig {
         AttentionGeometry {
             rope_thetas: self.rope_thetas(),
             head_dim: self.head_dim,
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_key_value_heads,
             sliding_window: self.sliding_window,
         }
     }
