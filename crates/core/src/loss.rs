@@ -3,6 +3,8 @@
 use burn::prelude::*;
 use burn::tensor::{DType, Int, TensorData};
 
+use crate::nn::constant;
+
 /// Label value that is ignored by the loss.
 pub const IGNORE_INDEX: i64 = -100;
 
@@ -128,13 +130,13 @@ fn lm_head_loss_in_chunks<B: Backend>(
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
     let selected = hidden.reshape([b * t, h]).select(0, idx); // [N, H]
     let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
-    let (hd, wd) = (selected.clone().detach(), table.clone().detach());
+    // constants: no gradient is computed for these copies (a trainable table's `detach` alone
+    // would still ask for one, see `nn::constant`)
+    let (hd, wd) = (constant(selected.clone()), constant(table.clone()));
     let want_w = grad && table.is_require_grad();
     let mut total = Tensor::<B, 1>::zeros([1], (&device, DType::F32));
     let mut g_h = Vec::new();
-    // G_wᵀ `[H, V]`: `hcᵀ · dz` reads both operands along their rows (as `dzᵀ · hc` would not)
-    let mut g_w: Option<Tensor<B, 2>> = None;
-    let mut group: Vec<(Tensor<B, 2>, Tensor<B, 2>)> = Vec::new();
+    let mut g_w = TableGrad::<B>::new(fused, v, h);
     for start in (0..n).step_by(step) {
         let len = step.min(n - start);
         let hc = hd.clone().narrow(0, start, len);
@@ -151,32 +153,14 @@ fn lm_head_loss_in_chunks<B: Backend>(
         let dz = dz.cast(dtype);
         g_h.push(dz.clone().matmul(wd.clone()));
         if want_w {
-            group.push((hc, dz));
-            let rows: usize = group.iter().map(|(x, _)| x.dims()[0]).sum();
-            if rows >= h || start + len == n {
-                // one matmul per group of at least H rows: G_wᵀ `[H, V]` is written once per
-                // group instead of once per chunk (holding ≤ H rows of `dz` costs no more than
-                // G_w itself)
-                let (hs, dzs): (Vec<_>, Vec<_>) = std::mem::take(&mut group).into_iter().unzip();
-                let part = Tensor::cat(hs, 0)
-                    .transpose()
-                    .matmul(Tensor::cat(dzs, 0))
-                    .cast(DType::F32);
-                g_w = Some(match g_w.take() {
-                    Some(gw) => gw + part,
-                    None => part,
-                });
-            }
+            g_w.add(hc, dz, start + len == n);
         }
     }
     let mut sum = total;
     if grad {
         let g_h = Tensor::cat(g_h, 0);
         let mut surrogate = (selected * g_h).cast(DType::F32).sum();
-        if let Some(gw) = g_w {
-            // G_w `[V, H]` contiguous (one copy of the `[H, V]` sum), so that Σ table ⊙ G_w and
-            // its backward run on contiguous buffers
-            let gw = gw.transpose().reshape([v * h]).reshape([v, h]);
+        if let Some(gw) = g_w.finish(&device) {
             surrogate = surrogate + (table * gw.cast(dtype)).cast(DType::F32).sum();
         }
         sum = sum + (surrogate.clone() - surrogate.detach());
@@ -185,6 +169,108 @@ fn lm_head_loss_in_chunks<B: Backend>(
         sum,
         num_label_tokens: n,
     })
+}
+
+/// `G_w = Σ_chunks dzᵀ · hc` `[V, H]`, the tied table's gradient, summed over the chunks.
+///
+/// With Burn ops, the chunks are grouped to at least H rows and each group's `hcᵀ · dz` `[H, V]`
+/// (which reads both operands along their rows) is added up; the sum is then copied to `[V, H]`
+/// once. In host memory, each chunk is accumulated in place into one `[V, H]` buffer by the
+/// same GEMM Burn's CPU backend calls: one table-sized buffer in all, where the ops take three
+/// (the product, the copy Burn's CPU matmul makes of its output, and the transposed copy).
+struct TableGrad<B: Backend> {
+    host: Option<Vec<f32>>,
+    group: Vec<(Tensor<B, 2>, Tensor<B, 2>)>,
+    sum_t: Option<Tensor<B, 2>>,
+    v: usize,
+    h: usize,
+}
+
+impl<B: Backend> TableGrad<B> {
+    fn new(on_host: bool, v: usize, h: usize) -> Self {
+        Self {
+            host: on_host.then(Vec::new),
+            group: Vec::new(),
+            sum_t: None,
+            v,
+            h,
+        }
+    }
+
+    /// Add `dzᵀ · hc` for one chunk (`hc` `[len, H]`, `dz` `[len, V]`).
+    fn add(&mut self, hc: Tensor<B, 2>, dz: Tensor<B, 2>, last: bool) {
+        let (v, h) = (self.v, self.h);
+        if let Some(acc) = &mut self.host {
+            let len = hc.dims()[0];
+            let first = acc.is_empty();
+            if first {
+                acc.resize(v * h, 0.0);
+            }
+            let hc = hc.into_data();
+            let dz = dz.into_data();
+            let hc = hc.as_slice::<f32>().expect("float32 hidden states");
+            let dz = dz.as_slice::<f32>().expect("float32 logits gradient");
+            assert!(hc.len() == len * h && dz.len() == len * v && acc.len() == v * h);
+            // SAFETY: dst `[V, H]` row-major (row stride H), lhs = dzᵀ `[V, len]` read from
+            // dz `[len, V]` row-major (row stride 1, column stride V), rhs = hc `[len, H]`
+            // row-major; the lengths are checked above, and dst aliases neither input.
+            unsafe {
+                gemm::gemm(
+                    v,
+                    h,
+                    len,
+                    acc.as_mut_ptr(),
+                    1,
+                    h as isize,
+                    !first,
+                    dz.as_ptr(),
+                    v as isize,
+                    1,
+                    hc.as_ptr(),
+                    1,
+                    h as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+            return;
+        }
+        self.group.push((hc, dz));
+        let rows: usize = self.group.iter().map(|(x, _)| x.dims()[0]).sum();
+        if rows >= h || last {
+            // one matmul per group of at least H rows: G_wᵀ `[H, V]` is written once per group
+            // instead of once per chunk (holding ≤ H rows of `dz` costs no more than G_w)
+            let (hs, dzs): (Vec<_>, Vec<_>) = std::mem::take(&mut self.group).into_iter().unzip();
+            let part = Tensor::cat(hs, 0)
+                .transpose()
+                .matmul(Tensor::cat(dzs, 0))
+                .cast(DType::F32);
+            self.sum_t = Some(match self.sum_t.take() {
+                Some(s) => s + part,
+                None => part,
+            });
+        }
+    }
+
+    /// G_w `[V, H]`, contiguous (float32), or `None` when nothing was added.
+    fn finish(self, device: &B::Device) -> Option<Tensor<B, 2>> {
+        let (v, h) = (self.v, self.h);
+        match self.host {
+            Some(acc) if !acc.is_empty() => Some(Tensor::from_data(
+                TensorData::new(acc, [v, h]),
+                (device, DType::F32),
+            )),
+            Some(_) => None,
+            // contiguous, so that Σ table ⊙ G_w and its backward run on contiguous buffers
+            None => self
+                .sum_t
+                .map(|s| s.transpose().reshape([v * h]).reshape([v, h])),
+        }
+    }
 }
 
 /// One chunk's summed loss `[1]` and, with `grad`, `d loss / d logits` (float32) from its logits

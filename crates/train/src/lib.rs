@@ -11,6 +11,7 @@
 //! * [`log`]: `training.jsonl`/`validation.jsonl`, the progress bar, the loss curve.
 //! * [`model`]: what the trainer needs of a model ([`TrainModel`]).
 
+pub mod adamw;
 pub mod checkpoint;
 pub mod error;
 pub mod log;

@@ -1,10 +1,12 @@
 //! AdamW with PyTorch's semantics, global-norm gradient clipping, and state keyed by parameter
 //! name.
 //!
-//! The update is Burn's [`burn::optim::AdamW`] (checked against `torch.optim.AdamW`: decoupled
-//! decay `p ← p·(1 − lr·wd)`, then `p ← p − lr·m̂/(√v̂ + ε)` with bias-corrected moments), built
-//! with PyTorch's defaults spelled out (β = (0.9, 0.999), ε = 1e-8, weight decay 0.01) instead
-//! of Burn's (ε = 1e-5, weight decay 1e-4). Around it:
+//! The update is [`crate::adamw::AdamWStep`]: `torch.optim.AdamW`'s single-tensor path, op for
+//! op (decoupled decay `p ← p·(1 − lr·wd)`, then `p ← p − lr/(1 − β1ᵗ)·m/(√v/√(1 − β2ᵗ) + ε)`),
+//! with PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8, weight decay 0.01), in place on the CPU
+//! backend. Burn's `AdamW` is not used: it orders the arithmetic differently, its defaults differ
+//! (ε = 1e-5, weight decay 1e-4), and its tensor ops hold several parameter-sized temporaries,
+//! which made the optimizer step the peak of a full fine-tuning step. Around it:
 //!
 //! * clipping by the **global** L2 norm over every gradient, as `torch.nn.utils.clip_grad_norm_`
 //!   (Burn's `GradientClipping::Norm` clips each tensor on its own);
@@ -17,14 +19,13 @@ use std::collections::BTreeMap;
 use automodel_core::tree::KeyPath;
 use automodel_core::weights::TensorMap;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
-use burn::optim::{
-    AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, SimpleOptimizer,
-};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::adamw::AdamWStep;
 use crate::error::TrainError;
 
 /// Recipe `optimizer` (AdamW; PyTorch's defaults).
@@ -94,7 +95,6 @@ pub struct ParamState<B: Backend> {
 /// AdamW over a module's trainable parameters, state by name.
 pub struct Optimizer<B: AutodiffBackend> {
     pub config: OptimizerConfig,
-    adamw: AdamW,
     /// Key prefix of the names (the model's HF prefix).
     prefix: String,
     pub states: BTreeMap<String, ParamState<B::InnerBackend>>,
@@ -103,15 +103,8 @@ pub struct Optimizer<B: AutodiffBackend> {
 impl<B: AutodiffBackend> Optimizer<B> {
     pub fn new(config: OptimizerConfig, prefix: &str) -> Result<Self, TrainError> {
         config.validate()?;
-        let adamw = AdamWConfig::new()
-            .with_beta_1(config.betas[0] as f32)
-            .with_beta_2(config.betas[1] as f32)
-            .with_epsilon(config.eps as f32)
-            .with_weight_decay(config.weight_decay as f32)
-            .build();
         Ok(Self {
             config,
-            adamw,
             prefix: prefix.to_string(),
             states: BTreeMap::new(),
         })
@@ -126,7 +119,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
         grad_scale: f64,
     ) -> M {
         let mut m = StepMapper::<B> {
-            adamw: &self.adamw,
+            config: &self.config,
             states: &mut self.states,
             grads,
             lr,
@@ -342,7 +335,7 @@ fn from_hf<B: Backend>(
 }
 
 struct StepMapper<'a, B: AutodiffBackend> {
-    adamw: &'a AdamW,
+    config: &'a OptimizerConfig,
     states: &'a mut BTreeMap<String, ParamState<B::InnerBackend>>,
     grads: &'a mut GradientsParams,
     lr: f64,
@@ -368,31 +361,32 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
         let n: usize = dims.iter().product();
         let dtype = tensor.dtype();
         let require_grad = tensor.is_require_grad();
-        let mut grad = grad.cast(DType::F32);
-        if self.scale != 1.0 {
-            grad = grad.mul_scalar(self.scale);
-        }
+        let grad = grad.cast(DType::F32);
         let prev = self.states.remove(&name);
         let value = match prev.as_ref().and_then(|s| s.master.clone()) {
             Some(m) => m.reshape(dims),
             None => tensor.inner().cast(DType::F32),
         };
-        let state = prev.map(|s| {
-            AdamWState::new(AdaptiveMomentumState::new(
-                s.step,
+        let (step, exp_avg, exp_avg_sq) = match prev {
+            Some(s) => (
+                s.step + 1,
                 s.exp_avg.reshape(dims),
                 s.exp_avg_sq.reshape(dims),
-            ))
-        });
-        let (new, state) = self.adamw.step(self.lr, value, grad, state);
-        let state = state.expect("AdamW keeps a state").momentum;
+            ),
+            None => {
+                let zeros = || Tensor::zeros(dims, (&grad.device(), DType::F32));
+                (1, zeros(), zeros())
+            }
+        };
+        let (new, exp_avg, exp_avg_sq) = AdamWStep::new(self.config, self.lr, step, self.scale)
+            .apply(value, grad, exp_avg, exp_avg_sq);
         let low = dtype != DType::F32;
         self.states.insert(
             name,
             ParamState {
-                step: state.time,
-                exp_avg: state.moment_1.reshape([n]),
-                exp_avg_sq: state.moment_2.reshape([n]),
+                step,
+                exp_avg: exp_avg.reshape([n]),
+                exp_avg_sq: exp_avg_sq.reshape([n]),
                 master: low.then(|| new.clone().reshape([n])),
             },
         );
@@ -417,7 +411,22 @@ pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-                let sq = g.cast(DType::F32).square().sum();
+                // in slices of 4 Mi elements: the squares of a whole 262144 × 640 table would
+                // be a 640 MiB temporary
+                const SLICE: usize = 1 << 22;
+                let n = g.shape().num_elements();
+                let g = g.reshape([n]);
+                let sq = (0..n)
+                    .step_by(SLICE)
+                    .map(|s| {
+                        g.clone()
+                            .narrow(0, s, SLICE.min(n - s))
+                            .cast(DType::F32)
+                            .square()
+                            .sum()
+                    })
+                    .reduce(|a, b| a + b)
+                    .expect("a gradient has elements");
                 self.sum = Some(match self.sum.take() {
                     Some(s) => s + sq,
                     None => sq,

@@ -48,8 +48,7 @@ impl<B: Backend> Embedding<B> {
             None => out,
             Some(p) => {
                 // Rows looked up at padding ids come from a detached copy of row p.
-                let pad_row = w
-                    .detach()
+                let pad_row = super::constant(w)
                     .narrow(0, p, 1)
                     .reshape([1, 1, dim])
                     .expand([b, t, dim]);
