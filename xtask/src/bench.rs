@@ -502,6 +502,13 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
         if i >= opts.warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
+        tracing::debug!(
+            "{} step {i}: {:.2} s, resident {} MiB, peak {} MiB",
+            wl.name,
+            t0.elapsed().as_secs_f64(),
+            automodel_core::memory::resident_bytes().unwrap_or(0) >> 20,
+            automodel_core::memory::peak_resident_bytes().unwrap_or(0) >> 20
+        );
         loss = Some(out.loss);
     }
     measure(wl, opts, &times, loss, (wl.batch * wl.seq_len) as f64)

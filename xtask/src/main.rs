@@ -31,7 +31,7 @@ mod bench;
 mod gpu_check;
 
 fn main() -> ExitCode {
-    automodel_core::memory::set_release_hook(jemalloc_release);
+    jemalloc_setup();
     // logs on stderr; colour codes only for a terminal (and not with NO_COLOR)
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

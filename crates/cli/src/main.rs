@@ -166,7 +166,7 @@ fn probability(s: &str) -> Result<f64, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    automodel_core::memory::set_release_hook(jemalloc_release);
+    jemalloc_setup();
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()

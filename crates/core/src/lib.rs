@@ -30,29 +30,81 @@ pub mod tree;
 pub mod weights;
 
 /// Make jemalloc (`tikv-jemallocator`, a dependency of the calling binary) the global allocator,
-/// with transparent huge pages and freed pages kept for reuse (`_RJEM_MALLOC_CONF` still
-/// overrides these settings).
+/// with freed pages kept for reuse and transparent huge pages for blocks of 32 MiB and more
+/// (`_RJEM_MALLOC_CONF` still overrides the jemalloc settings).
 ///
 /// A training step allocates and frees tensors of hundreds of MB (a 262k-row embedding's
 /// gradient and its optimizer temporaries). glibc hands every block over 32 MiB back to the
 /// kernel, so each one is faulted in and zeroed again 4 KiB at a time; on the 270M this made
-/// a full fine-tuning step 2.9× slower (docs/benchmarks.md). The cost: freed memory stays with
-/// the process, and pages it cannot fit to later requests pile up (a few MB per step). The
-/// trainer bounds that with [`memory::ResidentLimit`], which calls the `jemalloc_release`
-/// function this macro defines; register it first thing in `main`:
-/// `automodel_core::memory::set_release_hook(jemalloc_release)`.
+/// a full fine-tuning step 2.9× slower (docs/benchmarks.md). Those large blocks get huge pages
+/// ([`memory::advise_huge_pages`]); the small and medium ones do not, because jemalloc's own
+/// `thp:always` made every 2 MiB region it touched resident in full and grew the process by
+/// hundreds of MB per step. The cost that remains: freed memory stays with the process, and
+/// pages it cannot fit to later requests pile up (a few MB per step). The trainer bounds that
+/// with [`memory::ResidentLimit`], which calls the `jemalloc_release` function this macro
+/// defines. Call the `jemalloc_setup()` it defines first thing in `main`: it splits page keeping
+/// by block size ([`memory::tune_jemalloc`]) and registers `jemalloc_release`.
 ///
 /// The binary depends on `tikv-jemallocator` and `tikv-jemalloc-sys`.
 #[macro_export]
 macro_rules! jemalloc {
     () => {
+        /// jemalloc, with huge pages advised for large blocks.
+        struct Allocator;
+
+        const JE: ::tikv_jemallocator::Jemalloc = ::tikv_jemallocator::Jemalloc;
+
+        use ::std::alloc::GlobalAlloc as _;
+
+        // SAFETY: every call is forwarded to jemalloc unchanged; the advice changes no memory.
+        unsafe impl ::std::alloc::GlobalAlloc for Allocator {
+            #[inline]
+            unsafe fn alloc(&self, layout: ::std::alloc::Layout) -> *mut u8 {
+                let p = unsafe { JE.alloc(layout) };
+                $crate::memory::advise_huge_pages(p, layout.size());
+                p
+            }
+
+            #[inline]
+            unsafe fn alloc_zeroed(&self, layout: ::std::alloc::Layout) -> *mut u8 {
+                let p = unsafe { JE.alloc_zeroed(layout) };
+                $crate::memory::advise_huge_pages(p, layout.size());
+                p
+            }
+
+            #[inline]
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: ::std::alloc::Layout) {
+                unsafe { JE.dealloc(ptr, layout) }
+            }
+
+            #[inline]
+            unsafe fn realloc(
+                &self,
+                ptr: *mut u8,
+                layout: ::std::alloc::Layout,
+                new_size: usize,
+            ) -> *mut u8 {
+                let p = unsafe { JE.realloc(ptr, layout, new_size) };
+                $crate::memory::advise_huge_pages(p, new_size);
+                p
+            }
+        }
+
         #[global_allocator]
-        static ALLOC: ::tikv_jemallocator::Jemalloc = ::tikv_jemallocator::Jemalloc;
+        static ALLOC: Allocator = Allocator;
 
         #[allow(non_upper_case_globals)]
         #[unsafe(export_name = "_rjem_malloc_conf")]
-        pub static malloc_conf: &[u8; 65] =
-            b"thp:always,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+        pub static malloc_conf: &[u8; 54] =
+            b"metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+
+        /// Tune jemalloc's page keeping ([`automodel_core::memory::tune_jemalloc`]) and
+        /// register [`jemalloc_release`] for [`automodel_core::memory::ResidentLimit`]; call it
+        /// first thing in `main`.
+        fn jemalloc_setup() {
+            $crate::memory::tune_jemalloc(::tikv_jemalloc_sys::mallctl);
+            $crate::memory::set_release_hook(jemalloc_release);
+        }
 
         /// Return every arena's kept (dirty and muzzy) pages to the kernel.
         fn jemalloc_release() -> bool {
