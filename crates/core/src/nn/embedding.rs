@@ -62,16 +62,11 @@ impl<B: Backend> Embedding<B> {
     }
 
     /// The tied LM head: `hidden` `[B, T, dim]` times the tableᵀ → logits `[B, T, V]`. Done as a
-    /// 2-D matmul that reads the transposed table through its strides: reshaping the transposed
-    /// view to 3-D would copy the whole table (670 MB for Gemma's vocabulary) on every call.
+    /// 2-D matmul ([`super::matmul`]) that reads the transposed table through its strides:
+    /// reshaping the transposed view to 3-D would copy the whole table (670 MB for Gemma's
+    /// vocabulary) on every call.
     pub fn tied_head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, t, h] = hidden.dims();
-        let w = self.weight.val();
-        let v = w.dims()[0];
-        hidden
-            .reshape([b * t, h])
-            .matmul(w.transpose())
-            .reshape([b, t, v])
+        super::matmul(hidden, self.weight.val().transpose())
     }
 }
 

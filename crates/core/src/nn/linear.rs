@@ -81,7 +81,7 @@ impl<B: Backend> Linear<B> {
 
     /// The one place a linear layer computes: `x · w` with `w` `[in, out]`, plus the adapter.
     fn apply<const D: usize>(&self, x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
-        let base = x.clone().matmul(w.unsqueeze::<D>());
+        let base = crate::nn::matmul(x.clone(), w);
         let (Some(a), Some(b)) = (self.lora_A.val(), self.lora_B.val()) else {
             return base;
         };
