@@ -38,8 +38,8 @@ pub mod weights;
 /// kernel, so each one is faulted in and zeroed again 4 KiB at a time; on the 270M this made
 /// a full fine-tuning step 2.9× slower (docs/benchmarks.md). Those large blocks get huge pages
 /// ([`memory::advise_huge_pages`]); the small and medium ones do not, because jemalloc's own
-/// `thp:always` made every 2 MiB region it touched resident in full and grew the process by
-/// hundreds of MB per step. The cost that remains: freed memory stays with the process, and
+/// `thp:always` made every 2 MiB region it touched resident in full (about 350 MB more on the
+/// 270M full step for no measurable speed). The cost that remains: freed memory stays with the process, and
 /// pages it cannot fit to later requests pile up (a few MB per step). The trainer bounds that
 /// with [`memory::ResidentLimit`], which calls the `jemalloc_release` function this macro
 /// defines. Call the `jemalloc_setup()` it defines first thing in `main`: it splits page keeping

@@ -110,11 +110,8 @@ impl Ctl {
         let mut out = T::default();
         let mut len = std::mem::size_of::<T>();
         let mut ptr = ptr;
-        let (newp, newlen) = match ptr.as_mut() {
-            Some(p) => (
-                (p as *mut *const std::ffi::c_void).cast(),
-                std::mem::size_of::<*const std::ffi::c_void>(),
-            ),
+        let (newp, newlen) = match &mut ptr {
+            Some(p) => ((&raw mut *p).cast(), std::mem::size_of_val(p)),
             None => (std::ptr::null_mut(), 0),
         };
         // SAFETY: a NUL-terminated name, an output of the setting's type and size, and a
@@ -159,9 +156,9 @@ pub const HUGE_PAGE_MIN_BLOCK: usize = 32 << 20;
 /// logits chunks, optimizer temporaries) are swept end to end by GEMMs and element-wise passes,
 /// where 2 MiB pages save TLB misses and page faults. Huge pages under the small and medium
 /// size classes, by contrast, make every 2 MiB region the allocator ever touched resident in
-/// full, and with freed pages kept that grew the 270M full step by 300-400 MB per step
-/// (docs/benchmarks.md). The advice changes no contents; a range that is not mapped is
-/// refused by the kernel and ignored here.
+/// full: with jemalloc's `thp:always` the 270M full step held about 350 MB more
+/// (docs/benchmarks.md). The advice changes no contents; a range that is not mapped is refused
+/// by the kernel and ignored here.
 #[inline]
 pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
     if len < HUGE_PAGE_MIN_BLOCK || ptr.is_null() {
