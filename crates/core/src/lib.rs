@@ -30,8 +30,9 @@ pub mod tree;
 pub mod weights;
 
 /// Make jemalloc (`tikv-jemallocator`, a dependency of the calling binary) the global allocator,
-/// with freed pages kept for reuse and transparent huge pages for blocks of 32 MiB and more
-/// (`_RJEM_MALLOC_CONF` still overrides the jemalloc settings).
+/// with freed pages kept for reuse, transparent huge pages for blocks of 32 MiB and more, and
+/// large zeroed blocks zeroed by writing rather than by returning their pages
+/// ([`memory::zero_by_writing`]) (`_RJEM_MALLOC_CONF` still overrides the jemalloc settings).
 ///
 /// A training step allocates and frees tensors of hundreds of MB (a 262k-row embedding's
 /// gradient and its optimizer temporaries). glibc hands every block over 32 MiB back to the
@@ -56,7 +57,8 @@ macro_rules! jemalloc {
 
         use ::std::alloc::GlobalAlloc as _;
 
-        // SAFETY: every call is forwarded to jemalloc unchanged; the advice changes no memory.
+        // SAFETY: every call is forwarded to jemalloc with its layout; the advice changes no
+        // memory, and a zeroed block taken by `alloc` is zeroed in full before it is returned.
         unsafe impl ::std::alloc::GlobalAlloc for Allocator {
             #[inline]
             unsafe fn alloc(&self, layout: ::std::alloc::Layout) -> *mut u8 {
@@ -67,6 +69,15 @@ macro_rules! jemalloc {
 
             #[inline]
             unsafe fn alloc_zeroed(&self, layout: ::std::alloc::Layout) -> *mut u8 {
+                if $crate::memory::zero_by_writing(layout.size()) {
+                    // recycled pages written over, not handed back and faulted in again
+                    let p = unsafe { JE.alloc(layout) };
+                    if !p.is_null() {
+                        // SAFETY: a non-null block from `alloc` holds `layout.size()` bytes
+                        unsafe { ::std::ptr::write_bytes(p, 0, layout.size()) };
+                    }
+                    return p;
+                }
                 let p = unsafe { JE.alloc_zeroed(layout) };
                 $crate::memory::advise_huge_pages(p, layout.size());
                 p
