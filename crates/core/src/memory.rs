@@ -145,26 +145,25 @@ impl Ctl {
 }
 
 /// Zeroed blocks ([`std::alloc::GlobalAlloc::alloc_zeroed`], e.g. `vec![0.0; n]`, Burn's
-/// `zeros` and the CPU backend's matmul outputs) from this size up to [`HUGE_PAGE_MIN_BLOCK`]
-/// are taken from the allocator as ordinary blocks and zeroed by writing (see
-/// [`zero_by_writing`]).
+/// `zeros` and the CPU backend's matmul outputs) of at least this size are taken from the
+/// allocator as ordinary blocks and zeroed by writing (see [`zero_by_writing`]).
 pub const WRITE_ZEROS_MIN_BLOCK: usize = 16 << 10;
 
 /// Whether the allocator of [`crate::jemalloc!`] zeroes a zeroed block of `len` bytes itself
-/// (`malloc` and a write of zeros) instead of asking jemalloc (`calloc`): blocks from
-/// [`WRITE_ZEROS_MIN_BLOCK`] up to [`HUGE_PAGE_MIN_BLOCK`].
+/// (`malloc` and a write of zeros) instead of asking jemalloc (`calloc`): blocks of
+/// [`WRITE_ZEROS_MIN_BLOCK`] and more.
 ///
 /// Why: jemalloc zeroes a recycled large block (16 KiB and up) by handing its pages back to
 /// the kernel (`madvise(MADV_DONTNEED)`; only under its own `thp:always` does it write zeros),
-/// so the block's next use faults every 4 KiB page in again and the kernel clears it. The 270M
-/// LoRA step took 300,000 page faults per step that way; writing zeros into the pages the
-/// allocator already holds cut that to 134,000, the kernel's share of the step's time by half
-/// and the step by 10-15 % (docs/benchmarks.md). Blocks of [`HUGE_PAGE_MIN_BLOCK`] and more
-/// stay with `calloc`: they fault in 2 MiB at a time, and writing them in full made the
-/// process hold 250 MB more (a zeroed block the kernel would only map where it is written).
+/// so the block's next use faults every page in again and the kernel clears it. The 270M LoRA
+/// step took 300,000 page faults per step that way. Writing zeros into the pages the allocator
+/// already holds cut that to about 54,000 (with burn-flex's aligned buffers,
+/// third_party/README.md), halved the kernel's share of the step's time and made the step
+/// 3-9 % faster, at the same peak memory (docs/benchmarks.md). A block that was never used
+/// before is written once where the kernel would have cleared it on first touch anyway.
 #[inline]
 pub fn zero_by_writing(len: usize) -> bool {
-    (WRITE_ZEROS_MIN_BLOCK..HUGE_PAGE_MIN_BLOCK).contains(&len)
+    len >= WRITE_ZEROS_MIN_BLOCK
 }
 
 /// Blocks at least this large are backed by transparent huge pages ([`advise_huge_pages`]).
