@@ -343,32 +343,7 @@ mod host {
     use rayon::prelude::*;
 
     pub use crate::host::applies;
-
-    /// `e^x` for `x ≤ 88.7` to about 1 ulp (Cephes' `expf`: `x = n·ln 2 + r`, a degree-6
-    /// polynomial in `r`, `2^n` from the exponent bits); values below −87.3 give ≈ 1e-38.
-    #[inline(always)]
-    pub fn exp(x: f32) -> f32 {
-        let x = x.clamp(-87.336_54, 88.722_83);
-        // round to nearest without `round()` (a libm call on baseline x86-64)
-        const SHIFTER: f32 = 12_582_912.0; // 1.5 · 2^23
-        let n = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
-        let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-        let mut p = 1.987_569_1e-4f32;
-        p = p * r + 1.398_199_9e-3;
-        p = p * r + 8.333_452e-3;
-        p = p * r + 4.166_579_6e-2;
-        p = p * r + 1.666_666_5e-1;
-        p = p * r + 0.5;
-        let y = p * r * r + r + 1.0;
-        y * f32::from_bits(((n as i32 + 127) as u32) << 23)
-    }
-
-    /// `tanh(x)` from [`exp`]: `1 − 2 / (e^{2x} + 1)`, odd-symmetric.
-    #[inline(always)]
-    fn tanh(x: f32) -> f32 {
-        let e = exp(2.0 * x.abs());
-        (1.0 - 2.0 / (e + 1.0)).copysign(x)
-    }
+    use crate::host::{exp, tanh};
 
     /// Rows of `buf` (`[rows, v]`, row-major) are logits; `targets[i]` is row `i`'s label.
     /// Returns the summed loss `Σ (lse − x[target])` (f64). With `grad`, each row is replaced by
@@ -435,22 +410,6 @@ mod host {
             row[t] -= d;
         }
         lse - f64::from(picked)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn exp_is_within_two_ulps_of_libm() {
-            let mut worst = 0f32;
-            for i in 0..200_000 {
-                let x = -87.0 + 175.0 * (i as f32 / 200_000.0);
-                let (a, b) = (super::exp(x), x.exp());
-                worst = worst.max((a - b).abs() / b);
-            }
-            assert!(worst < 2.5e-7, "relative error {worst:e}");
-            assert_eq!(super::exp(0.0), 1.0);
-            assert!(super::exp(-200.0) < 1e-37);
-        }
     }
 }
 

@@ -50,7 +50,7 @@ fn gelu_tanh_on_host<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D
     };
     let fwd = |x: f32| {
         let inner = GELU_BETA * (x + GELU_KAPPA * (x * x * x));
-        let t = inner.tanh();
+        let t = crate::host::tanh(inner);
         (x * 0.5 * (t + 1.0), t)
     };
     if grad {
@@ -233,8 +233,18 @@ mod tests {
             (y.into_data().to_vec::<f32>().unwrap(), dx)
         };
         let ((y_h, g_h), (y_o, g_o)) = (run(true), run(false));
-        // the same floats in the same order: identical values
-        assert_eq!(y_h, y_o);
+        // the same formula with the vectorised `tanh` (a few ulp from libm's): values within a
+        // few ulp of the ops' (absolutely, near GELU's zeros)
+        for i in 0..n {
+            let tol = 4e-7 * (1.0 + y_o[i].abs());
+            assert!(
+                (y_h[i] - y_o[i]).abs() <= tol,
+                "x {}: {} vs {}",
+                xs[i],
+                y_h[i],
+                y_o[i]
+            );
+        }
         for i in 0..n {
             let tol = 2e-6 * (1.0 + g_o[i].abs());
             assert!(
@@ -261,7 +271,7 @@ mod tests {
         }
         // untracked input (inference, frozen paths): values only
         let x = Tensor::<crate::CpuBackend, 1>::from_data(TensorData::new(xs.clone(), [n]), &dev);
-        assert_eq!(gelu_tanh(x).into_data().to_vec::<f32>().unwrap(), y_o);
+        assert_eq!(gelu_tanh(x).into_data().to_vec::<f32>().unwrap(), y_h);
     }
 
     #[test]
