@@ -40,10 +40,10 @@ pub mod weights;
 /// a full fine-tuning step 2.9× slower (docs/benchmarks.md). Those large blocks get huge pages
 /// ([`memory::advise_huge_pages`]); the small and medium ones do not, because jemalloc's own
 /// `thp:always` made every 2 MiB region it touched resident in full (about 350 MB more on the
-/// 270M full step for no measurable speed). The cost that remains: freed memory stays with the process, and
-/// pages it cannot fit to later requests pile up (a few MB per step). The trainer bounds that
-/// with [`memory::ResidentLimit`], which calls the `jemalloc_release` function this macro
-/// defines. Call the `jemalloc_setup()` it defines first thing in `main`: it splits page keeping
+/// 270M full step for no measurable speed). The cost that remains: freed memory stays with the
+/// process, and pages it cannot fit to later requests pile up (a few MB per step). The trainer
+/// bounds that with [`memory::ResidentLimit`], which calls the `jemalloc_release` function this
+/// macro defines. Call the `jemalloc_setup()` it defines first thing in `main`: it splits page keeping
 /// by block size ([`memory::tune_jemalloc`]) and registers `jemalloc_release`.
 ///
 /// The binary depends on `tikv-jemallocator` and `tikv-jemalloc-sys`.
@@ -70,8 +70,9 @@ macro_rules! jemalloc {
             #[inline]
             unsafe fn alloc_zeroed(&self, layout: ::std::alloc::Layout) -> *mut u8 {
                 if $crate::memory::zero_by_writing(layout.size()) {
-                    // recycled pages written over, not handed back and faulted in again
-                    let p = unsafe { JE.alloc(layout) };
+                    // recycled pages written over, not handed back and faulted in again;
+                    // `self.alloc` gives large blocks their huge-page advice before the write
+                    let p = unsafe { self.alloc(layout) };
                     if !p.is_null() {
                         // SAFETY: a non-null block from `alloc` holds `layout.size()` bytes
                         unsafe { ::std::ptr::write_bytes(p, 0, layout.size()) };
