@@ -12,6 +12,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use automodel::{Gemma3nConfig, Gemma3nForConditionalGeneration};
+use automodel_core::AutodiffBackend;
+use automodel_core::Backend;
 use automodel_core::device::{DeviceSpec, OnDevice, run_on};
 use automodel_peft::{FreezeConfig, LoraConfig};
 use automodel_text::generate::TextPrompt;
@@ -19,7 +21,6 @@ use automodel_text::{Generate, GenerationConfig, LayerType, TrainBatch};
 use automodel_train::{Optimizer, OptimizerConfig, TrainModel, train_step};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData};
 use serde::{Deserialize, Serialize};
 

@@ -24,8 +24,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use automodel_core::AutodiffBackend;
 use automodel_core::device::{DeviceSpec, OnDevice, run_on};
-use burn::tensor::backend::AutodiffBackend;
 
 mod bench;
 mod gpu_check;

@@ -1,6 +1,7 @@
 //! Chunked local self-attention with relative position embeddings (HF `Gemma3nAudioAttention`),
 //! written as a dense band: query `t` sees keys `j` with `−right ≤ t − j ≤ left − 1`.
 
+use automodel_core::Backend;
 use automodel_core::init::{Init, Initializer};
 use automodel_core::nn::{Linear, softcap};
 use burn::module::Param;

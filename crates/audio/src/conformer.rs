@@ -1,6 +1,7 @@
 //! One conformer block: half-step feed-forward, local attention, light-weight causal conv,
 //! half-step feed-forward, clamp, RMS norm.
 
+use automodel_core::Backend;
 use automodel_core::init::{Init, Initializer};
 use automodel_core::nn::{Linear, RmsNorm};
 use burn::module::Param;

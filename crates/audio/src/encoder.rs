@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use automodel_core::Backend;
 use automodel_core::ConfigError;
 use automodel_core::init::Initializer;
 use automodel_core::pretrained::Pretrained;

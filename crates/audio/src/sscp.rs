@@ -1,6 +1,7 @@
 //! Sub-sample convolution projection: two strided 3×3 convs, each followed by a cumulative
 //! group norm and ReLU, then a linear projection to the model width.
 
+use automodel_core::Backend;
 use automodel_core::init::{Init, Initializer};
 use automodel_core::nn::Linear;
 use burn::module::Param;

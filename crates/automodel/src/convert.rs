@@ -6,13 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
+use automodel_core::Backend;
 use automodel_core::CpuBackend;
 use automodel_core::weights::{write_atomic, write_folder};
 use automodel_gguf::GgufFile;
 use automodel_gguf::gemma3::Gemma3Gguf;
 use automodel_text::gemma3::{Gemma3ForCausalLM, Gemma3TextConfig};
 use automodel_tokenizer::GemmaTokenizer;
-use burn::prelude::Backend;
 use burn::tensor::DType;
 
 use crate::ModelError;

@@ -1,6 +1,7 @@
 //! `Gemma3nMultimodalEmbedder`: maps vision/audio hard tokens and soft features into the text
 //! embedding space.
 
+use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::nn::{Embedding, Linear, RmsNorm};
 use burn::prelude::*;

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use automodel_audio::{AudioEncoder, AudioOutput};
+use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::loss::causal_lm_loss;
 use automodel_core::tree;

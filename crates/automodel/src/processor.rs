@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
+use automodel_core::Backend;
 use automodel_tokenizer::GemmaTokenizer;
 use automodel_vision::processor::{ImageProcessorConfig, RgbImage};
 use burn::prelude::*;

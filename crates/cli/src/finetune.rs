@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use automodel::Gemma3nForConditionalGeneration;
+use automodel_core::AutodiffBackend;
 use automodel_core::device::{DeviceSpec, OnDevice, run_on};
 use automodel_data::{DataConfig, Dataset, Loader, Record, Sample};
 use automodel_peft::{FreezeConfig, LoraConfig};
@@ -18,7 +19,6 @@ use automodel_train::{
 };
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::Loaded;

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use automodel::processor::{AUDIO_TOKEN, Gemma3nProcessor, IMAGE_TOKEN, Padding, Prompt};
 use automodel::{Gemma3nForConditionalGeneration, Generate, GenerationConfig};
+use automodel_core::AutodiffBackend;
+use automodel_core::Backend;
 use automodel_core::device::{DeviceSpec, OnDevice, run_on};
 use automodel_core::weights::write_folder;
 use automodel_peft::PeftModel;
@@ -28,9 +30,7 @@ use automodel_text::Gemma3nForCausalLM;
 use automodel_text::gemma3::Gemma3ForCausalLM;
 use automodel_text::generate::TextPrompt;
 use automodel_tokenizer::GemmaTokenizer;
-use burn::prelude::Backend;
 use burn::tensor::DType;
-use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
 
 mod data;

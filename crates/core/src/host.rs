@@ -1,12 +1,6 @@
-//! Where a backend keeps its tensors, for the few passes that run fused on host memory (the LM
-//! head's loss, tanh-GELU) instead of one Burn op per step, and the float32 `exp` and `tanh`
-//! those passes use: branch-free polynomials the compiler vectorises, where libm's `expf` and
-//! `tanhf` are scalar calls per element.
-
-/// Whether `B`'s tensors live in host memory (Burn's CPU backend, with or without autodiff).
-pub fn applies<B: burn::prelude::Backend>() -> bool {
-    std::any::TypeId::of::<B::Device>() == std::any::TypeId::of::<burn::backend::flex::FlexDevice>()
-}
+//! The float32 `exp` and `tanh` of the CPU backend's fused passes (the LM head's loss,
+//! tanh-GELU; see [`crate::Backend`]): branch-free polynomials the compiler vectorises, where
+//! libm's `expf` and `tanhf` are scalar calls per element.
 
 /// `e^x` for `x ≤ 88.7` to about 1 ulp (Cephes' `expf`: `x = n·ln 2 + r`, a degree-6
 /// polynomial in `r`, `2^n` from the exponent bits); values below −87.3 give ≈ 1e-38.

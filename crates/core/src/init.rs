@@ -5,6 +5,7 @@
 //! parameter's key is its field path in the module tree ([`crate::tree`]), so each key is written
 //! exactly once: as a field name.
 
+use crate::Backend;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};

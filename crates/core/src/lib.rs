@@ -11,11 +11,17 @@
 //!   (fp32 internally, optional weight, `w` or `1 + w`), split-half rotary embeddings with
 //!   explicit position ids, tanh-GELU and the inverse normal CDF used by activation sparsity.
 //! * [`loss`]: Hugging Face's causal-LM loss, and the memory-lean LM head + loss for training.
-//! * [`device`]: `cpu` / `cuda[:N]` selection.
+//! * [`backend`]: the [`Backend`] trait — Burn's backend with the fused operations (tanh-GELU,
+//!   the LM head's loss, AdamW, the one-row matmul), generic in Burn ops and fused on the CPU.
+//! * [`adamw`]: one AdamW update in `torch.optim.AdamW`'s order and precision.
+//! * [`device`]: `cpu` / `cuda[:N]` / `wgpu[:N]` selection.
 //! * [`memory`]: resident-size readings and the bound on pages the allocator keeps.
 //!
-//! Everything is generic over the Burn backend; tests run on the `flex` CPU backend.
+//! Everything is generic over [`Backend`]; tests run on the `flex` CPU backend (and, with the
+//! `wgpu` feature, on any Vulkan device, Mesa's software one included).
 
+pub mod adamw;
+pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod device;
@@ -136,6 +142,7 @@ macro_rules! jemalloc {
     };
 }
 
+pub use backend::{AutodiffBackend, Backend};
 pub use config::ConfigError;
 pub use device::DeviceSpec;
 pub use error::{ReadError, WeightError, read_file};
@@ -151,3 +158,11 @@ pub type CudaBackend = burn::backend::Cuda;
 /// The CUDA backend with gradient tracking.
 #[cfg(feature = "cuda")]
 pub type CudaAutodiff = burn::backend::Autodiff<burn::backend::Cuda>;
+
+/// Burn's wgpu backend with fusion (Vulkan, Metal or DX12; Mesa's software Vulkan on a machine
+/// without a GPU).
+#[cfg(feature = "wgpu")]
+pub type WgpuBackend = burn::backend::Wgpu;
+/// The wgpu backend with gradient tracking.
+#[cfg(feature = "wgpu")]
+pub type WgpuAutodiff = burn::backend::Autodiff<burn::backend::Wgpu>;

@@ -3,6 +3,7 @@
 use burn::prelude::*;
 use burn::tensor::{DType, Int, TensorData};
 
+use crate::backend::{HeadGrads, HeadLoss};
 use crate::nn::constant;
 
 /// Label value that is ignored by the loss.
@@ -80,7 +81,7 @@ fn chunk_rows(vocab: usize) -> usize {
 /// skipped when the table is frozen.
 ///
 /// Returns `None` when no position is labelled. Labels must lie in `[0, V)` or be `-100`.
-pub fn lm_head_loss<B: Backend>(
+pub fn lm_head_loss<B: crate::Backend>(
     hidden: Tensor<B, 3>,
     table: Tensor<B, 2>,
     softcap: Option<f64>,
@@ -88,17 +89,19 @@ pub fn lm_head_loss<B: Backend>(
     grad: bool,
 ) -> Option<LossSum<B>> {
     let step = chunk_rows(table.dims()[0]);
-    lm_head_loss_in_chunks(hidden, table, softcap, labels, grad, step, true)
+    lm_head_loss_in_chunks(hidden, table, softcap, labels, grad, step, false)
 }
 
-fn lm_head_loss_in_chunks<B: Backend>(
+/// [`lm_head_loss`] with chunks of `step` rows; `generic` takes [`generic::head_loss`] instead
+/// of the backend's own (for the tests that hold the two against each other).
+fn lm_head_loss_in_chunks<B: crate::Backend>(
     hidden: Tensor<B, 3>,
     table: Tensor<B, 2>,
     softcap: Option<f64>,
     labels: Tensor<B, 2, Int>,
     grad: bool,
     step: usize,
-    allow_host: bool,
+    generic: bool,
 ) -> Option<LossSum<B>> {
     let [b, t, h] = hidden.dims();
     let [v, _] = table.dims();
@@ -124,43 +127,24 @@ fn lm_head_loss_in_chunks<B: Backend>(
     if n == 0 {
         return None;
     }
-    // one fused pass per chunk on the host when the tensors live there (see `host`)
-    let fused = allow_host && host::applies::<B>() && dtype == DType::F32;
-    let host_targets = targets.clone();
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
     let selected = hidden.reshape([b * t, h]).select(0, idx); // [N, H]
-    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
     // constants: no gradient is computed for these copies (a trainable table's `detach` alone
     // would still ask for one, see `nn::constant`)
     let (hd, wd) = (constant(selected.clone()), constant(table.clone()));
-    let want_w = grad && table.is_require_grad();
-    let mut total = Tensor::<B, 1>::zeros([1], (&device, DType::F32));
-    let mut g_h = Vec::new();
-    let mut g_w = TableGrad::<B>::new(fused, v, h);
-    for start in (0..n).step_by(step) {
-        let len = step.min(n - start);
-        let hc = hd.clone().narrow(0, start, len);
-        let tc = targets.clone().narrow(0, start, len).reshape([len, 1]);
-        let logits = hc.clone().matmul(wd.clone().transpose());
-        let (loss, dz) = if fused {
-            let tv = &host_targets[start..start + len];
-            chunk_on_host(logits, tv, softcap, grad)
-        } else {
-            chunk_with_ops(logits, tc, softcap, grad)
-        };
-        total = total + loss;
-        let Some(dz) = dz else { continue };
-        let dz = dz.cast(dtype);
-        g_h.push(dz.clone().matmul(wd.clone()));
-        if want_w {
-            g_w.add(hc, dz, start + len == n);
-        }
-    }
-    let mut sum = total;
-    if grad {
-        let g_h = Tensor::cat(g_h, 0);
+    let want = HeadGrads {
+        hidden: grad,
+        table: grad && table.is_require_grad(),
+    };
+    let parts = if generic {
+        crate::backend::generic::head_loss(hd, wd, &targets, softcap, want, step)
+    } else {
+        B::head_loss(hd, wd, &targets, softcap, want, step)
+    };
+    let mut sum = parts.loss;
+    if let Some(g_h) = parts.hidden {
         let mut surrogate = (selected * g_h).cast(DType::F32).sum();
-        if let Some(gw) = g_w.finish(&device) {
+        if let Some(gw) = parts.table {
             surrogate = surrogate + (table * gw.cast(dtype)).cast(DType::F32).sum();
         }
         sum = sum + (surrogate.clone() - surrogate.detach());
@@ -169,6 +153,54 @@ fn lm_head_loss_in_chunks<B: Backend>(
         sum,
         num_label_tokens: n,
     })
+}
+
+/// [`crate::Backend::head_loss`]: the chunks' logits, loss and `d loss / d logits` with Burn
+/// ops, or (`host`, float32 tensors in host memory) one fused pass per row over each chunk and
+/// `G_w` accumulated in place.
+pub(crate) fn head_loss_in_chunks<B: Backend>(
+    hd: Tensor<B, 2>,
+    wd: Tensor<B, 2>,
+    targets: &[i64],
+    softcap: Option<f64>,
+    want: HeadGrads,
+    step: usize,
+    host: bool,
+) -> HeadLoss<B> {
+    let n = targets.len();
+    let [v, h] = wd.dims();
+    let device = hd.device();
+    let dtype = hd.dtype();
+    let grad = want.hidden || want.table;
+    let targets_t = Tensor::<B, 1, Int>::from_data(TensorData::new(targets.to_vec(), [n]), &device);
+    let mut total = Tensor::<B, 1>::zeros([1], (&device, DType::F32));
+    let mut g_h = Vec::new();
+    let mut g_w = TableGrad::<B>::new(host, v, h);
+    for start in (0..n).step_by(step.max(1)) {
+        let len = step.max(1).min(n - start);
+        let hc = hd.clone().narrow(0, start, len);
+        let logits = hc.clone().matmul(wd.clone().transpose());
+        let (loss, dz) = if host {
+            chunk_on_host(logits, &targets[start..start + len], softcap, grad)
+        } else {
+            let tc = targets_t.clone().narrow(0, start, len).reshape([len, 1]);
+            chunk_with_ops(logits, tc, softcap, grad)
+        };
+        total = total + loss;
+        let Some(dz) = dz else { continue };
+        let dz = dz.cast(dtype);
+        if want.hidden {
+            g_h.push(dz.clone().matmul(wd.clone()));
+        }
+        if want.table {
+            g_w.add(hc, dz, start + len == n);
+        }
+    }
+    HeadLoss {
+        loss: total,
+        hidden: (want.hidden && !g_h.is_empty()).then(|| Tensor::cat(g_h, 0)),
+        table: g_w.finish(&device),
+    }
 }
 
 /// `G_w = Σ_chunks dzᵀ · hc` `[V, H]`, the tied table's gradient, summed over the chunks.
@@ -342,7 +374,6 @@ fn chunk_on_host<B: Backend>(
 mod host {
     use rayon::prelude::*;
 
-    pub use crate::host::applies;
     use crate::host::{exp, tanh};
 
     /// Rows of `buf` (`[rows, v]`, row-major) are logits; `targets[i]` is row `i`'s label.
@@ -550,7 +581,7 @@ mod tests {
                         labels.clone(),
                         true,
                         4,
-                        host,
+                        !host,
                     )
                     .unwrap()
                     .mean()

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
+use crate::Backend;
 use burn::module::Module;
-use burn::prelude::*;
 use burn::tensor::DType;
 
 use crate::config::ConfigError;

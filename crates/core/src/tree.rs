@@ -14,9 +14,10 @@
 //! listing every parameter with its [`ParamId`] ([`param_infos`]), listing every linear layer
 //! ([`linear_paths`], what LoRA targets) and freezing by name ([`set_trainable`]).
 
+use crate::AutodiffBackend;
+use crate::Backend;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 
 use burn::tensor::DType;
 

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::Backend;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use memmap2::Mmap;

@@ -2,6 +2,7 @@
 //! a row, positions restart, attention never crosses them), media decoded and preprocessed on the
 //! host; then tensors on the device.
 
+use automodel_core::Backend;
 use automodel_core::loss::IGNORE_INDEX;
 use automodel_text::TrainBatch;
 use automodel_text::generate::ids_tensor;

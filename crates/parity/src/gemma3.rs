@@ -3,14 +3,14 @@
 
 use std::path::Path;
 
+use automodel_core::AutodiffBackend;
+use automodel_core::Backend;
 use automodel_core::tree;
 use automodel_gguf::GgufFile;
 use automodel_text::gemma3::Gemma3ForCausalLM;
 use automodel_text::generate::{TextPrompt, ids_tensor};
 use automodel_text::{CausalLm, Generate, GenerationConfig, TrainBatch, TrainOptions};
-use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::backend::AutodiffBackend;
 
 use crate::compare::{Check, Tolerance, compare};
 use crate::tensors::{data_values, ids, reference, values};

@@ -18,8 +18,8 @@ mod vision;
 
 use std::path::{Path, PathBuf};
 
+use automodel_core::AutodiffBackend;
 use automodel_core::weights::SafeTensorsFiles;
-use burn::tensor::backend::AutodiffBackend;
 
 pub use compare::{Check, Tolerance, compare};
 

@@ -6,11 +6,12 @@ use std::path::Path;
 use automodel::{
     AudioInput, ForwardOptions, Gemma3nForConditionalGeneration, Generate, MultimodalInput,
 };
+use automodel_core::AutodiffBackend;
+use automodel_core::Backend;
 use automodel_core::weights::SafeTensorsFiles;
 use automodel_text::generate::ids_tensor;
 use automodel_text::{CausalLm, TrainBatch, TrainOptions};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData};
 
 use crate::compare::{Check, Tolerance};

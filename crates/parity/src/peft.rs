@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use automodel::{ForwardOptions, Gemma3nForConditionalGeneration};
+use automodel_core::AutodiffBackend;
 use automodel_core::tree;
 use automodel_peft::files::PEFT_PREFIX;
 use automodel_peft::{load_adapter, merge};
@@ -14,7 +15,6 @@ use automodel_text::generate::ids_tensor;
 use automodel_text::{CausalLm, TrainBatch, TrainOptions};
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
-use burn::tensor::backend::AutodiffBackend;
 
 use crate::compare::{Check, Tolerance, compare};
 use crate::gemma3::REL_MAX;

@@ -1,6 +1,7 @@
 //! The one reader of reference tensors and model outputs: values as `f64` with their shape, and
 //! the comparisons built on it.
 
+use automodel_core::Backend;
 use automodel_core::weights::{Dtype, SafeTensorsFiles};
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};

@@ -3,6 +3,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use automodel_core::AutodiffBackend;
+use automodel_core::Backend;
 use automodel_core::tree::{self, ParamInfo};
 use automodel_core::weights::{SafeTensorsFiles, TensorMap};
 use automodel_text::generate::{TextPrompt, ids_tensor};
@@ -12,7 +14,6 @@ use automodel_text::{
 };
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::backend::AutodiffBackend;
 
 use crate::compare::{Check, Tolerance, compare};
 use crate::tensors::{check, data_values, id_values, output_check, reference, rows, values};

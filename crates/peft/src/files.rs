@@ -6,10 +6,10 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use automodel_core::Backend;
 use automodel_core::config::read_json;
 use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, WeightLoader, write_atomic};
-use burn::prelude::*;
 use burn::tensor::DType;
 use serde_json::{Value, json};
 

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use automodel_core::Backend;
 use automodel_core::tree;
-use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::inject::{Component, Coverage, CoverageRow};

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use automodel_core::Backend;
 use automodel_core::tree::{self, KeyPath};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;

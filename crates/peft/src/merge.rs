@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use automodel_core::Backend;
 use automodel_core::tree::KeyPath;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;

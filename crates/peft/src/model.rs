@@ -1,10 +1,10 @@
 //! The models adapters go on, and the names PEFT knows them by.
 
 use automodel::Gemma3nForConditionalGeneration;
+use automodel_core::Backend;
 use automodel_text::gemma3::Gemma3ForCausalLM;
 use automodel_text::{Gemma3nForCausalLM, Gemma3nTextModel};
 use burn::module::Module;
-use burn::prelude::*;
 
 /// A model whose linear layers can carry adapters. [`PeftModel::tree`] is the module tree with
 /// the prefix that turns its field paths into the module names of the Hugging Face class PEFT

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use automodel::Gemma3nForConditionalGeneration;
+use automodel_core::Backend;
 use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, TensorMap};
 use automodel_core::{CpuAutodiff as A, CpuBackend as B};

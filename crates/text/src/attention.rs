@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::nn::rope::{RopeForHeads, RopeTables};
 use automodel_core::nn::{Linear, RmsNorm};

@@ -1,5 +1,6 @@
 //! KV cache for decoding: full layers keep every key, sliding layers only their window.
 
+use automodel_core::Backend;
 use burn::prelude::*;
 use burn::tensor::Int;
 

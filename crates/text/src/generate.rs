@@ -2,6 +2,7 @@
 //! budget and streaming, for every model that implements [`Generate`] (Gemma 3, the Gemma 3n
 //! causal LM, the multimodal Gemma 3n).
 
+use automodel_core::Backend;
 use burn::prelude::*;
 use burn::tensor::{DType, Int, TensorData};
 
@@ -324,7 +325,7 @@ pub fn in_chunks<T, E>(
 /// implementation would keep the multimodal model from implementing `Generate` itself).
 macro_rules! text_generate {
     ($model:ident) => {
-        impl<B: ::burn::prelude::Backend> $crate::generate::Generate<B> for $model<B> {
+        impl<B: ::automodel_core::Backend> $crate::generate::Generate<B> for $model<B> {
             type Prompt = $crate::generate::TextPrompt;
             type Error = $crate::TextError;
 

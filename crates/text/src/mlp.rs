@@ -1,5 +1,6 @@
 //! Gated feed-forward network with optional gaussian top-k activation sparsity.
 
+use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::nn::{Linear, gelu_tanh, normal_icdf};
 use burn::prelude::*;

@@ -2,6 +2,7 @@
 //! logits) out. Gemma 3, the Gemma 3n causal LM and the multimodal Gemma 3n implement
 //! [`CausalLm`]; the trainer only sees this trait.
 
+use automodel_core::Backend;
 use automodel_core::loss::LossSum;
 use burn::prelude::*;
 use burn::tensor::{Bool, Int};

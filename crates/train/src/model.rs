@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use automodel::{AudioInput, Gemma3nForConditionalGeneration, MultimodalInput};
+use automodel_core::AutodiffBackend;
 use automodel_data::HostBatch;
 use automodel_peft::PeftModel;
 use automodel_text::gemma3::Gemma3ForCausalLM;
@@ -13,7 +14,6 @@ use automodel_text::{CausalLm, Gemma3nForCausalLM, Generate, GenerationConfig};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::backend::AutodiffBackend;
 
 use crate::error::TrainError;
 

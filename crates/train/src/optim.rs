@@ -16,16 +16,16 @@
 
 use std::collections::BTreeMap;
 
+use automodel_core::AutodiffBackend;
+use automodel_core::Backend;
 use automodel_core::tree::KeyPath;
 use automodel_core::weights::TensorMap;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::adamw::AdamWStep;
 use crate::error::TrainError;
 
 /// Recipe `optimizer` (AdamW; PyTorch's defaults).
@@ -378,8 +378,9 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
                 (1, zeros(), zeros())
             }
         };
-        let (new, exp_avg, exp_avg_sq) = AdamWStep::new(self.config, self.lr, step, self.scale)
-            .apply(value, grad, exp_avg, exp_avg_sq);
+        let (new, exp_avg, exp_avg_sq) =
+            crate::adamw::adamw_step(self.config, self.lr, step, self.scale)
+                .apply(value, grad, exp_avg, exp_avg_sq);
         let low = dtype != DType::F32;
         self.states.insert(
             name,

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use automodel_core::AutodiffBackend;
 use automodel_core::tree::KeyPath;
 use automodel_data::{Conversation, Encoded, HostBatch, Loader, Position, Role, Sample};
 use automodel_peft::{LoraConfig, Plan};
@@ -12,7 +13,6 @@ use automodel_text::{CausalLm, TrainBatch, TrainOptions};
 use burn::module::{ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointConfig, TrainState};

@@ -2,6 +2,7 @@
 //! multi-query attention. Field paths are timm's keys (`attn.key.down_conv.weight`,
 //! `layer_scale.gamma`); each block is built from its timm block arguments.
 
+use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::nn::gelu_tanh;
 use burn::prelude::*;

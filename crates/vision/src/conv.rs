@@ -1,5 +1,6 @@
 //! Convolutions with TensorFlow "SAME" padding, channel-wise RMS norm, and conv-norm-act.
 
+use automodel_core::Backend;
 use automodel_core::init::{Init, Initializer};
 use automodel_core::nn::gelu_tanh;
 use burn::module::Param;

@@ -1,6 +1,7 @@
 //! The multi-scale fusion adapter: resize the last stages to the highest resolution, concatenate,
 //! a UIR feed-forward to 2048 channels, pool (or resize) to the output grid, RMS norm.
 
+use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use burn::prelude::*;
 use burn::tensor::TensorData;

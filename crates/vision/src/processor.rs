@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use automodel_core::Backend;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use serde::Deserialize;

@@ -6,6 +6,7 @@ use automodel_audio::decode::load_audio;
 use automodel_audio::encoder::AUDIO_PREFIX;
 use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
 use automodel_audio::{AudioEncoder, Gemma3nAudioConfig};
+use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::pretrained::Pretrained;
 use automodel_core::weights::SafeTensorsFiles;

@@ -2,6 +2,7 @@
 
 use crate::common;
 
+use automodel_core::Backend;
 use automodel_core::pretrained::Pretrained;
 use automodel_core::weights::SafeTensorsFiles;
 use automodel_core::{CpuAutodiff, CpuBackend};

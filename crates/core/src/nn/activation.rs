@@ -1,59 +1,67 @@
 //! Activations and small numerical helpers.
 
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
 
 /// PyTorch's `gelu(approximate="tanh")` (HF `gelu_pytorch_tanh`):
 /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, in the input dtype.
 ///
-/// On Burn's CPU backend in float32 it is one fused pass over the input that also writes the
-/// derivative (PyTorch's `GeluBackward` formula), and autodiff sees a single multiplication by
-/// that derivative: the op-by-op form costs ten element-wise passes forward (a fresh buffer
-/// each) and about twice that backward. Both forms compute the same floats in the same order.
-pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if crate::host::applies::<B>() && x.dtype() == DType::F32 {
-        gelu_tanh_on_host(x)
-    } else {
-        gelu_tanh_with_ops(x)
-    }
+/// The backend's [`crate::Backend::gelu_tanh`]. On Burn's CPU backend in float32 it is one
+/// fused pass over the input that also writes the derivative (PyTorch's `GeluBackward`
+/// formula); under autodiff every backend attaches that derivative as a single multiplication,
+/// where autodiff through the op-by-op form would keep about ten intermediates. Both forms
+/// compute the same formula in the same order.
+pub fn gelu_tanh<B: crate::Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    B::gelu_tanh(x)
 }
 
-const GELU_BETA: f32 = (std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5) as f32;
-const GELU_KAPPA: f32 = 0.044715;
-
-/// [`gelu_tanh`] with Burn ops (any backend).
-pub fn gelu_tanh_with_ops<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    // PyTorch's kernel: kBeta·(x + kKappa·x·x·x), then 0.5·x·(1 + tanh(inner)); x³ as two
-    // multiplications (burn's `gelu_approximate` uses `powf`, which rounds differently).
-    const BETA: f64 = std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5;
-    let cube = x.clone() * x.clone() * x.clone();
-    let inner = (x.clone() + cube * 0.044715) * BETA;
-    x * 0.5 * (inner.tanh() + 1.0)
-}
-
-/// [`gelu_tanh`] for float32 tensors in host memory: `y` and, on an autodiff backend, `y'` in
-/// one parallel pass; the result is `y + (x·y' − detach(x·y'))`, whose value is `y` and whose
-/// gradient is `dy·y'`. (Burn tells leaves that require a gradient from other tensors, not a
-/// tracked intermediate from an untracked one, so every autodiff input gets the derivative.)
-fn gelu_tanh_on_host<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+/// tanh-GELU on Burn's CPU backend ([`crate::Backend`]'s `Flex` implementation).
+pub(crate) mod host {
+    use burn::backend::Flex;
+    use burn::prelude::*;
+    use burn::tensor::{DType, TensorData};
     use rayon::prelude::*;
-    const BLOCK: usize = 4096;
-    let (device, shape) = (x.device(), x.shape());
-    let grad = B::ad_enabled(&device);
-    let data = x.clone().detach().into_data();
-    let xs = data.as_slice::<f32>().expect("float32 input");
-    let mut y = vec![0f32; xs.len()];
-    let mut dy = if grad {
-        vec![0f32; xs.len()]
-    } else {
-        Vec::new()
-    };
-    let fwd = |x: f32| {
-        let inner = GELU_BETA * (x + GELU_KAPPA * (x * x * x));
-        let t = crate::host::tanh(inner);
-        (x * 0.5 * (t + 1.0), t)
-    };
-    if grad {
+
+    use crate::backend::generic::{self, GELU_BETA, GELU_KAPPA};
+
+    /// `y` and, with `derivative`, `y'` of float32 `x` in one parallel pass (other dtypes: the
+    /// generic ops).
+    pub fn gelu_tanh<const D: usize>(
+        x: Tensor<Flex, D>,
+        derivative: bool,
+    ) -> (Tensor<Flex, D>, Option<Tensor<Flex, D>>) {
+        if x.dtype() != DType::F32 {
+            return if derivative {
+                let (y, d) = generic::gelu_tanh_with_derivative(x);
+                (y, Some(d))
+            } else {
+                (generic::gelu_tanh(x), None)
+            };
+        }
+        const BLOCK: usize = 4096;
+        let (beta, kappa) = (GELU_BETA as f32, GELU_KAPPA as f32);
+        let (device, shape) = (x.device(), x.shape());
+        let data = x.into_data();
+        let xs = data.as_slice::<f32>().expect("float32 input");
+        let mut y = vec![0f32; xs.len()];
+        let fwd = |x: f32| {
+            let inner = beta * (x + kappa * (x * x * x));
+            let t = crate::host::tanh(inner);
+            (x * 0.5 * (t + 1.0), t)
+        };
+        let tensor = |v: Vec<f32>| {
+            Tensor::<Flex, D>::from_data(TensorData::new(v, shape.clone()), (&device, DType::F32))
+        };
+        if !derivative {
+            (xs.par_chunks(BLOCK), y.par_chunks_mut(BLOCK))
+                .into_par_iter()
+                .for_each(|(xc, yc)| {
+                    for (&x, y) in xc.iter().zip(yc) {
+                        *y = fwd(x).0;
+                    }
+                });
+            return (tensor(y), None);
+        }
+        let mut dy = vec![0f32; xs.len()];
         (
             xs.par_chunks(BLOCK),
             y.par_chunks_mut(BLOCK),
@@ -66,26 +74,12 @@ fn gelu_tanh_on_host<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D
                     *y = v;
                     // PyTorch's GeluBackward (tanh): 0.5·(1 + t) + 0.5·x·(1 − t²)·β·(1 + 3κx²)
                     let left = 0.5 * x;
-                    let inner_d = GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * (x * x));
+                    let inner_d = beta * (1.0 + 3.0 * kappa * (x * x));
                     *d = 0.5 * (1.0 + t) + left * (1.0 - t * t) * inner_d;
                 }
             });
-    } else {
-        (xs.par_chunks(BLOCK), y.par_chunks_mut(BLOCK))
-            .into_par_iter()
-            .for_each(|(xc, yc)| {
-                for (&x, y) in xc.iter().zip(yc) {
-                    *y = fwd(x).0;
-                }
-            });
+        (tensor(y), Some(tensor(dy)))
     }
-    let y = Tensor::<B, D>::from_data(TensorData::new(y, shape.clone()), (&device, DType::F32));
-    if !grad {
-        return y;
-    }
-    let d = Tensor::<B, D>::from_data(TensorData::new(dy, shape), (&device, DType::F32));
-    let s = x * d;
-    y + (s.clone() - s.detach())
 }
 
 /// Soft-capping `cap·tanh(x / cap)`, in the input dtype.
@@ -194,6 +188,7 @@ fn erfc(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
 
     #[test]
     fn icdf_matches_torch_float32() {
@@ -226,7 +221,7 @@ mod tests {
             let y = if host {
                 gelu_tanh(mid)
             } else {
-                gelu_tanh_with_ops(mid)
+                crate::backend::generic::gelu_tanh(mid)
             };
             let g = (y.clone() * u).sum().backward();
             let dx = x.grad(&g).unwrap().into_data().to_vec::<f32>().unwrap();
@@ -271,7 +266,34 @@ mod tests {
         }
         // untracked input (inference, frozen paths): values only
         let x = Tensor::<crate::CpuBackend, 1>::from_data(TensorData::new(xs.clone(), [n]), &dev);
-        assert_eq!(gelu_tanh(x).into_data().to_vec::<f32>().unwrap(), y_h);
+        assert_eq!(
+            gelu_tanh(x.clone()).into_data().to_vec::<f32>().unwrap(),
+            y_h
+        );
+        // the derivative the generic implementation attaches under autodiff (what CUDA and wgpu
+        // run) is the host pass's, and its value the host's
+        use crate::Backend as _;
+        let (yg, dg) = crate::backend::generic::gelu_tanh_with_derivative(x.clone());
+        let (yf, df) = crate::CpuBackend::gelu_tanh_with_derivative(x);
+        let (yg, dg, yf, df) = (
+            yg.into_data().to_vec::<f32>().unwrap(),
+            dg.into_data().to_vec::<f32>().unwrap(),
+            yf.into_data().to_vec::<f32>().unwrap(),
+            df.into_data().to_vec::<f32>().unwrap(),
+        );
+        assert_eq!(yf, y_h);
+        for i in 0..n {
+            assert!(
+                (yg[i] - yf[i]).abs() <= 4e-7 * (1.0 + yf[i].abs()),
+                "x {}",
+                xs[i]
+            );
+            assert!(
+                (dg[i] - df[i]).abs() <= 2e-6 * (1.0 + df[i].abs()),
+                "x {}",
+                xs[i]
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Token embedding table with Hugging Face's `padding_idx` gradient rule.
 
+use crate::Backend;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Int;

@@ -4,6 +4,7 @@
 // uses them as identifiers too.
 #![allow(non_snake_case)]
 
+use crate::Backend;
 use burn::module::Param;
 use burn::prelude::*;
 

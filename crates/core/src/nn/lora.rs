@@ -10,12 +10,13 @@
 //! that answers a filled slot with an empty tensor empties it (after a merge). Visitors never see
 //! an empty slot.
 
+use crate::AutodiffBackend;
+use crate::Backend;
 use burn::module::{
     AutodiffModule, Content, Devices, HasAutodiffModule, Module, ModuleDisplay,
     ModuleDisplayDefault, ModuleMapper, ModuleVisitor, Param,
 };
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 
 /// How the naming tree sees a slot's field (its `weight` is kept transposed, like a
 /// [`crate::nn::Linear`]'s).

@@ -8,46 +8,51 @@
 //! the same dot product of the same kernel as before, so the floats are identical (tested).
 
 use burn::prelude::*;
-use rayon::prelude::*;
 
 /// Below this many weights (`k · n`) one row stays on one thread: the split costs more than it
 /// saves.
 const SPLIT_MIN_WEIGHTS: usize = 1 << 16;
 
-/// `x · w` for `x` `[..., k]` and `w` `[k, n]` (any strides; a transposed view is read in place).
+/// `x · w` for `x` `[..., k]` and `w` `[k, n]` (any strides; a transposed view is read in place),
+/// as the backend's [`crate::Backend::matmul`] computes it over `x` flattened to `[rows, k]`.
 ///
-/// A single row of `x` outside autodiff, in host memory, with a weight of at least
-/// [`SPLIT_MIN_WEIGHTS`] elements, is computed as column blocks in parallel; everything else is
-/// Burn's matmul over `x` flattened to `[rows, k]`.
-pub fn matmul<B: Backend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
+/// On Burn's CPU backend a single row with a weight of at least [`SPLIT_MIN_WEIGHTS`] elements,
+/// outside autodiff, is computed as column blocks in parallel; everything else is Burn's matmul.
+pub fn matmul<B: crate::Backend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
     let dims = x.dims();
     let [k, n] = w.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
     let mut out_dims = dims;
     out_dims[D - 1] = n;
-    let x2 = x.reshape([rows, k]);
-    let threads = rayon::current_num_threads();
-    let y = if rows == 1
-        && threads > 1
-        && k * n >= SPLIT_MIN_WEIGHTS
-        && crate::host::applies::<B>()
-        && !x2.is_require_grad()
-        && !w.is_require_grad()
-    {
+    B::matmul(x.reshape([rows, k]), w).reshape(out_dims)
+}
+
+/// The CPU backend's matmul ([`crate::Backend`]'s `Flex` implementation).
+pub(crate) mod host {
+    use burn::backend::Flex;
+    use burn::prelude::*;
+    use rayon::prelude::*;
+
+    use super::SPLIT_MIN_WEIGHTS;
+
+    /// `x` `[rows, k]` · `w` `[k, n]`: one row split into column blocks over the threads.
+    pub fn matmul(x: Tensor<Flex, 2>, w: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+        let ([rows, _], [k, n]) = (x.dims(), w.dims());
+        let threads = rayon::current_num_threads();
+        if rows != 1 || threads < 2 || k * n < SPLIT_MIN_WEIGHTS {
+            return x.matmul(w);
+        }
         let block = n.div_ceil(threads);
-        let parts: Vec<Tensor<B, 2>> = (0..n.div_ceil(block))
+        let parts: Vec<Tensor<Flex, 2>> = (0..n.div_ceil(block))
             .into_par_iter()
             .map(|i| {
                 let start = i * block;
-                x2.clone()
+                x.clone()
                     .matmul(w.clone().narrow(1, start, block.min(n - start)))
             })
             .collect();
         Tensor::cat(parts, 1)
-    } else {
-        x2.matmul(w)
-    };
-    y.reshape(out_dims)
+    }
 }
 
 #[cfg(test)]
@@ -103,5 +108,17 @@ mod tests {
         for (g, s) in gx.iter().zip(&row_sums) {
             assert!((g - s).abs() <= 1e-4 * s.abs().max(1.0), "{g} vs {s}");
         }
+        // a tracked intermediate (not a leaf: `is_require_grad` is false for it) still gets its
+        // gradient, through a weight computed from a parameter
+        let w2 = wa.clone() * 2.0;
+        let grads = matmul(xa.clone() * 1.0, w2).sum().backward();
+        let gx2 = values(xa.grad(&grads).unwrap());
+        for (g, s) in gx2.iter().zip(&row_sums) {
+            assert!(
+                (g - 2.0 * s).abs() <= 2e-4 * s.abs().max(1.0),
+                "{g} vs 2·{s}"
+            );
+        }
+        assert!(wa.grad(&grads).is_some());
     }
 }

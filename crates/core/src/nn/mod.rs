@@ -15,6 +15,7 @@ pub use matmul::matmul;
 pub use norm::RmsNorm;
 pub use rope::{RopeForHeads, RopeTables, rotate_half};
 
+use crate::Backend;
 use burn::prelude::*;
 
 /// `t` as a constant: no gradient flows through it, and none is computed for it.

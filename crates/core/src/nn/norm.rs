@@ -1,5 +1,6 @@
 //! The Gemma RMSNorm.
 
+use crate::Backend;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;

@@ -1,5 +1,6 @@
 //! Rotary position embeddings, "rotate-half" convention, with explicit position ids.
 
+use crate::Backend;
 use burn::prelude::*;
 use burn::tensor::{DType, Int, TensorData};
 

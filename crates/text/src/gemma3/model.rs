@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::loss::{causal_lm_loss, lm_head_loss};
 use automodel_core::nn::{Embedding, RmsNorm, softcap};

@@ -1,5 +1,6 @@
 //! AltUp: four residual streams, one of them active, with learned predict/correct mixing.
 
+use automodel_core::Backend;
 use automodel_core::init::{Init, Initializer};
 use automodel_core::nn::linear::Clamp;
 use automodel_core::nn::{Linear, RmsNorm};

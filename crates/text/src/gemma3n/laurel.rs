@@ -1,5 +1,6 @@
 //! LAuReL: a low-rank residual branch beside attention.
 
+use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::nn::{Linear, RmsNorm};
 use burn::prelude::*;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::nn::{Linear, RmsNorm, gelu_tanh};
 use burn::prelude::*;

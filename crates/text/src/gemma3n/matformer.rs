@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
+use automodel_core::Backend;
 use automodel_core::weights::{SafeTensorsFiles, TensorMap, write_atomic};
 use burn::module::Param;
 use burn::prelude::*;

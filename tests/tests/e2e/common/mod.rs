@@ -79,7 +79,7 @@ pub fn assert_every_parameter_learns<B, M>(
     case_name: &str,
     stored_prefix: &str,
 ) where
-    B: burn::tensor::backend::AutodiffBackend,
+    B: automodel_core::AutodiffBackend,
     M: burn::module::Module<B>,
 {
     let got = automodel_core::tree::hf_grads(module, stored_prefix, grads);
@@ -107,7 +107,7 @@ pub fn assert_every_parameter_learns<B, M>(
 }
 
 /// Logits of a text-only forward of the full model, flat.
-pub fn text_logits<B: burn::prelude::Backend>(
+pub fn text_logits<B: automodel_core::Backend>(
     m: &automodel::Gemma3nForConditionalGeneration<B>,
     ids: &[Vec<i64>],
 ) -> Vec<f32> {
