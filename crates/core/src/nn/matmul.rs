@@ -104,7 +104,7 @@ mod tests {
         let grads = matmul(xa.clone(), wa.clone()).sum().backward();
         let gx = values(xa.grad(&grads).unwrap());
         // d/dx Σ x·w = the row sums of w
-        let row_sums = values(wa.inner().sum_dim(1).reshape([1, k]));
+        let row_sums = values(wa.clone().inner().sum_dim(1).reshape([1, k]));
         for (g, s) in gx.iter().zip(&row_sums) {
             assert!((g - s).abs() <= 1e-4 * s.abs().max(1.0), "{g} vs {s}");
         }
