@@ -77,8 +77,11 @@ pub struct Row {
     pub device_name: String,
     pub ours: Measure,
     pub pytorch: Option<Measure>,
-    /// Our tokens/s over PyTorch's (> 1: we are faster).
+    /// Our tokens/s over PyTorch's (> 1: we are faster): the median of the rounds' ratios.
     pub speedup: Option<f64>,
+    /// Each round's ratio (`--rounds`; the two sides alternate which runs first).
+    #[serde(default)]
+    pub ratios: Vec<f64>,
     /// Model FLOPs of one token of the workload (analytic; see [`flops_per_token`]).
     pub flops_per_token: Option<f64>,
 }
@@ -118,9 +121,17 @@ fn w(
     }
 }
 
-/// The workloads of a device: CPU (the 270M and the tiny Gemma 3n) or CUDA (E2B and E4B).
-/// `quick` shrinks them to a smoke run (CI).
+/// The workloads of a device: CPU (the 270M and the tiny Gemma 3n) or CUDA (E2B and E4B);
+/// wgpu runs the CPU's list on its device. `quick` shrinks them to a smoke run (CI).
 pub fn workloads(device: &str, quick: bool) -> Vec<Workload> {
+    if device.starts_with("wgpu") {
+        let mut list = workloads("cpu", quick);
+        for wl in &mut list {
+            wl.device = device.to_string();
+            wl.name = format!("{}-{}", wl.name, device.replace(':', ""));
+        }
+        return list;
+    }
     if device == "cpu" {
         if quick {
             return vec![
@@ -334,7 +345,8 @@ pub fn flops_per_token(wl: &Workload) -> anyhow::Result<f64> {
     if let Some(f) = kernel_flops(wl) {
         return Ok(f);
     }
-    let fwd = if wl.model == "gemma-3-270m" {
+    // (linear layers' FLOPs, attention scores' FLOPs) of one token's forward pass
+    let (lin, attn) = if wl.model == "gemma-3-270m" {
         // the config from the GGUF's metadata (no weights read)
         let gguf = automodel_parity::gemma3_270m_path();
         let file = automodel_gguf::GgufFile::open(&gguf)?;
@@ -347,13 +359,13 @@ pub fn flops_per_token(wl: &Workload) -> anyhow::Result<f64> {
             c.head_dim as f64,
             c.intermediate_size as f64,
         );
-        let mut per_layer = 0.0;
+        let (mut lin, mut attn) = (0.0, 0.0);
         for lt in c.layer_types() {
             let win = (lt == LayerType::Sliding).then_some(c.sliding_window);
-            per_layer += 2.0 * (h * q * hd * 2.0 + h * kv * hd * 2.0 + 3.0 * h * f);
-            per_layer += 4.0 * q * hd * ctx(win);
+            lin += 2.0 * (h * q * hd * 2.0 + h * kv * hd * 2.0 + 3.0 * h * f);
+            attn += 4.0 * q * hd * ctx(win);
         }
-        per_layer + 2.0 * h * c.vocab_size as f64
+        (lin + 2.0 * h * c.vocab_size as f64, attn)
     } else {
         let c = gemma3n_config(&wl.model)?.text;
         let (h, q, kv, hd) = (
@@ -369,7 +381,7 @@ pub fn flops_per_token(wl: &Workload) -> anyhow::Result<f64> {
         );
         let layers = c.layer_types();
         let first_shared = c.first_kv_shared_layer();
-        let mut total = 0.0;
+        let (mut total, mut attn) = (0.0, 0.0);
         for (i, (lt, f)) in layers.iter().zip(c.intermediate_sizes()).enumerate() {
             let win = (*lt == LayerType::Sliding).then_some(c.sliding_window);
             let kv_proj = if i >= first_shared {
@@ -378,7 +390,7 @@ pub fn flops_per_token(wl: &Workload) -> anyhow::Result<f64> {
                 2.0 * h * kv * hd
             };
             let mut l = 2.0 * (2.0 * h * q * hd + kv_proj + 3.0 * h * f as f64);
-            l += 4.0 * q * hd * ctx(win);
+            attn += 4.0 * q * hd * ctx(win);
             // AltUp: the router (h → n) twice, predict (n → n²) and correct (n → n) coefs
             l += 2.0 * (2.0 * h * n + n * n * n + n * n) + 2.0 * n * n * h * 2.0;
             // LAuReL (h → r → h) and the per-layer input gate (h → p → h)
@@ -388,12 +400,16 @@ pub fn flops_per_token(wl: &Workload) -> anyhow::Result<f64> {
         let nl = layers.len() as f64;
         // per-layer input projection (h → L·p), AltUp in/out projections, the LM head
         total += 2.0 * h * nl * p + 2.0 * 2.0 * (n - 1.0) * h * h + 2.0 * h * c.vocab_size as f64;
-        total
+        (total, attn)
     };
-    Ok(if wl.mode == "generate" {
-        fwd
-    } else {
-        3.0 * fwd
+    // backward: the attention scores' two products need both operands' gradients (2× forward);
+    // a linear layer needs its input's gradient (1× forward) and, when trained, its weight's
+    // (1× more). LoRA trains no base weight (its adapters' FLOPs are negligible), so a LoRA
+    // step does 2× the linear layers' forward, a full step 3×: only FLOPs actually done count.
+    Ok(match wl.mode.as_str() {
+        "generate" => lin + attn,
+        "lora" => 2.0 * lin + 3.0 * attn,
+        _ => 3.0 * (lin + attn),
     })
 }
 
@@ -443,7 +459,7 @@ impl OnDevice for Job {
             "bfloat16" => DType::BF16,
             other => bail!("dtype `{other}`: expected float32 or bfloat16"),
         };
-        B::seed(&device, 0);
+        automodel_core::seed::<B>(&device, 0);
         if wl.model == "kernel" {
             return kernel_run::<B::InnerBackend>(wl, self.opts, &device, dtype);
         }
@@ -667,8 +683,8 @@ fn hf_270m() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// `cargo xtask bench [--device cpu|cuda] [--quick] [--baseline] [--steps N] [--warmup N]
-/// [--threads N] [--only SUBSTRING] [--json FILE] [--record]`.
+/// `cargo xtask bench [--device cpu|cuda] [--quick] [--baseline] [--rounds R] [--steps N]
+/// [--warmup N] [--threads N] [--only SUBSTRING] [--json FILE] [--record]`.
 pub fn bench(args: &[String]) -> anyhow::Result<bool> {
     let mut device = "cpu".to_string();
     let (mut quick, mut baseline, mut record) = (false, false, false);
@@ -679,6 +695,7 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
     };
     let mut only: Vec<String> = Vec::new();
     let mut json_out: Option<PathBuf> = None;
+    let mut rounds = 3usize;
     let mut it = args.iter();
     let num = |v: Option<&String>, flag: &str| -> anyhow::Result<usize> {
         v.with_context(|| format!("{flag} needs a number"))?
@@ -694,6 +711,7 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
             "--steps" => opts.steps = num(it.next(), "--steps")?.max(1),
             "--warmup" => opts.warmup = num(it.next(), "--warmup")?,
             "--threads" => opts.threads = num(it.next(), "--threads")?.max(1),
+            "--rounds" => rounds = num(it.next(), "--rounds")?.max(1),
             "--only" => only.push(it.next().context("--only needs a name")?.clone()),
             "--json" => json_out = Some(it.next().context("--json needs a file")?.into()),
             other => bail!("unknown option `{other}`\n{}", crate::USAGE),
@@ -706,6 +724,8 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
         let mut features = Vec::new();
         if cfg!(feature = "cuda") {
             features = vec!["--features", "cuda"];
+        } else if cfg!(feature = "wgpu") {
+            features = vec!["--features", "wgpu"];
         }
         let status = Command::new(cargo)
             .current_dir(root())
@@ -720,11 +740,16 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
     if cfg!(debug_assertions) {
         eprintln!("note: a debug build (smoke run): the times are not representative");
     }
-    if device != "cpu" && device != "cuda" {
-        bail!("--device {device}: expected cpu or cuda");
+    if device != "cpu" && device != "cuda" && !device.starts_with("wgpu") {
+        bail!("--device {device}: expected cpu, cuda or wgpu[:N|:cpu]");
     }
     if device == "cuda" && !cfg!(feature = "cuda") {
         bail!("--device cuda needs a build with `--features cuda`");
+    }
+    if device.starts_with("wgpu") {
+        device
+            .parse::<DeviceSpec>()
+            .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     }
     let list: Vec<Workload> = workloads(&device, quick)
         .into_iter()
@@ -746,12 +771,9 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
                 eprintln!("baseline: {}", p.1);
                 Some(p)
             }
-            None => {
-                eprintln!(
-                    "--baseline: no Python with torch, transformers and peft (set PYTHON=...); PyTorch columns stay empty"
-                );
-                None
-            }
+            None => bail!(
+                "--baseline: no Python with torch, transformers and peft (set PYTHON=..., or `pip install torch transformers peft`)"
+            ),
         }
     } else {
         None
@@ -767,20 +789,45 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
         );
         let spec = serde_json::to_string(wl)?;
         let o = serde_json::to_string(&opts)?;
-        let out = Command::new(&exe)
-            .args(["bench-one", &spec, &o])
-            .env("RAYON_NUM_THREADS", opts.threads.to_string())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .context("running a benchmark child")?;
-        let Some(ours) = parse_result(&out.stdout) else {
-            bail!("{}: the benchmark failed ({})", wl.name, out.status);
+        let run_ours = || -> anyhow::Result<Measure> {
+            let out = Command::new(&exe)
+                .args(["bench-one", &spec, &o])
+                .env("RAYON_NUM_THREADS", opts.threads.to_string())
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .context("running a benchmark child")?;
+            parse_result(&out.stdout)
+                .with_context(|| format!("{}: the benchmark failed ({})", wl.name, out.status))
         };
-        let pytorch = match &python {
-            Some((py, _)) => run_baseline(py, wl, opts)?,
-            None => None,
-        };
-        let speedup = pytorch.as_ref().map(|p| ours.tokens_per_s / p.tokens_per_s);
+        // Without a baseline one round says all; with one, the sides alternate which runs
+        // first over `rounds` rounds, so that a machine slowing down or speeding up during
+        // the run shifts both, and each round's ratio is taken within the round.
+        let n_rounds = if python.is_some() { rounds } else { 1 };
+        let (mut ours_all, mut torch_all, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..n_rounds {
+            if n_rounds > 1 {
+                eprintln!("-- round {}/{n_rounds}", round + 1);
+            }
+            let (o, p) = match &python {
+                Some((py, _)) if round % 2 == 1 => {
+                    let p = run_baseline(py, wl, opts)?;
+                    (run_ours()?, p)
+                }
+                Some((py, _)) => {
+                    let o = run_ours()?;
+                    (o, run_baseline(py, wl, opts)?)
+                }
+                None => (run_ours()?, None),
+            };
+            if let Some(p) = &p {
+                ratios.push(o.tokens_per_s / p.tokens_per_s);
+                torch_all.push(p.clone());
+            }
+            ours_all.push(o);
+        }
+        let ours = median_measure(ours_all);
+        let pytorch = (!torch_all.is_empty()).then(|| median_measure(torch_all));
+        let speedup = (!ratios.is_empty()).then(|| stats(&ratios).0);
         let row = Row {
             workload: wl.clone(),
             date: date.clone(),
@@ -789,6 +836,7 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
             ours,
             pytorch,
             speedup,
+            ratios,
         };
         eprintln!("{}", row_line(&row));
         rows.push(row);
@@ -802,6 +850,12 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
         record_rows(&rows)?;
     }
     Ok(true)
+}
+
+/// The round whose median step time is the median of the rounds'.
+fn median_measure(mut all: Vec<Measure>) -> Measure {
+    all.sort_by(|a, b| a.median_s.total_cmp(&b.median_s));
+    all.swap_remove(all.len() / 2)
 }
 
 fn run_baseline(py: &str, wl: &Workload, opts: RunOpts) -> anyhow::Result<Option<Measure>> {
@@ -846,10 +900,7 @@ fn run_python(
         .context("running the PyTorch baseline")?;
     match parse_result(&out.stdout) {
         Some(m) => Ok(Some(m)),
-        None => {
-            eprintln!("{}: the PyTorch baseline failed ({})", wl.name, out.status);
-            Ok(None)
-        }
+        None => bail!("{}: the PyTorch baseline failed ({})", wl.name, out.status),
     }
 }
 
@@ -906,8 +957,20 @@ fn row_line(r: &Row) -> String {
             p.tokens_per_s,
             fmt_opt(p.peak_mem_mib, |m| format!("{m:.0}"))
         )),
-        fmt_opt(r.speedup, |s| format!("{s:.2}")),
+        ratio_cell(r),
     )
+}
+
+/// The speed ratio's median, with the rounds' spread when there were several.
+fn ratio_cell(r: &Row) -> String {
+    match (r.speedup, r.ratios.len()) {
+        (None, _) => "–".into(),
+        (Some(x), n) if n > 1 => {
+            let (_, lo, hi) = stats(&r.ratios);
+            format!("{x:.2}× ({lo:.2}–{hi:.2}, {n} rounds)")
+        }
+        (Some(x), _) => format!("{x:.2}×"),
+    }
 }
 
 /// The results as a Markdown table (the one `--record` writes into `docs/benchmarks.md`).
@@ -944,7 +1007,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
             p.0,
             p.1,
             p.2,
-            fmt_opt(r.speedup, |x| format!("{x:.2}×")),
+            ratio_cell(r),
             fmt_opt(r.ours.mfu, |x| format!("{:.1} %", 100.0 * x)),
             r.date
         ));
@@ -1021,14 +1084,22 @@ mod tests {
     }
 
     #[test]
-    fn e4b_lora_costs_about_26_gflop_per_token() {
-        // the figure: E4B computes with about 4.4 B parameters, 6 × 4.4 ≈ 26 GFLOP
-        let wl = w("gemma3n-E4B", "lora", "text", 1, 1024, 0, "cuda");
-        let f = flops_per_token(&wl).unwrap() / 1e9;
-        assert!((20.0..32.0).contains(&f), "{f} GFLOP per token");
+    fn e4b_full_costs_about_26_gflop_per_token_and_lora_two_thirds() {
+        // E4B computes with about 4.4 B parameters: a full step 6 × 4.4 ≈ 26 GFLOP per token
+        let wl = w("gemma3n-E4B", "full", "text", 1, 1024, 0, "cuda");
+        let f = flops_per_token(&wl).unwrap();
+        assert!((20e9..32e9).contains(&f), "{f} FLOP per token");
         let mut g = wl.clone();
         g.mode = "generate".into();
-        assert!((flops_per_token(&g).unwrap() * 3.0 - f * 1e9).abs() < 1.0);
+        let fwd = flops_per_token(&g).unwrap();
+        assert!((fwd * 3.0 - f).abs() < 1.0);
+        // LoRA computes no base-weight gradient: between 2× and 3× the forward pass, nearer 2×
+        g.mode = "lora".into();
+        let lora = flops_per_token(&g).unwrap();
+        assert!(
+            lora > 2.0 * fwd && lora < 2.2 * fwd,
+            "{lora} vs forward {fwd}"
+        );
     }
 
     #[test]
@@ -1069,10 +1140,18 @@ mod tests {
             ours: m,
             pytorch: Some(p),
             speedup: Some(2.0),
+            ratios: vec![2.0],
             flops_per_token: None,
         };
-        let t = markdown_table(&[row]);
+        let t = markdown_table(std::slice::from_ref(&row));
         assert!(t.contains("| gemma3-270m-lora-b1-s256 |"), "{t}");
         assert!(t.contains("2.00×"), "{t}");
+        // several rounds: the median and the spread
+        let rounds = Row {
+            ratios: vec![1.8, 2.0, 2.3],
+            ..row
+        };
+        let t = markdown_table(&[rounds]);
+        assert!(t.contains("2.00× (1.80–2.30, 3 rounds)"), "{t}");
     }
 }

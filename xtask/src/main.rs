@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-one") => bench::bench_one(&args[1..]),
         Some("gpu-check") => gpu_check::gpu_check(&args[1..]),
+        Some("f16-smoke") => f16_smoke(&args[1..]),
         Some("fetch-model") => fetch_model(&args[1..]).map(|p| {
             println!("{}", p.display());
             true
@@ -66,7 +67,7 @@ fn main() -> ExitCode {
     }
 }
 
-pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda] [--quick] [--baseline] [--steps N] [--warmup N] [--threads N] [--only NAME]... [--json FILE] [--record]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
+pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda] [--quick] [--baseline] [--rounds R] [--steps N] [--warmup N] [--threads N] [--only NAME]... [--json FILE] [--record]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask f16-smoke [--device D]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda[:N]|wgpu[:N|:cpu]]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
 
 fn parity(args: &[String]) -> anyhow::Result<bool> {
     let mut dir: Option<PathBuf> = None;
@@ -85,7 +86,7 @@ fn parity(args: &[String]) -> anyhow::Result<bool> {
             "--device" => {
                 device = it
                     .next()
-                    .context("--device needs cpu or cuda[:N]")?
+                    .context("--device needs cpu, cuda[:N] or wgpu[:N|:cpu]")?
                     .parse()
                     .map_err(|e| anyhow::anyhow!("--device: {e}"))?
             }
@@ -99,6 +100,37 @@ fn parity(args: &[String]) -> anyhow::Result<bool> {
     }
     let dir = dir.unwrap_or_else(automodel_parity::golden_dir);
     run_on(device, Parity { dir, only, model })?
+}
+
+/// `cargo xtask f16-smoke [--device D]`: the golden `text` case's model in float16 on the
+/// device, its logits checked against the float32 reference (loosely) and for inf/NaN.
+fn f16_smoke(args: &[String]) -> anyhow::Result<bool> {
+    let device: DeviceSpec = match args {
+        [] => DeviceSpec::Cpu,
+        [flag, d] if flag == "--device" => {
+            d.parse().map_err(|e| anyhow::anyhow!("--device: {e}"))?
+        }
+        _ => bail!("usage: cargo xtask f16-smoke [--device D]"),
+    };
+    struct F16(PathBuf);
+    impl OnDevice for F16 {
+        type Output = anyhow::Result<bool>;
+        fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<bool> {
+            automodel_core::device::check_dtype::<B>(&device, burn::tensor::DType::F16)?;
+            let checks = automodel_parity::text::f16::<B::InnerBackend>(&self.0, &device)?;
+            for c in &checks {
+                println!("{c}");
+            }
+            let ok = checks.iter().all(|c| c.passed);
+            println!(
+                "{} passed, {} failed",
+                checks.iter().filter(|c| c.passed).count(),
+                checks.iter().filter(|c| !c.passed).count()
+            );
+            Ok(ok)
+        }
+    }
+    run_on(device, F16(automodel_parity::golden_dir().join("text")))?
 }
 
 /// A parity run on one backend and device (`--device`).

@@ -335,12 +335,14 @@ impl OnDevice for Job {
             TorchDtype::Bfloat16 => DType::BF16,
             TorchDtype::Float16 => unreachable!("refused by plan()"),
         };
+        automodel_core::device::check_dtype::<B>(&device, dtype)
+            .with_context(|| format!("{}: model.torch_dtype", p.recipe.path().display()))?;
         let loaded = match &p.model.config {
             None => crate::load::<B>(&p.model_path, &device, dtype)?,
             Some(c) => {
                 let dir = p.recipe.base().join(c);
                 let cfg = automodel::Gemma3nConfig::from_file(dir.join("config.json"))?;
-                B::seed(&device, p.model.init_seed.unwrap_or(p.settings.seed));
+                automodel_core::seed::<B>(&device, p.model.init_seed.unwrap_or(p.settings.seed));
                 Loaded::Gemma3n(Gemma3nForConditionalGeneration::from_config(
                     &cfg, &device, dtype,
                 )?)
@@ -472,7 +474,7 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
 ) -> anyhow::Result<Summary> {
     let file = p.recipe.path.display().to_string();
     // the adapters' random initialisation follows the recipe's seed
-    B::seed(&device, p.settings.seed);
+    automodel_core::seed::<B>(&device, p.settings.seed);
     let (model, export) = match &p.peft {
         Some(cfg) => {
             let (t, prefix) = model.tree();

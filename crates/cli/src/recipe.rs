@@ -134,6 +134,11 @@ impl Recipe {
         unreachable!("the loop returns at the last part")
     }
 
+    /// The recipe's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The folder relative paths in the recipe are resolved against.
     pub fn base(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))

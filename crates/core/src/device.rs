@@ -45,6 +45,12 @@ pub enum DeviceError {
     NoWgpu(DeviceSpec),
     #[error("{0}")]
     NoAdapter(String),
+    #[error("{device} cannot compute in {dtype}: {reason}")]
+    Dtype {
+        device: String,
+        dtype: String,
+        reason: &'static str,
+    },
     #[error(
         "device `{0}` needs CUDA, and this build has no CUDA support: rebuild with `--features cuda`"
     )]
@@ -91,6 +97,28 @@ impl FromStr for DeviceSpec {
             _ => Ok(spec),
         }
     }
+}
+
+/// Refuse `dtype` on `device` when the backend cannot run it there (Burn's `supports_dtype`:
+/// storage, conversion, arithmetic and matmuls), before any weight is loaded. Mesa's software
+/// Vulkan, for one, has no bfloat16.
+pub fn check_dtype<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    dtype: burn::tensor::DType,
+) -> Result<(), DeviceError> {
+    if B::supports_dtype(device, dtype) {
+        return Ok(());
+    }
+    Err(DeviceError::Dtype {
+        device: format!("{} ({device:?})", B::name(device)),
+        dtype: match dtype {
+            burn::tensor::DType::BF16 => "bfloat16".into(),
+            burn::tensor::DType::F16 => "float16".into(),
+            other => format!("{other:?}"),
+        },
+        reason: "the backend reports the type unsupported on this device (its driver has no such \
+                 arithmetic or matmul); use float32",
+    })
 }
 
 /// A job generic over the backend (with gradients; use `B::InnerBackend` for inference).
@@ -261,5 +289,9 @@ mod tests {
             }
         }
         assert!(run_on(DeviceSpec::Cpu, Dtype).is_ok());
+        // the CPU backend runs every float type
+        for dt in [burn::tensor::DType::F32, burn::tensor::DType::BF16] {
+            check_dtype::<crate::CpuBackend>(&Default::default(), dt).unwrap();
+        }
     }
 }

@@ -74,10 +74,18 @@ impl<B: Backend> Initializer<B> {
             Initializer::Random { device, dtype, std } => match init {
                 Init::Zeros => Tensor::zeros(shape, (device, *dtype)),
                 Init::Ones => Tensor::ones(shape, (device, *dtype)),
-                Init::Normal => {
-                    Tensor::<B, D>::random(shape, Distribution::Normal(0.0, *std), device)
-                        .cast(*dtype)
-                }
+                // drawn from the CPU backend's generator (seeded by [`crate::seed`]) and moved to
+                // the device: the same seed gives the same weights on every backend
+                Init::Normal => Tensor::<B, D>::from_data(
+                    Tensor::<burn::backend::Flex, D>::random(
+                        shape,
+                        Distribution::Normal(0.0, *std),
+                        &Default::default(),
+                    )
+                    .into_data(),
+                    device,
+                )
+                .cast(*dtype),
             },
             Initializer::Shapes { device, dtype } => {
                 Tensor::<B, D>::zeros([1; D], (device, *dtype)).expand(shape)

@@ -147,6 +147,15 @@ pub use config::ConfigError;
 pub use device::DeviceSpec;
 pub use error::{ReadError, WeightError, read_file};
 
+/// Seed `B`'s random generator on `device` and the CPU backend's, which random initialisation
+/// draws from on every backend ([`init::Initializer`]), so one seed gives the same weights on the
+/// CPU and on a GPU.
+pub fn seed<B: burn::tensor::backend::Backend>(device: &B::Device, seed: u64) {
+    use burn::tensor::backend::Backend as _;
+    CpuBackend::seed(&Default::default(), seed);
+    B::seed(device, seed);
+}
+
 /// The CPU backend used by tests and CI.
 pub type CpuBackend = burn::backend::Flex;
 /// The CPU backend with gradient tracking.

@@ -13,7 +13,7 @@ pub mod gemma3;
 mod multimodal;
 pub mod peft;
 mod tensors;
-mod text;
+pub mod text;
 mod vision;
 
 use std::path::{Path, PathBuf};
@@ -99,7 +99,12 @@ pub fn run<B: AutodiffBackend>(
         let (checks, skipped) = match case.as_str() {
             "text" => (text::forward_backward::<B>(&f, device)?, None),
             "generate" => (text::generate::<B::InnerBackend>(&f, device)?, None),
-            "text_bf16" => (text::bf16::<B::InnerBackend>(&f, device)?, None),
+            "text_bf16" => {
+                match automodel_core::device::check_dtype::<B>(device, burn::tensor::DType::BF16) {
+                    Ok(()) => (text::bf16::<B::InnerBackend>(&f, device)?, None),
+                    Err(e) => (Vec::new(), Some(format!("bfloat16 unsupported: {e}"))),
+                }
+            }
             "image_processor" => (vision::processor(&f)?, None),
             "audio_feature_extractor" => (audio::feature_extractor(&f)?, None),
             "image" | "audio" | "multimodal" => {

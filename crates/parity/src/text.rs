@@ -349,3 +349,38 @@ pub fn bf16<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>, Pa
     }
     Ok(vec![c])
 }
+
+/// float16 smoke test on the `text` case: the model loaded in float16 gives float16 logits close
+/// to the float32 reference's (float16's 10-bit mantissa: the same tolerance as bfloat16's
+/// 7-bit one is ample) and no inf/NaN. Not a golden case of its own: the reference has no
+/// float16 run.
+pub fn f16<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>, ParityError> {
+    let inputs = open(dir, "inputs.safetensors")?;
+    let outputs = open(dir, "outputs.safetensors")?;
+    let model = load_model::<B>(dir, device, DType::F16)?;
+    let ids = rows(&inputs, "input_ids")?;
+    let mask = rows(&inputs, "attention_mask")?;
+    let out = model.forward(
+        ids_tensor::<B>(&ids, device),
+        Some(ids_tensor::<B>(&mask, device)),
+        None,
+        ForwardOptions::default(),
+    )?;
+    let dtype_ok = out.logits.dtype() == DType::F16;
+    let got = values(out.logits);
+    let finite = got.0.iter().all(|x| x.is_finite());
+    let (want, shape) = reference(&outputs, "logits")?;
+    let mut c = compare("logits (f16)", &got.0, &got.1, &want, &shape, BF16_LOGITS);
+    if !dtype_ok || !finite {
+        c.passed = false;
+        c.note = Some(
+            if dtype_ok {
+                "logits hold inf or NaN"
+            } else {
+                "logits were not computed in float16"
+            }
+            .into(),
+        );
+    }
+    Ok(vec![c])
+}

@@ -12,7 +12,7 @@ use burn::tensor::{DType, Distribution};
 
 fn model() -> Gemma3nForCausalLM<B> {
     let dev = Default::default();
-    B::seed(&dev, 7);
+    automodel_core::seed::<B>(&dev, 7);
     let mut m =
         Gemma3nForCausalLM::<B>::init(&Gemma3nTextConfig::tiny(), &dev, DType::F32).unwrap();
     // Switch the per-layer-embedding branch on (HF initialises its scale to zero).

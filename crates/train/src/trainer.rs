@@ -423,7 +423,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         // the allocator's kept pages, returned once they outgrow the step's working set
         let mut resident = ResidentLimit::default();
         while state.step < total {
-            B::seed(&self.device, state.seed.wrapping_add(state.step as u64));
+            automodel_core::seed::<B>(&self.device, state.seed.wrapping_add(state.step as u64));
             // the whole step: waiting for batches, forward, backward, optimizer
             let t0 = Instant::now();
             let mut micro = Vec::with_capacity(acc);
