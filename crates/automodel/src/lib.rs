@@ -13,6 +13,8 @@ pub mod hub;
 pub mod model;
 pub mod processor;
 
+pub use automodel_core::device::{DeviceSpec, OnDevice, run_on};
+pub use automodel_core::{AutodiffBackend, Backend};
 pub use automodel_text::ForwardOptions;
 pub use automodel_text::generate::{self, Generate, GenerateOutput, GenerationConfig};
 pub use config::Gemma3nConfig;

@@ -1,5 +1,5 @@
 //! `automodel-cli finetune [--config RECIPE] [--set key.path=value]... [--output-dir DIR]
-//! [--resume] [--device cpu|cuda[:N]]`: full fine-tuning or LoRA of Gemma 3 / Gemma 3n from a
+//! [--resume] [--device cpu|cuda[:N]|wgpu[:N|:cpu]]`: full fine-tuning or LoRA of Gemma 3 / Gemma 3n from a
 //! YAML recipe (Automodel's section names). Without `--config` it runs `recipes/default.yaml`.
 
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ pub struct FinetuneArgs {
     /// latest complete checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Where to train: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    /// Where to train: `cpu`, `cuda[:N]` or `wgpu[:N|:cpu]` (builds with `--features cuda` / `wgpu`).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
     /// Read and check the recipe, print what the run would do, and exit (a model or dataset

@@ -1,7 +1,7 @@
 //! `automodel-cli`: run Gemma models from the command line.
 //!
 //! `generate --model <file.gguf | HF folder> --prompt TEXT [--image F]... [--audio F]...
-//! [--chat [--system TEXT]] [--adapter DIR] [--device cpu|cuda[:N]]` streams a continuation (with
+//! [--chat [--system TEXT]] [--adapter DIR] [--device cpu|cuda[:N]|wgpu[:N|:cpu]]` streams a continuation (with
 //! `--chat`, the answer to the prompt as a user turn of the model's chat template). GGUF files hold Gemma 3
 //! (model and tokenizer); a Hugging Face folder holds `config.json`, safetensors and
 //! `tokenizer.json` of Gemma 3, the Gemma 3n text model or the full Gemma 3n (images and audio
@@ -144,7 +144,7 @@ struct GenerateArgs {
     /// A LoRA adapter folder (PEFT's format) to run with, unmerged.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Where to run: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    /// Where to run: `cpu`, `cuda[:N]` or `wgpu[:N|:cpu]` (builds with `--features cuda` / `wgpu`).
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
 }

@@ -132,6 +132,12 @@ fn bad_arguments_give_clear_errors() {
         ]);
         fails_with(&out, "--features cuda");
     }
+    if !cfg!(feature = "wgpu") {
+        let out = cli(&[
+            "finetune", "--check", "--device", "wgpu",
+        ]);
+        fails_with(&out, "--features wgpu");
+    }
 
     let image_on_gguf = cli(&[
         "generate",
