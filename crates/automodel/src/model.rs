@@ -510,7 +510,17 @@ impl<B: Backend> CausalLm<B> for Gemma3nForConditionalGeneration<B> {
         let ids = host_rows(&batch.input_ids);
         let audio = batch.audio.as_ref().map(|(features, valid)| {
             let [n, f] = valid.dims();
-            let flat = valid.to_data().to_vec::<bool>().unwrap_or_default();
+            // through int: a backend may store booleans as u8 or u32 (wgpu), not as `bool`
+            let flat: Vec<bool> = valid
+                .clone()
+                .int()
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v != 0)
+                .collect();
             AudioInput {
                 features: features.clone(),
                 valid: (0..n).map(|r| flat[r * f..(r + 1) * f].to_vec()).collect(),

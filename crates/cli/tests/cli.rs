@@ -133,9 +133,7 @@ fn bad_arguments_give_clear_errors() {
         fails_with(&out, "--features cuda");
     }
     if !cfg!(feature = "wgpu") {
-        let out = cli(&[
-            "finetune", "--check", "--device", "wgpu",
-        ]);
+        let out = cli(&["finetune", "--check", "--device", "wgpu"]);
         fails_with(&out, "--features wgpu");
     }
 

@@ -149,7 +149,7 @@ pub fn run_on<J: OnDevice>(spec: DeviceSpec, job: J) -> Result<J::Output, Device
 pub fn wgpu_device(adapter: WgpuAdapter) -> Result<burn::backend::wgpu::WgpuDevice, DeviceError> {
     use burn::backend::wgpu::WgpuDevice;
     let found = wgpu_adapters();
-    let kind = |k: &str| found.iter().filter(|(_, t)| t == k).count();
+    let kind = |k: &str| found.iter().filter(|(_, t)| *t == k).count();
     let listed = if found.is_empty() {
         "none".to_string()
     } else {
@@ -182,11 +182,12 @@ pub fn wgpu_device(adapter: WgpuAdapter) -> Result<burn::backend::wgpu::WgpuDevi
 /// `integrated GPU`, `virtual GPU`, `cpu`, `other`.
 #[cfg(feature = "wgpu")]
 pub fn wgpu_adapters() -> Vec<(String, &'static str)> {
+    // the backends Burn's wgpu backend uses (Vulkan, Metal, DX12), not OpenGL
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::all(),
+        backends: wgpu::Backends::PRIMARY,
         ..wgpu::InstanceDescriptor::new_without_display_handle()
     });
-    let adapters = block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let adapters = block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
     adapters
         .into_iter()
         .map(|a| {

@@ -328,26 +328,7 @@ pub(crate) fn nocache_check<B: Backend>(
 
 /// `text_bf16`: the model in bfloat16, forward only (a smoke test with the README tolerance).
 pub fn bf16<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>, ParityError> {
-    let inputs = open(dir, "inputs.safetensors")?;
-    let outputs = open(dir, "outputs.safetensors")?;
-    let model = load_model::<B>(dir, device, DType::BF16)?;
-    let ids = rows(&inputs, "input_ids")?;
-    let mask = rows(&inputs, "attention_mask")?;
-    let out = model.forward(
-        ids_tensor::<B>(&ids, device),
-        Some(ids_tensor::<B>(&mask, device)),
-        None,
-        ForwardOptions::default(),
-    )?;
-    let dtype_ok = out.logits.dtype() == DType::BF16;
-    let got = values(out.logits);
-    let (want, shape) = reference(&outputs, "logits")?;
-    let mut c = compare("logits (bf16)", &got.0, &got.1, &want, &shape, BF16_LOGITS);
-    if !dtype_ok {
-        c.passed = false;
-        c.note = Some("logits were not computed in bfloat16".into());
-    }
-    Ok(vec![c])
+    low_precision::<B>(dir, device, DType::BF16)
 }
 
 /// float16 smoke test on the `text` case: the model loaded in float16 gives float16 logits close
@@ -355,9 +336,19 @@ pub fn bf16<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>, Pa
 /// 7-bit one is ample) and no inf/NaN. Not a golden case of its own: the reference has no
 /// float16 run.
 pub fn f16<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>, ParityError> {
+    low_precision::<B>(dir, device, DType::F16)
+}
+
+/// The `text` case's model loaded in `dtype`: its logits in that dtype, finite, against the
+/// float32 reference at bfloat16's tolerance.
+fn low_precision<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    dtype: DType,
+) -> Result<Vec<Check>, ParityError> {
     let inputs = open(dir, "inputs.safetensors")?;
     let outputs = open(dir, "outputs.safetensors")?;
-    let model = load_model::<B>(dir, device, DType::F16)?;
+    let model = load_model::<B>(dir, device, dtype)?;
     let ids = rows(&inputs, "input_ids")?;
     let mask = rows(&inputs, "attention_mask")?;
     let out = model.forward(
@@ -366,21 +357,25 @@ pub fn f16<B: Backend>(dir: &Path, device: &B::Device) -> Result<Vec<Check>, Par
         None,
         ForwardOptions::default(),
     )?;
-    let dtype_ok = out.logits.dtype() == DType::F16;
+    let dtype_ok = out.logits.dtype() == dtype;
     let got = values(out.logits);
     let finite = got.0.iter().all(|x| x.is_finite());
     let (want, shape) = reference(&outputs, "logits")?;
-    let mut c = compare("logits (f16)", &got.0, &got.1, &want, &shape, BF16_LOGITS);
-    if !dtype_ok || !finite {
+    let name = if dtype == DType::F16 { "f16" } else { "bf16" };
+    let mut c = compare(
+        format!("logits ({name})"),
+        &got.0,
+        &got.1,
+        &want,
+        &shape,
+        BF16_LOGITS,
+    );
+    if !dtype_ok {
         c.passed = false;
-        c.note = Some(
-            if dtype_ok {
-                "logits hold inf or NaN"
-            } else {
-                "logits were not computed in float16"
-            }
-            .into(),
-        );
+        c.note = Some(format!("logits were not computed in {dtype:?}"));
+    } else if !finite {
+        c.passed = false;
+        c.note = Some("logits hold inf or NaN".into());
     }
     Ok(vec![c])
 }
