@@ -121,11 +121,22 @@ fn w(
     }
 }
 
+/// A workload in bfloat16, named so (`…-lora-bf16-…`).
+fn bf16(mut wl: Workload) -> Workload {
+    wl.name = wl
+        .name
+        .replacen(&format!("-{}", wl.mode), &format!("-{}-bf16", wl.mode), 1);
+    wl.dtype = "bfloat16".into();
+    wl
+}
+
 /// The workloads of a device: CPU (the 270M and the tiny Gemma 3n) or CUDA (E2B and E4B);
 /// wgpu runs the CPU's list on its device. `quick` shrinks them to a smoke run (CI).
 pub fn workloads(device: &str, quick: bool) -> Vec<Workload> {
     if device.starts_with("wgpu") {
         let mut list = workloads("cpu", quick);
+        // no bfloat16 matmul on wgpu (`check_dtype`)
+        list.retain(|wl| wl.dtype == "float32");
         for wl in &mut list {
             wl.device = device.to_string();
             wl.name = format!("{}-{}", wl.name, device.replace(':', ""));
@@ -146,6 +157,9 @@ pub fn workloads(device: &str, quick: bool) -> Vec<Workload> {
             w("gemma3n-tiny", "full", "text", 1, 256, 0, "cpu"),
             w("gemma3n-tiny", "full", "image+text", 1, 256, 0, "cpu"),
             w("gemma-3-270m", "generate", "text", 1, 32, 64, "cpu"),
+            // bfloat16 weights and activations on both sides (PyTorch's CPU kernels for it go
+            // through oneDNN: AVX-512-bf16 or AMX where the CPU has them)
+            bf16(w("gemma-3-270m", "lora", "text", 1, 256, 0, "cpu")),
             kernel("matmul", 256, 640, 262_144, "cpu"),
             kernel("exp", 64, 262_144, 1, "cpu"),
         ];
@@ -1116,6 +1130,20 @@ mod tests {
             .map(|w| w.name)
             .collect();
         assert_eq!(names.len(), workloads("cpu", false).len());
+    }
+
+    #[test]
+    fn the_cpu_list_has_a_bf16_step_that_wgpu_leaves_out() {
+        let cpu = workloads("cpu", false);
+        let b = cpu.iter().find(|w| w.dtype == "bfloat16").unwrap();
+        assert_eq!(b.name, "gemma3-270m-lora-bf16-b1-s256");
+        assert_eq!(b.mode, "lora");
+        let gpu = workloads("wgpu", false);
+        assert_eq!(gpu.len(), cpu.len() - 1);
+        assert!(
+            gpu.iter()
+                .all(|w| w.dtype == "float32" && w.name.ends_with("-wgpu"))
+        );
     }
 
     #[test]

@@ -67,6 +67,16 @@ pub trait Backend: burn::tensor::backend::Backend {
     ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
         generic::adamw(step, p, g, m, v)
     }
+
+    /// The largest tensor, in bytes, a kernel on `device` can address, where that is less than
+    /// the device's memory (`None`: no such limit). A Vulkan device binds each tensor as one
+    /// storage buffer of at most `maxStorageBufferRange` bytes (128 MiB on Mesa's llvmpipe,
+    /// 4 GiB on most GPUs); past it the kernels read and write the wrong memory without an
+    /// error. Loading refuses a weight above it ([`crate::weights::WeightLoader`]), and the
+    /// LM head's loss keeps its logits chunks below it.
+    fn max_tensor_bytes(_device: &Self::Device) -> Option<u64> {
+        None
+    }
 }
 
 /// A [`Backend`] with gradients whose inner backend is a [`Backend`] too.
@@ -287,6 +297,10 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
             Tensor::from_inner(v),
         )
     }
+
+    fn max_tensor_bytes(device: &Self::Device) -> Option<u64> {
+        B::max_tensor_bytes(device)
+    }
 }
 
 /// Whether autodiff records operations on `t` (a parameter, or anything computed from one):
@@ -306,4 +320,12 @@ impl Backend for burn::backend::Cuda {}
 
 /// Burn's wgpu backend (with fusion; Vulkan, Metal, DX12): the generic implementations.
 #[cfg(feature = "wgpu")]
-impl Backend for burn::backend::Wgpu {}
+impl Backend for burn::backend::Wgpu {
+    /// CubeCL's largest allocation on the device: the storage-buffer binding limit (a quarter
+    /// of the device's memory where the driver offers 64-bit indexing).
+    fn max_tensor_bytes(device: &Self::Device) -> Option<u64> {
+        use cubecl_runtime::runtime::Runtime;
+        let client = burn::backend::wgpu::WgpuRuntime::client(device);
+        Some(client.properties().memory.max_page_size)
+    }
+}

@@ -19,6 +19,9 @@ pub enum KeyProblem {
     Unreadable { key: String, message: String },
     /// The stored dtype is not a float type we can read.
     Dtype { key: String, found: String },
+    /// The tensor is larger than the device can address in one buffer
+    /// ([`crate::Backend::max_tensor_bytes`]).
+    TooLarge { key: String, bytes: u64, max: u64 },
 }
 
 impl std::fmt::Display for KeyProblem {
@@ -44,6 +47,14 @@ impl std::fmt::Display for KeyProblem {
                     "`{key}` has dtype {found}, expected a float type (F32, F16, BF16, F64)"
                 )
             }
+            KeyProblem::TooLarge { key, bytes, max } => write!(
+                f,
+                "`{key}` takes {} MiB, and the device addresses at most {} MiB in one tensor \
+                 (its storage-buffer limit; Mesa's software Vulkan has 128 MiB): run it on \
+                 a device with a larger limit, or on the CPU",
+                bytes.div_ceil(1 << 20),
+                max >> 20
+            ),
         }
     }
 }
@@ -66,7 +77,7 @@ pub enum WeightError {
     NotFound { path: PathBuf },
     #[error("tensor `{key}` is not in the checkpoint")]
     NoSuchTensor { key: String },
-    #[error("the checkpoint does not match the model ({} problem(s)):\n  {}", .problems.len(), summarize(.problems))]
+    #[error("the checkpoint cannot be loaded into the model ({} problem(s)):\n  {}", .problems.len(), summarize(.problems))]
     Mismatch { problems: Vec<KeyProblem> },
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },

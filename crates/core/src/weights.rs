@@ -485,6 +485,15 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
             });
             return None;
         }
+        let bytes = (shape.iter().product::<usize>() * self.dtype.size()) as u64;
+        if let Some(max) = B::max_tensor_bytes(&self.device)
+            && bytes > max
+        {
+            self.problems
+                .borrow_mut()
+                .push(KeyProblem::TooLarge { key, bytes, max });
+            return None;
+        }
         match self.files.tensor_data(&key) {
             Ok(data) => Some(Tensor::from_data(
                 data.convert_dtype(self.dtype),

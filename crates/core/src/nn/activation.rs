@@ -22,6 +22,7 @@ pub(crate) mod host {
     use rayon::prelude::*;
 
     use crate::backend::generic::{self, GELU_BETA, GELU_KAPPA};
+    use crate::host::vectorized_with;
 
     /// `y` and, with `derivative`, `y'` of float32 `x` in one parallel pass (other dtypes: the
     /// generic ops).
@@ -43,6 +44,7 @@ pub(crate) mod host {
         let data = x.into_data();
         let xs = data.as_slice::<f32>().expect("float32 input");
         let mut y = vec![0f32; xs.len()];
+        let simd = crate::host::Simd::detect();
         let fwd = |x: f32| {
             let inner = beta * (x + kappa * (x * x * x));
             let t = crate::host::tanh(inner);
@@ -55,9 +57,11 @@ pub(crate) mod host {
             (xs.par_chunks(BLOCK), y.par_chunks_mut(BLOCK))
                 .into_par_iter()
                 .for_each(|(xc, yc)| {
-                    for (&x, y) in xc.iter().zip(yc) {
-                        *y = fwd(x).0;
-                    }
+                    vectorized_with(simd, || {
+                        for (&x, y) in xc.iter().zip(yc) {
+                            *y = fwd(x).0;
+                        }
+                    })
                 });
             return (tensor(y), None);
         }
@@ -69,14 +73,16 @@ pub(crate) mod host {
         )
             .into_par_iter()
             .for_each(|(xc, yc, dc)| {
-                for ((&x, y), d) in xc.iter().zip(yc).zip(dc) {
-                    let (v, t) = fwd(x);
-                    *y = v;
-                    // PyTorch's GeluBackward (tanh): 0.5·(1 + t) + 0.5·x·(1 − t²)·β·(1 + 3κx²)
-                    let left = 0.5 * x;
-                    let inner_d = beta * (1.0 + 3.0 * kappa * (x * x));
-                    *d = 0.5 * (1.0 + t) + left * (1.0 - t * t) * inner_d;
-                }
+                vectorized_with(simd, || {
+                    for ((&x, y), d) in xc.iter().zip(yc).zip(dc) {
+                        let (v, t) = fwd(x);
+                        *y = v;
+                        // PyTorch's GeluBackward (tanh): 0.5·(1 + t) + 0.5·x·(1 − t²)·β·(1 + 3κx²)
+                        let left = 0.5 * x;
+                        let inner_d = beta * (1.0 + 3.0 * kappa * (x * x));
+                        *d = 0.5 * (1.0 + t) + left * (1.0 - t * t) * inner_d;
+                    }
+                })
             });
         (tensor(y), Some(tensor(dy)))
     }
