@@ -104,7 +104,7 @@ pub(crate) mod host {
     use burn::tensor::{DType, TensorData};
 
     use super::AdamWStep;
-    use crate::host::{Simd, vectorized_with};
+    use crate::host::vectorized;
 
     /// The update in host memory: the parameter's and the moments' buffers are updated in place
     /// when nothing else holds them (copied once otherwise); other dtypes take the generic ops.
@@ -120,7 +120,6 @@ pub(crate) mod host {
             return crate::backend::generic::adamw(s, p, g, m, v);
         }
         const BLOCK: usize = 1 << 14;
-        let simd = Simd::detect();
         let (device, shape) = (p.device(), p.shape());
         let (mut pd, gd, mut md, mut vd) = (host_f32(p), host_f32(g), host_f32(m), host_f32(v));
         {
@@ -136,7 +135,7 @@ pub(crate) mod host {
             )
                 .into_par_iter()
                 .for_each(|(pc, gc, mc, vc)| {
-                    vectorized_with(simd, || {
+                    vectorized(|| {
                         for (((p, &g), m), v) in pc.iter_mut().zip(gc).zip(mc).zip(vc) {
                             (*p, *m, *v) = s.element(*p, g, *m, *v);
                         }

@@ -81,7 +81,7 @@ pub fn matmul_kernel() -> Simd {
 
 /// Runs `f` compiled for the widest vector unit this CPU has ([`Simd::detect`]). `f`'s loops
 /// (and everything it calls that is inlined) are vectorised for that unit; results are the
-/// same floats on every unit.
+/// same floats on every unit. The detection is a few cached atomic loads: call it per chunk.
 #[inline(always)]
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     vectorized_with(Simd::detect(), f)

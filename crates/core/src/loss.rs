@@ -379,7 +379,7 @@ fn chunk_on_host<B: Backend>(
 mod host {
     use rayon::prelude::*;
 
-    use crate::host::{Simd, exp, fold_lanes, tanh, vectorized_with};
+    use crate::host::{exp, fold_lanes, tanh, vectorized};
 
     /// Rows of `buf` (`[rows, v]`, row-major) are logits; `targets[i]` is row `i`'s label.
     /// Returns the summed loss `Σ (lse − x[target])` (f64). With `grad`, each row is replaced by
@@ -391,14 +391,13 @@ mod host {
         softcap: Option<f32>,
         grad: bool,
     ) -> f64 {
-        let simd = Simd::detect();
         buf.par_chunks_mut(v)
             .zip(targets.par_iter())
-            .map(|(row, &t)| vectorized_with(simd, || row_pass(row, t as usize, softcap, grad)))
+            .map(|(row, &t)| vectorized(|| row_pass(row, t as usize, softcap, grad)))
             .sum()
     }
 
-    /// One row, inlined into [`vectorized_with`]'s AVX-512 / AVX2 copies. Sums and the max run
+    /// One row, inlined into [`vectorized`]'s AVX-512 / AVX2 copies. Sums and the max run
     /// in [`fold_lanes`]' interleaved order, so the loops vectorise.
     #[inline(always)]
     fn row_pass(row: &mut [f32], t: usize, softcap: Option<f32>, grad: bool) -> f64 {

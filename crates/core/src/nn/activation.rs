@@ -22,7 +22,7 @@ pub(crate) mod host {
     use rayon::prelude::*;
 
     use crate::backend::generic::{self, GELU_BETA, GELU_KAPPA};
-    use crate::host::vectorized_with;
+    use crate::host::vectorized;
 
     /// `y` and, with `derivative`, `y'` of float32 `x` in one parallel pass (other dtypes: the
     /// generic ops).
@@ -44,7 +44,6 @@ pub(crate) mod host {
         let data = x.into_data();
         let xs = data.as_slice::<f32>().expect("float32 input");
         let mut y = vec![0f32; xs.len()];
-        let simd = crate::host::Simd::detect();
         let fwd = |x: f32| {
             let inner = beta * (x + kappa * (x * x * x));
             let t = crate::host::tanh(inner);
@@ -57,7 +56,7 @@ pub(crate) mod host {
             (xs.par_chunks(BLOCK), y.par_chunks_mut(BLOCK))
                 .into_par_iter()
                 .for_each(|(xc, yc)| {
-                    vectorized_with(simd, || {
+                    vectorized(|| {
                         for (&x, y) in xc.iter().zip(yc) {
                             *y = fwd(x).0;
                         }
@@ -73,7 +72,7 @@ pub(crate) mod host {
         )
             .into_par_iter()
             .for_each(|(xc, yc, dc)| {
-                vectorized_with(simd, || {
+                vectorized(|| {
                     for ((&x, y), d) in xc.iter().zip(yc).zip(dc) {
                         let (v, t) = fwd(x);
                         *y = v;
