@@ -100,7 +100,11 @@ impl<B: Backend> AltUp<B> {
                 .forward_clamped(m, Clamp::Functional(c)),
             _ => self.correction_coefs.forward(m),
         };
-        let coefs = (coefs + 1.0).permute([2, 0, 1]).unsqueeze_dim::<4>(3);
+        // `[B, T, K]` → `[K, B, T, 1]`. Unsqueezed before the permute: Burn 0.21's wgpu backend
+        // (fusion, the CubeCL stack CUDA shares) reads a reshape of this permuted matmul output
+        // wrongly when `B = T = 1` (one decoding step), leaving streams 1.. uncorrected
+        // (docs/benchmarks.md).
+        let coefs = (coefs + 1.0).unsqueeze_dim::<4>(3).permute([2, 0, 1, 3]);
         let innovation = (activated - self.active(&pred)).unsqueeze_dim::<4>(0);
         innovation * coefs + pred
     }
