@@ -198,6 +198,13 @@ impl OnDevice for Parity {
             }
         }
         println!("{passed} passed, {failed} failed");
+        if passed + failed == 0 {
+            // a run that checked nothing is no pass (every case skipped, reasons above)
+            bail!(
+                "nothing was checked in {}: every case was skipped (reasons above)",
+                dir.display()
+            );
+        }
         Ok(failed == 0)
     }
 }

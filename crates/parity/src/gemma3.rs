@@ -126,15 +126,20 @@ pub fn tokenizer(dir: &Path, gguf: &Path) -> Result<Vec<Check>, ParityError> {
 }
 
 /// The ten largest logits' ids at every position of `[t, v]` values, largest first (ties by
-/// id), flat.
+/// id), flat (all `v` ids when `v < 10`). NaN ranks above every number (IEEE total order), so
+/// NaN logits give ids that differ from the reference: a failed check, never a panic.
 pub(crate) fn top10(all: &[f64], t: usize, v: usize) -> Vec<f64> {
-    let mut out = Vec::with_capacity(t * 10);
+    let k = v.min(10);
+    let mut out = Vec::with_capacity(t * k);
     for pos in 0..t {
         let row = &all[pos * v..(pos + 1) * v];
+        let larger_first = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]);
         let mut idx: Vec<usize> = (0..v).collect();
-        idx.select_nth_unstable_by(10, |a, b| row[*b].partial_cmp(&row[*a]).unwrap());
-        let mut top: Vec<usize> = idx[..10].to_vec();
-        top.sort_by(|a, b| row[*b].partial_cmp(&row[*a]).unwrap().then(a.cmp(b)));
+        if v > k {
+            idx.select_nth_unstable_by(k, larger_first);
+        }
+        let mut top: Vec<usize> = idx[..k].to_vec();
+        top.sort_by(|a, b| larger_first(a, b).then(a.cmp(b)));
         out.extend(top.iter().map(|&x| x as f64));
     }
     out
@@ -287,4 +292,22 @@ pub fn run<B: AutodiffBackend>(
         }
     }
     Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top10;
+
+    #[test]
+    fn top10_ranks_nan_instead_of_panicking_and_takes_short_rows() {
+        let mut row: Vec<f64> = (0..20).map(f64::from).collect();
+        row[3] = f64::NAN;
+        let top = top10(&row, 1, 20);
+        assert_eq!(
+            top[0], 3.0,
+            "NaN ranks first, so the ids differ from a finite reference"
+        );
+        assert_eq!(&top[1..4], &[19.0, 18.0, 17.0]);
+        assert_eq!(top10(&[0.5, 2.0, 1.0], 1, 3), vec![1.0, 2.0, 0.0]);
+    }
 }

@@ -199,6 +199,12 @@ pub fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reference/golden")
 }
 
+/// The vendored PEFT golden cases (`reference/golden-peft`), for unit tests.
+#[cfg(test)]
+pub(crate) fn golden_peft_dir_for_tests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reference/golden-peft")
+}
+
 /// Where `cargo xtask fetch-model gemma-3-270m` keeps the Gemma 3 270M GGUF:
 /// `$AUTOMODEL_CACHE`, else `~/.cache/automodel`, file `gemma-3-270m-q4_k_m.gguf`.
 pub fn gemma3_270m_path() -> PathBuf {
