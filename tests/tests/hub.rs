@@ -3,7 +3,8 @@
 #[path = "e2e/common/mod.rs"]
 mod common;
 
-use automodel::Gemma3nForConditionalGeneration;
+use automodel_gemma3n::Gemma3nForConditionalGeneration;
+use automodel_models::AutoModel;
 use automodel_core::CpuBackend as B;
 use burn::tensor::DType;
 use common::case;
@@ -25,13 +26,11 @@ fn repo_ids_resolve_through_the_local_cache() {
         std::env::set_var("HF_HUB_OFFLINE", "1");
     }
     let dev = Default::default();
-    let m = Gemma3nForConditionalGeneration::<B>::from_hub(
-        "tiny-org/gemma-3n-tiny",
-        None,
-        &dev,
-        DType::F32,
-    )
-    .unwrap();
+    let m = match AutoModel::<B>::from_hub("tiny-org/gemma-3n-tiny", None, &dev, DType::F32) {
+        Ok(AutoModel::Gemma3n(m)) => m,
+        Ok(other) => panic!("built {}", other.class_name()),
+        Err(e) => panic!("{e}"),
+    };
     let local =
         Gemma3nForConditionalGeneration::<B>::from_pretrained(case("multimodal"), &dev, DType::F32)
             .unwrap();
@@ -41,16 +40,17 @@ fn repo_ids_resolve_through_the_local_cache() {
         common::text_logits(&local, &ids)
     );
 
-    let err =
-        Gemma3nForConditionalGeneration::<B>::from_hub("tiny-org/absent", None, &dev, DType::F32)
-            .unwrap_err()
-            .to_string();
+    let err = AutoModel::<B>::from_hub("tiny-org/absent", None, &dev, DType::F32)
+        .err()
+        .expect("absent")
+        .to_string();
     assert!(
         err.contains("not in the local Hub cache") && err.contains("HF_HUB_OFFLINE"),
         "{err}"
     );
-    let err = Gemma3nForConditionalGeneration::<B>::from_hub("not a repo", None, &dev, DType::F32)
-        .unwrap_err()
+    let err = AutoModel::<B>::from_hub("not a repo", None, &dev, DType::F32)
+        .err()
+        .expect("refused")
         .to_string();
     assert!(err.contains("not a Hub repo id"), "{err}");
 }

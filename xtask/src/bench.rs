@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use automodel::{Gemma3nConfig, Gemma3nForConditionalGeneration};
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nForConditionalGeneration};
 use automodel_core::AutodiffBackend;
 use automodel_core::Backend;
 use automodel_core::device::{DeviceSpec, OnDevice, run_on};
@@ -485,7 +485,7 @@ impl OnDevice for Job {
                     gguf.display()
                 );
             }
-            let (m, _) = automodel::convert::load_gguf::<B>(&gguf, &device, dtype)?;
+            let (m, _) = automodel_models::convert::load_gguf::<B>(&gguf, &device, dtype)?;
             if wl.mode == "generate" {
                 return generate(m.valid(), wl, self.opts);
             }
@@ -692,7 +692,7 @@ fn hf_270m() -> anyhow::Result<PathBuf> {
             "converting the 270M GGUF for the PyTorch side into {}",
             dir.display()
         );
-        automodel::convert::gguf_to_hf(&automodel_parity::gemma3_270m_path(), &dir, None, true)?;
+        automodel_models::convert::gguf_to_hf(&automodel_parity::gemma3_270m_path(), &dir, None, true)?;
     }
     Ok(dir)
 }

@@ -1,25 +1,61 @@
-//! automodel: Gemma 3n for Rust.
+//! automodel: Gemma 3n and Gemma 3 in Rust, on Burn — load, fine-tune (LoRA or full), run.
 //!
-//! [`Gemma3nForConditionalGeneration`] composes the text decoder (`automodel-text`), the vision
-//! tower (`automodel-vision`) and the audio tower (`automodel-audio`) with the two multimodal
-//! embedders, merges image and audio soft tokens into the prompt, loads Hugging Face checkpoints
-//! and generates. [`convert::gguf_to_hf`] turns a Gemma 3 GGUF file into a Hugging Face folder.
+//! The facade over the workspace's crates, each usable on its own:
+//!
+//! | module | crate | what |
+//! |---|---|---|
+//! | [`core`] | `automodel-core` | backends and devices, layers, safetensors, fused ops |
+//! | [`text`] | `automodel-text` | the Gemma 3n MatFormer decoder, Gemma 3, generation |
+//! | [`vision`], [`audio`] | `automodel-vision`, `automodel-audio` | Gemma 3n's towers and feature extractors |
+//! | [`gguf`], [`tokenizer`] | `automodel-gguf`, `automodel-tokenizer` | GGUF files, the Gemma tokenizer |
+//! | [`gemma3n`] | `automodel-gemma3n` | the full (multimodal) Gemma 3n and its processor |
+//! | [`models`] | `automodel-models` | [`AutoModel`]: every class behind one registry |
+//! | [`peft`] | `automodel-peft` | LoRA adapters PEFT reads and writes, merging, freezing |
+//! | [`data`] | `automodel-data` | datasets, chat templates, label masks, packing, loaders |
+//! | [`train`] | `automodel-train` | the typed [`Recipe`], the trainer, checkpoints |
+//!
+//! Fine-tuning from Rust:
+//!
+//! ```no_run
+//! use automodel::{DeviceSpec, Recipe, RunOptions};
+//!
+//! let mut recipe = Recipe::from_file("recipes/default.yaml", &[])?;
+//! recipe.step_scheduler.max_steps = Some(20);
+//! let options = RunOptions::for_recipe(&recipe, None, false)?;
+//! let summary = automodel::finetune(&recipe, &options, DeviceSpec::Cpu)?;
+//! println!("loss {:?} -> {:?}", summary.first_loss, summary.last_loss);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
-pub mod config;
-pub mod convert;
-pub mod embedder;
-pub mod error;
-pub mod hub;
-pub mod model;
-pub mod processor;
+pub use automodel_audio as audio;
+pub use automodel_core as core;
+pub use automodel_data as data;
+pub use automodel_gemma3n as gemma3n;
+pub use automodel_gguf as gguf;
+pub use automodel_models as models;
+pub use automodel_peft as peft;
+pub use automodel_text as text;
+pub use automodel_tokenizer as tokenizer;
+pub use automodel_train as train;
+pub use automodel_vision as vision;
 
 pub use automodel_core::device::{DeviceSpec, OnDevice, run_on};
 pub use automodel_core::{AutodiffBackend, Backend};
-pub use automodel_text::ForwardOptions;
-pub use automodel_text::generate::{self, Generate, GenerateOutput, GenerationConfig};
-pub use config::Gemma3nConfig;
-pub use error::ModelError;
-pub use model::{
-    AudioInput, ConditionalOutput, Gemma3nForConditionalGeneration, Gemma3nModel, MultimodalInput,
-};
-pub use processor::Gemma3nProcessor;
+pub use automodel_gemma3n::{Gemma3nForConditionalGeneration, Gemma3nProcessor, ModelError};
+pub use automodel_models::{AutoModel, ModelSource};
+pub use automodel_peft::{LoraConfig, PeftModel, load_adapter, merge, save_adapter};
+pub use automodel_text::gemma3::Gemma3ForCausalLM;
+pub use automodel_text::{Gemma3nForCausalLM, Generate, GenerateOutput, GenerationConfig};
+pub use automodel_tokenizer::GemmaTokenizer;
+pub use automodel_train::{Recipe, RecipeError, RunOptions, Summary, TrainError};
+
+/// Fine-tune as `recipe` says, on the backend and device `device` names: the recipe is
+/// validated first (nothing is loaded from a recipe that cannot work), then the model is loaded,
+/// adapted or frozen, and trained; checkpoints go to `options.run_dir`.
+pub fn finetune(
+    recipe: &Recipe,
+    options: &RunOptions,
+    device: DeviceSpec,
+) -> Result<Summary, TrainError> {
+    automodel_train::run_on(recipe, options, device)
+}

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use automodel_data::{DataConfig, Dataset, Loader, Sample, stats};
+use automodel::data::{Dataset, Loader, Sample, stats};
 
-use crate::recipe::Recipe;
+use automodel::train::Recipe;
 
 #[derive(clap::Args)]
 pub struct DataArgs {
@@ -23,24 +23,18 @@ pub struct DataArgs {
 }
 
 pub fn data(a: DataArgs) -> anyhow::Result<()> {
-    let recipe = Recipe::read(&a.config)?;
-    recipe.check_sections()?;
-    let name = if a.validation {
-        "validation_dataset"
+    let recipe = Recipe::from_file(&a.config, &[])?;
+    let (name, cfg) = if a.validation {
+        let v = recipe.validation_dataset.clone().with_context(|| {
+            format!("{}: no `validation_dataset` section", recipe.path.display())
+        })?;
+        ("validation_dataset", v)
     } else {
-        "dataset"
+        ("dataset", recipe.dataset.clone())
     };
-    let cfg: DataConfig = recipe
-        .section(name)?
-        .with_context(|| format!("{}: no `{name}` section", recipe.path.display()))?;
     cfg.validate()
         .with_context(|| format!("{}: {name}", recipe.path.display()))?;
-    let batch_size = recipe
-        .root
-        .get("step_scheduler")
-        .and_then(|s| s.get("local_batch_size"))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(1) as usize;
+    let batch_size = recipe.step_scheduler.local_batch_size;
     let model = recipe.model_path()?;
     let records = cfg.read(recipe.base())?;
     let has_media = records.iter().any(|r| match &r.sample {
@@ -69,8 +63,8 @@ pub fn data(a: DataArgs) -> anyhow::Result<()> {
     println!(
         "labels        {}: from {:?} through {:?}",
         match cfg.labels {
-            automodel_data::LabelMode::Answers => "assistant turns",
-            automodel_data::LabelMode::All => "every token",
+            automodel::data::LabelMode::Answers => "assistant turns",
+            automodel::data::LabelMode::All => "every token",
         },
         encoder.tokenizer.decode(&marker, false)?,
         encoder

@@ -12,30 +12,29 @@
 //! `finetune [--config RECIPE] [--set key.path=value]... [--output-dir DIR] [--resume]
 //! [--device D]` fine-tunes from a recipe (default: `recipes/default.yaml`).
 
-// jemalloc, tuned for training's large short-lived tensors (see `automodel_core::jemalloc!`)
-automodel_core::jemalloc!();
+// jemalloc, tuned for training's large short-lived tensors (see `automodel::core::jemalloc!`)
+automodel::core::jemalloc!();
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use automodel::processor::{AUDIO_TOKEN, Gemma3nProcessor, IMAGE_TOKEN, Padding, Prompt};
-use automodel::{Gemma3nForConditionalGeneration, Generate, GenerationConfig};
-use automodel_core::AutodiffBackend;
-use automodel_core::Backend;
-use automodel_core::device::{DeviceSpec, OnDevice, run_on};
-use automodel_core::weights::write_folder;
-use automodel_peft::PeftModel;
-use automodel_text::Gemma3nForCausalLM;
-use automodel_text::gemma3::Gemma3ForCausalLM;
-use automodel_text::generate::TextPrompt;
-use automodel_tokenizer::GemmaTokenizer;
+use automodel::gemma3n::processor::{AUDIO_TOKEN, Gemma3nProcessor, IMAGE_TOKEN, Padding, Prompt};
+use automodel::gemma3n::Gemma3nForConditionalGeneration;
+use automodel::text::{Generate, GenerationConfig};
+use automodel::core::AutodiffBackend;
+use automodel::core::Backend;
+use automodel::core::device::{DeviceSpec, OnDevice, run_on};
+use automodel::core::weights::write_folder;
+use automodel::peft::PeftModel;
+use automodel::models::{AutoModel, ModelSource};
+use automodel::text::generate::TextPrompt;
+use automodel::tokenizer::GemmaTokenizer;
 use burn::tensor::DType;
 use clap::{Parser, Subcommand};
 
 mod data;
 mod finetune;
-mod recipe;
 
 #[derive(Parser)]
 #[command(name = "automodel-cli", version, about = "Gemma 3 / Gemma 3n in Rust")]
@@ -203,7 +202,7 @@ fn convert(a: ConvertArgs) -> anyhow::Result<()> {
         bail!("{}: no such GGUF file", a.model.display());
     }
     let o = &a.output;
-    let files = automodel::convert::gguf_to_hf(&a.model, &o.out, o.shard_bytes(), o.overwrite)
+    let files = automodel::models::convert::gguf_to_hf(&a.model, &o.out, o.shard_bytes(), o.overwrite)
         .with_context(|| format!("converting {}", a.model.display()))?;
     for f in files {
         println!("wrote {}", f.display());
@@ -262,7 +261,7 @@ impl GenerateArgs {
     /// The text to tokenize and whether to echo it: the prompt itself, or with `--chat` the
     /// rendered conversation (placeholders included for the media).
     fn prompt_text(&self) -> anyhow::Result<(String, bool)> {
-        use automodel_data::{ChatTemplate, Conversation, Media, Message, Part, Role};
+        use automodel::data::{ChatTemplate, Conversation, Media, Message, Part, Role};
         if !self.chat {
             return Ok((
                 format!(
@@ -314,65 +313,12 @@ impl OnDevice for GenerateArgs {
     }
 }
 
-/// A model the CLI runs, with what its tokenizer needs (one value per run: the size difference
-/// between the variants does not matter).
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Loaded<B: Backend> {
-    /// Gemma 3 (GGUF or HF folder) and its tokenizer.
-    Gemma3(Gemma3ForCausalLM<B>, GemmaTokenizer),
-    /// The Gemma 3n text decoder (`model_type` `gemma3n_text`) and its tokenizer.
-    Gemma3nText(Gemma3nForCausalLM<B>, GemmaTokenizer),
-    /// The full Gemma 3n; the processor comes from the folder.
-    Gemma3n(Gemma3nForConditionalGeneration<B>),
-}
-
-/// Load `path`: a GGUF file (Gemma 3) or a Hugging Face folder, by its `model_type`.
-pub(crate) fn load<B: Backend>(
-    path: &Path,
-    device: &B::Device,
-    dtype: DType,
-) -> anyhow::Result<Loaded<B>> {
-    if !path.exists() {
-        bail!(
-            "{}: no such file or folder (expected a GGUF file or a Hugging Face folder)",
-            path.display()
-        );
-    }
-    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
-        let (model, tok) = automodel::convert::load_gguf::<B>(path, device, dtype)?;
-        return Ok(Loaded::Gemma3(model, tok));
-    }
-    let cfg_path = path.join("config.json");
-    let cfg = automodel_core::config::read_json(&cfg_path)?;
-    let tokenizer = || {
-        GemmaTokenizer::from_file(path.join("tokenizer.json"))
-            .context("a Hugging Face folder needs tokenizer.json")
-    };
-    Ok(match cfg.get("model_type").and_then(|v| v.as_str()) {
-        Some("gemma3n") => Loaded::Gemma3n(Gemma3nForConditionalGeneration::from_pretrained(
-            path, device, dtype,
-        )?),
-        Some("gemma3n_text") => Loaded::Gemma3nText(
-            Gemma3nForCausalLM::from_pretrained(path, None, device, dtype)?,
-            tokenizer()?,
-        ),
-        Some("gemma3_text") => Loaded::Gemma3(
-            Gemma3ForCausalLM::from_pretrained(path, device, dtype)?,
-            tokenizer()?,
-        ),
-        other => bail!(
-            "{}: model_type {other:?} is not supported (gemma3n, gemma3n_text, gemma3_text)",
-            cfg_path.display()
-        ),
-    })
-}
-
 /// `model` with the adapter in `dir` (when given), unmerged.
 fn with_adapter<B: Backend, M: PeftModel<B>>(model: M, dir: Option<&Path>) -> anyhow::Result<M> {
     match dir {
         None => Ok(model),
         Some(d) => {
-            let (m, _, _, report) = automodel_peft::load_adapter(model, d)
+            let (m, _, _, report) = automodel::peft::load_adapter(model, d)
                 .with_context(|| format!("loading the adapter {}", d.display()))?;
             eprintln!(
                 "adapter {}: {} linear layers",
@@ -386,52 +332,48 @@ fn with_adapter<B: Backend, M: PeftModel<B>>(model: M, dir: Option<&Path>) -> an
 
 /// `model` with the adapter in `dir` merged into its weights.
 fn merged<B: Backend, M: PeftModel<B>>(model: M, dir: &Path) -> anyhow::Result<M> {
-    let (m, cfg, _, _) = automodel_peft::load_adapter(model, dir)
+    let (m, cfg, _, _) = automodel::peft::load_adapter(model, dir)
         .with_context(|| format!("loading the adapter {}", dir.display()))?;
-    Ok(automodel_peft::merge(m, &cfg))
+    Ok(automodel::peft::merge(m, &cfg))
 }
 
 fn merge_lora(a: MergeArgs) -> anyhow::Result<()> {
     let (out, shard) = (&a.output.out, a.output.shard_bytes());
-    automodel::convert::check_overwrite(out, a.output.overwrite)?;
+    automodel::models::convert::check_overwrite(out, a.output.overwrite)?;
     let device = Default::default();
     // merged in memory first; the folder is then written whole or not at all: the weights and
     // config (`save`), then the base's tokenizer files
+    let source = ModelSource::detect(&a.model)?;
     let write = |save: &dyn Fn(&Path) -> anyhow::Result<Vec<PathBuf>>| {
         write_folder(out, |dir| -> anyhow::Result<Vec<PathBuf>> {
             let mut w = save(dir)?;
-            w.extend(automodel_core::weights::copy_side_files(&a.model, dir)?);
+            w.extend(automodel::core::weights::copy_side_files(source.path(), dir)?);
             Ok(w)
         })
     };
-    let written = match load::<burn::backend::Flex>(&a.model, &device, DType::F32)? {
-        Loaded::Gemma3(m, tok) if a.model.is_file() => {
+    let gguf = matches!(source, ModelSource::Gguf(_));
+    let written = match AutoModel::<burn::backend::Flex>::from_pretrained(&a.model, &device, DType::F32)? {
+        AutoModel::Gemma3(m, tok) if gguf => {
             // from a GGUF: the tokenizer files come from its vocabulary
             let m = merged(m, &a.adapter)?;
             write(&|dir| {
                 let mut w = m.save_pretrained(dir, shard)?;
                 let n = m.config.max_position_embeddings;
-                w.extend(automodel::convert::write_tokenizer_files(&tok, n, dir)?);
+                w.extend(automodel::models::convert::write_tokenizer_files(&tok, n, dir)?);
                 Ok(w)
             })?
         }
-        Loaded::Gemma3(m, _) => {
-            let m = merged(m, &a.adapter)?;
+        AutoModel::Gemma3(m, tok) => {
+            let m = AutoModel::Gemma3(merged(m, &a.adapter)?, tok);
             write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
         }
-        Loaded::Gemma3nText(m, _) => {
-            let m = merged(m, &a.adapter)?;
-            write(&|dir| {
-                m.save_pretrained(dir, shard)?;
-                Ok(vec![dir.join("config.json")])
-            })?
+        AutoModel::Gemma3nText(m, tok) => {
+            let m = AutoModel::Gemma3nText(merged(m, &a.adapter)?, tok);
+            write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
         }
-        Loaded::Gemma3n(m) => {
-            let m = merged(m, &a.adapter)?;
-            write(&|dir| {
-                m.save_pretrained(dir, shard)?;
-                Ok(vec![dir.join("config.json")])
-            })?
+        AutoModel::Gemma3n(m) => {
+            let m = AutoModel::Gemma3n(merged(m, &a.adapter)?);
+            write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
         }
     };
     for f in written {
@@ -441,24 +383,26 @@ fn merge_lora(a: MergeArgs) -> anyhow::Result<()> {
 }
 
 fn generate<B: Backend>(a: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
-    if a.has_media() && a.model.extension().is_some_and(|e| e == "gguf") {
-        bail!("images and audio need a Gemma 3n model (a Hugging Face folder of the full model)");
+    let media = "images and audio need a Gemma 3n model (a Hugging Face folder of the full model)";
+    let source = ModelSource::detect(&a.model)?;
+    if a.has_media() && matches!(source, ModelSource::Gguf(_)) {
+        bail!(media);
     }
-    let loaded = load::<B>(&a.model, device, DType::F32)?;
-    if a.has_media() && !matches!(loaded, Loaded::Gemma3n(_)) {
-        bail!("images and audio need a Gemma 3n model (a Hugging Face folder of the full model)");
+    let loaded = AutoModel::<B>::from_pretrained(source.path(), device, DType::F32)?;
+    if a.has_media() && !matches!(loaded, AutoModel::Gemma3n(_)) {
+        bail!(media);
     }
     let adapter = a.adapter.as_deref();
     match loaded {
-        Loaded::Gemma3(m, tok) => run_text(&with_adapter(m, adapter)?, &tok, a),
-        Loaded::Gemma3nText(m, tok) => run_text(&with_adapter(m, adapter)?, &tok, a),
-        Loaded::Gemma3n(m) => run_gemma3n(with_adapter(m, adapter)?, &a.model, a, device),
+        AutoModel::Gemma3(m, tok) => run_text(&with_adapter(m, adapter)?, &tok, a),
+        AutoModel::Gemma3nText(m, tok) => run_text(&with_adapter(m, adapter)?, &tok, a),
+        AutoModel::Gemma3n(m) => run_gemma3n(with_adapter(m, adapter)?, source.path(), a, device),
     }
 }
 
 fn run_text<B: Backend, M>(model: &M, tok: &GemmaTokenizer, a: &GenerateArgs) -> anyhow::Result<()>
 where
-    M: Generate<B, Prompt = TextPrompt, Error = automodel_text::TextError>,
+    M: Generate<B, Prompt = TextPrompt, Error = automodel::text::TextError>,
 {
     let (text, echo) = a.prompt_text()?;
     let bos = tok.inner.id_to_token(tok.bos_id).unwrap_or_default();
@@ -491,12 +435,12 @@ fn run_gemma3n<B: Backend>(
         images: a
             .image
             .iter()
-            .map(automodel_vision::processor::load_image)
+            .map(automodel::vision::processor::load_image)
             .collect::<Result<_, _>>()?,
         audio: a
             .audio
             .iter()
-            .map(|p| automodel_audio::decode::load_audio(p, 16_000).map(|w| w.samples))
+            .map(|p| automodel::audio::decode::load_audio(p, 16_000).map(|w| w.samples))
             .collect::<Result<_, _>>()?,
     };
     let input = processor.process::<B>(std::slice::from_ref(&prompt), Padding::Left, device)?;

@@ -304,7 +304,7 @@ fn data_shows_samples_with_labelled_spans_and_statistics() {
 /// codes in a non-terminal stderr, no backtrace; flags are checked before anything loads.
 #[test]
 fn hostile_inputs_give_one_clear_error() {
-    use automodel_gguf::GgufValue;
+    use automodel::gguf::GgufValue;
     use automodel_parity::fixtures::{TINY_CONTEXT, tiny_gemma3_gguf};
     let dir = tempfile::tempdir().unwrap();
     let clean = |out: &Output| {

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use automodel_text::gemma3::Gemma3ForCausalLM;
-use automodel_text::{CausalLm, TrainBatch, TrainOptions};
+use automodel::text::gemma3::Gemma3ForCausalLM;
+use automodel::text::{CausalLm, TrainBatch, TrainOptions};
 use burn::backend::Flex;
 use burn::tensor::DType;
 
@@ -69,7 +69,7 @@ fn jsonl(path: &Path) -> Vec<serde_json::Value> {
 /// Logits `[T, V]` of the prompt, flattened.
 fn logits(model: &Gemma3ForCausalLM<Flex>, ids: &[i64]) -> Vec<f32> {
     let dev = Default::default();
-    let t = automodel_text::generate::ids_tensor::<Flex>(&[ids.to_vec()], &dev);
+    let t = automodel::text::generate::ids_tensor::<Flex>(&[ids.to_vec()], &dev);
     let out = model
         .forward_train(
             &TrainBatch::text(t.clone(), t),
@@ -184,7 +184,7 @@ fn default_recipe_learns_its_task_and_leaves_a_loadable_adapter() {
     // the adapter gives the same logits three ways: unmerged, merged in memory, merged to disk
     let adapter = last.join("model");
     let dev = Default::default();
-    let (base, tok) = automodel::convert::load_gguf::<Flex>(&gguf(), &dev, DType::F32).unwrap();
+    let (base, tok) = automodel::models::convert::load_gguf::<Flex>(&gguf(), &dev, DType::F32).unwrap();
     let ids: Vec<i64> = tok
         .encode("<start_of_turn>user\nReverse: cat dog<end_of_turn>\n", true)
         .unwrap()
@@ -192,10 +192,10 @@ fn default_recipe_learns_its_task_and_leaves_a_loadable_adapter() {
         .map(i64::from)
         .collect();
     let plain = logits(&base, &ids);
-    let (unmerged, cfg, _, _) = automodel_peft::load_adapter(base, &adapter).unwrap();
+    let (unmerged, cfg, _, _) = automodel::peft::load_adapter(base, &adapter).unwrap();
     let a = logits(&unmerged, &ids);
     assert!(max_diff(&a, &plain) > 0.1, "the adapter changes the model");
-    let b = logits(&automodel_peft::merge(unmerged, &cfg), &ids);
+    let b = logits(&automodel::peft::merge(unmerged, &cfg), &ids);
     let merged = dir.path().join("merged");
     ok(&cli(&[
         "merge-lora",
@@ -312,7 +312,7 @@ fn a_resumed_run_continues_exactly_and_ignores_half_written_checkpoints() {
     }
     // and ends where the uninterrupted run ended
     let read = |run: &Path| {
-        automodel_core::weights::SafeTensorsFiles::open(
+        automodel::core::weights::SafeTensorsFiles::open(
             run.join("epoch_0_step_4/model/adapter_model.safetensors"),
         )
         .unwrap()
@@ -357,6 +357,24 @@ fn bad_recipes_name_the_key_and_the_nearest_valid_one() {
     fails_with(&run(&["peft.dimm=4"]), "did you mean `dim`");
     fails_with(&run(&["model.torch_dtype=float16"]), "float16 is refused");
     fails_with(&run(&["distributed.dp_size=2"]), "more than one device");
+    // every key that is accepted acts; the ones that cannot act here are refused by name,
+    // before anything is loaded (`--check` included)
+    let check = |sets: &[&str]| {
+        let mut args = vec!["finetune", "--check"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        cli(&args)
+    };
+    fails_with(&check(&["peft.dim=0"]), "peft.dim: the rank must be at least 1");
+    fails_with(&check(&["distributed.strategy=fsdp2"]), "distributed.strategy");
+    fails_with(
+        &check(&["freeze_config.freeze_embeddings=true"]),
+        "freeze_config: applies to full fine-tuning",
+    );
+    fails_with(&check(&["model.tokenizer=gemma-3-270m"]), "model.tokenizer");
+    fails_with(&check(&["model.init_seed=1"]), "model.init_seed");
+    ok(&check(&["distributed.strategy=ddp"]));
     fails_with(
         &run(&[
             "step_scheduler.global_batch_size=6",
@@ -489,7 +507,7 @@ fn the_tiny_multimodal_recipe_trains_on_pictures_and_clips_and_a_matformer_slice
     }
     let model_dir = run.join("epoch_0_step_8/model");
     assert!(model_dir.join("model.safetensors").is_file());
-    automodel::Gemma3nForConditionalGeneration::<Flex>::from_pretrained(
+    automodel::gemma3n::Gemma3nForConditionalGeneration::<Flex>::from_pretrained(
         &model_dir,
         &Default::default(),
         DType::F32,
@@ -529,7 +547,7 @@ fn the_tiny_multimodal_recipe_trains_on_pictures_and_clips_and_a_matformer_slice
         cfg["text_config"]["intermediate_size"],
         serde_json::json!([64, 96, 64, 64, 96])
     );
-    let m = automodel::Gemma3nForConditionalGeneration::<Flex>::from_pretrained(
+    let m = automodel::gemma3n::Gemma3nForConditionalGeneration::<Flex>::from_pretrained(
         &exported,
         &Default::default(),
         DType::F32,

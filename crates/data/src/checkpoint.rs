@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use automodel::{Gemma3nConfig, Gemma3nProcessor};
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nProcessor};
 use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
 use automodel_gguf::GgufFile;
 use automodel_tokenizer::GemmaTokenizer;

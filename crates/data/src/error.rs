@@ -85,7 +85,7 @@ pub enum DataError {
     #[error(transparent)]
     Tokenizer(#[from] automodel_tokenizer::TokenizerError),
     #[error(transparent)]
-    Model(#[from] automodel::ModelError),
+    Model(#[from] automodel_gemma3n::ModelError),
     #[error("{0}")]
     Invalid(String),
 }

@@ -152,7 +152,7 @@ mod tests {
         let p = dir.path().join("tiny.gguf");
         tiny_gemma3_gguf().write(&p).unwrap();
         let (m, tok) =
-            automodel::convert::load_gguf::<B>(&p, &Default::default(), DType::F32).unwrap();
+            automodel_models::convert::load_gguf::<B>(&p, &Default::default(), DType::F32).unwrap();
         assert_eq!(m.config.num_hidden_layers, TINY_LAYERS);
         assert_eq!(m.config.vocab_size, tiny_vocab().0.len());
         let ids = tok.encode("the water boils", true).unwrap();

@@ -31,7 +31,7 @@ pub fn load<B: Backend>(
     gguf: &Path,
     device: &B::Device,
 ) -> Result<Gemma3ForCausalLM<B>, ParityError> {
-    automodel::convert::load_gguf::<B>(gguf, device, DType::F32)
+    automodel_models::convert::load_gguf::<B>(gguf, device, DType::F32)
         .map(|(model, _)| model)
         .map_err(|e| ParityError::Case {
             path: gguf.to_path_buf(),

@@ -32,12 +32,12 @@ pub enum ParityError {
     Weights(#[from] automodel_core::WeightError),
     /// Any error of the models (the facade's error wraps every crate's).
     #[error(transparent)]
-    Model(#[from] automodel::ModelError),
+    Model(#[from] automodel_gemma3n::ModelError),
     #[error(transparent)]
     Peft(#[from] automodel_peft::PeftError),
 }
 
-/// Errors of the component crates arrive through [`automodel::ModelError`].
+/// Errors of the component crates arrive through [`automodel_gemma3n::ModelError`].
 macro_rules! via_model_error {
     ($($t:ty),*) => {$(
         impl From<$t> for ParityError {

@@ -3,9 +3,8 @@
 
 use std::path::Path;
 
-use automodel::{
-    AudioInput, ForwardOptions, Gemma3nForConditionalGeneration, Generate, MultimodalInput,
-};
+use automodel_gemma3n::{AudioInput, Gemma3nForConditionalGeneration, MultimodalInput};
+use automodel_text::{ForwardOptions, Generate};
 use automodel_core::AutodiffBackend;
 use automodel_core::Backend;
 use automodel_core::weights::SafeTensorsFiles;

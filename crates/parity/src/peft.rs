@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-use automodel::{ForwardOptions, Gemma3nForConditionalGeneration};
+use automodel_gemma3n::Gemma3nForConditionalGeneration;
+use automodel_text::ForwardOptions;
 use automodel_core::AutodiffBackend;
 use automodel_core::tree;
 use automodel_peft::files::PEFT_PREFIX;
@@ -107,11 +108,11 @@ pub fn tiny<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<Vec<Ch
             "adapters remain after the merge",
         ));
     }
-    let inner_input = automodel::MultimodalInput::<B::InnerBackend> {
+    let inner_input = automodel_gemma3n::MultimodalInput::<B::InnerBackend> {
         input_ids: input.input_ids.clone(),
         attention_mask: input.attention_mask.clone(),
         pixel_values: input.pixel_values.clone().map(|p| p.inner()),
-        audio: input.audio.clone().map(|a| automodel::AudioInput {
+        audio: input.audio.clone().map(|a| automodel_gemma3n::AudioInput {
             features: a.features.inner(),
             valid: a.valid,
         }),

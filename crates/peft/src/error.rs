@@ -8,7 +8,7 @@ pub enum PeftError {
     #[error(transparent)]
     Weights(#[from] automodel_core::WeightError),
     #[error(transparent)]
-    Model(#[from] automodel::ModelError),
+    Model(#[from] automodel_gemma3n::ModelError),
     #[error("{0}")]
     Target(String),
     #[error("{path}: {message}")]

@@ -1,6 +1,6 @@
 //! The models adapters go on, and the names PEFT knows them by.
 
-use automodel::Gemma3nForConditionalGeneration;
+use automodel_gemma3n::Gemma3nForConditionalGeneration;
 use automodel_core::Backend;
 use automodel_text::gemma3::Gemma3ForCausalLM;
 use automodel_text::{Gemma3nForCausalLM, Gemma3nTextModel};

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use automodel::Gemma3nForConditionalGeneration;
+use automodel_gemma3n::Gemma3nForConditionalGeneration;
 use automodel_core::Backend;
 use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, TensorMap};
@@ -149,7 +149,7 @@ fn a_saved_adapter_loads_back_to_the_same_logits_and_merges() {
     let (m, cfg, plan, report) = load_adapter(full, &case).unwrap();
     assert_eq!(report.adapted(), 38);
     let text_logits = |m: &Gemma3nForConditionalGeneration<B>| {
-        let input = automodel::MultimodalInput::text(ids());
+        let input = automodel_gemma3n::MultimodalInput::text(ids());
         flat(m.forward(&input, ForwardOptions::default()).unwrap().logits)
     };
     let adapted = text_logits(&m);

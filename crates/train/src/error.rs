@@ -10,6 +10,12 @@ pub enum TrainError {
     Config(String),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
+    /// The recipe cannot be read or cannot work.
+    #[error(transparent)]
+    Recipe(#[from] crate::recipe::RecipeError),
+    /// The device cannot be used (not built in, no adapter).
+    #[error(transparent)]
+    Device(#[from] automodel_core::device::DeviceError),
     #[error(transparent)]
     Data(#[from] automodel_data::DataError),
     #[error(transparent)]

@@ -1,4 +1,4 @@
-//! Fine-tuning Gemma 3n and Gemma 3: the trainer behind `automodel-cli finetune`.
+//! Fine-tuning Gemma 3n and Gemma 3 from a recipe: what `automodel-cli finetune` runs.
 //!
 //! * [`optim`]: AdamW with PyTorch's semantics and defaults, global-norm clipping, state by
 //!   parameter name, float32 master weights for low-precision parameters.
@@ -10,6 +10,8 @@
 //! * [`metrics`]: exact match and word error rate.
 //! * [`log`]: `training.jsonl`/`validation.jsonl`, the progress bar, the loss curve.
 //! * [`model`]: what the trainer needs of a model ([`TrainModel`]).
+//! * [`recipe`]: Automodel's recipe sections, typed and validated before any weight is loaded.
+//! * [`run`]: a recipe carried out (`run(recipe, options, device) -> Summary`).
 
 pub mod adamw;
 pub mod checkpoint;
@@ -18,6 +20,8 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod recipe;
+pub mod run;
 pub mod schedule;
 pub mod trainer;
 
@@ -26,6 +30,8 @@ pub use error::TrainError;
 pub use metrics::{EvaluationConfig, Metric};
 pub use model::TrainModel;
 pub use optim::{Optimizer, OptimizerConfig};
+pub use recipe::{Recipe, RecipeError};
+pub use run::{RunOptions, run, run_on};
 pub use schedule::{DecayStyle, LrSchedule, LrSchedulerConfig};
 pub use trainer::{
     Export, Settings, StepOutcome, StepScheduler, Summary, Trainer, Validation, train_step,

@@ -1,10 +1,10 @@
-//! What the trainer needs of a model beyond [`CausalLm`]: saving it whole, the AltUp clip, and
-//! greedy answers for the generation metrics. Implemented for Gemma 3, the Gemma 3n causal LM and
-//! the full (multimodal) Gemma 3n.
+//! What the trainer needs of a model beyond [`CausalLm`]: saving it whole, what follows each
+//! optimizer step, and greedy answers for the generation metrics. Implemented for Gemma 3, the
+//! Gemma 3n causal LM and the full (multimodal) Gemma 3n.
 
 use std::path::Path;
 
-use automodel::{AudioInput, Gemma3nForConditionalGeneration, MultimodalInput};
+use automodel_gemma3n::{AudioInput, Gemma3nForConditionalGeneration, MultimodalInput};
 use automodel_core::AutodiffBackend;
 use automodel_data::HostBatch;
 use automodel_peft::PeftModel;
@@ -32,9 +32,10 @@ pub trait TrainModel<B: AutodiffBackend>:
     /// Write `config.json` and the weights as a Hugging Face folder.
     fn save_model(&self, dir: &Path, max_shard_bytes: Option<usize>) -> Result<(), TrainError>;
 
-    /// Gemma 3n's `altup_coef_clip` (HF clamps the AltUp prediction coefficients in training).
-    fn altup_coef_clip(&self) -> Option<f64> {
-        None
+    /// What the model does after each applied optimizer step (Gemma 3n clamps its AltUp
+    /// prediction coefficients, as HF's training forward does); by default nothing.
+    fn after_optimizer_step(self) -> Self {
+        self
     }
 
     /// Greedy continuation of a one-row prompt batch: the new ids (stop token excluded).
@@ -59,7 +60,7 @@ fn until_stop(ids: &[i64], stop: &[i64]) -> Vec<i64> {
 }
 
 macro_rules! text_model {
-    ($model:ident, $clip:expr) => {
+    ($model:ident, $after:expr) => {
         impl<B: AutodiffBackend> TrainModel<B> for $model<B> {
             type ModelError = <$model<B> as CausalLm<B>>::Error;
 
@@ -69,9 +70,9 @@ macro_rules! text_model {
                     .map_err(model_err)
             }
 
-            fn altup_coef_clip(&self) -> Option<f64> {
+            fn after_optimizer_step(self) -> Self {
                 #[allow(clippy::redundant_closure_call)]
-                ($clip)(self)
+                ($after)(self)
             }
 
             fn greedy(
@@ -93,21 +94,24 @@ macro_rules! text_model {
     };
 }
 
-text_model!(Gemma3ForCausalLM, |_: &Gemma3ForCausalLM<B>| None);
-text_model!(Gemma3nForCausalLM, |m: &Gemma3nForCausalLM<B>| m
-    .model
-    .config
-    .altup_coef_clip);
+text_model!(Gemma3ForCausalLM, |m: Gemma3ForCausalLM<B>| m);
+text_model!(Gemma3nForCausalLM, |m: Gemma3nForCausalLM<B>| Gemma3nForCausalLM {
+    model: m.model.after_optimizer_step(),
+    prefix: m.prefix
+});
 
 impl<B: AutodiffBackend> TrainModel<B> for Gemma3nForConditionalGeneration<B> {
-    type ModelError = automodel::ModelError;
+    type ModelError = automodel_gemma3n::ModelError;
 
     fn save_model(&self, dir: &Path, shard: Option<usize>) -> Result<(), TrainError> {
-        self.save_pretrained(dir, shard).map_err(model_err)
+        self.save_pretrained(dir, shard)
+            .map(|_| ())
+            .map_err(model_err)
     }
 
-    fn altup_coef_clip(&self) -> Option<f64> {
-        self.model.language_model.config.altup_coef_clip
+    fn after_optimizer_step(mut self) -> Self {
+        self.model.language_model = self.model.language_model.after_optimizer_step();
+        self
     }
 
     fn greedy(

@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use automodel_core::AutodiffBackend;
-use automodel_core::tree::KeyPath;
 use automodel_data::{Conversation, Encoded, HostBatch, Loader, Position, Role, Sample};
 use automodel_peft::{LoraConfig, Plan};
 use automodel_text::{CausalLm, TrainBatch, TrainOptions};
-use burn::module::{ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -182,34 +180,6 @@ pub struct Trainer<B: AutodiffBackend, M: TrainModel<B>> {
     pub side_files: SideFiles,
     /// The resolved recipe, saved into each checkpoint as `config.yaml`.
     pub recipe: String,
-}
-
-/// Clamp the stored AltUp prediction coefficients to ±`clip` (what HF's training forward does
-/// to `prediction_coefs.weight` in place).
-struct ClampAltup {
-    clip: f64,
-    path: KeyPath,
-}
-
-impl<B: AutodiffBackend> ModuleMapper<B> for ClampAltup {
-    fn enter_module(&mut self, name: &str, container: &str) {
-        self.path.enter(name, container);
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        if !self.path.key("").ends_with("altup.prediction_coefs.weight") {
-            return param;
-        }
-        let (id, t, mapper) = param.consume();
-        let rg = t.is_require_grad();
-        let mut c = Tensor::from_inner(t.inner().clamp(-self.clip, self.clip));
-        if rg {
-            c = c.require_grad();
-        }
-        Param::from_mapped_value(id, c, mapper)
-    }
 }
 
 impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
@@ -618,12 +588,7 @@ pub fn train_step<B: AutodiffBackend, M: TrainModel<B>>(
     let applied = loss.is_finite() && grad_norm.is_finite();
     if applied {
         model = optim.step(lr, model, &mut grads, clip_factor(grad_norm, max_grad_norm));
-        if let Some(c) = model.altup_coef_clip() {
-            model = model.map(&mut ClampAltup {
-                clip: c,
-                path: KeyPath::default(),
-            });
-        }
+        model = model.after_optimizer_step();
     }
     lap(3);
     tracing::debug!(

@@ -1,7 +1,7 @@
 //! A config a user can write never makes a model constructor panic: every bad value is an error
 //! that names the field.
 
-use automodel::{Gemma3nConfig, Gemma3nForConditionalGeneration};
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nForConditionalGeneration};
 use automodel_audio::{AudioEncoder, Gemma3nAudioConfig};
 use automodel_core::CpuBackend as B;
 use automodel_core::pretrained::Pretrained;

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use automodel::{Gemma3nConfig, Gemma3nProcessor};
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nProcessor};
 use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
 use automodel_core::CpuBackend as B;
 use automodel_core::init::Initializer;

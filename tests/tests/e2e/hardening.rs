@@ -5,8 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use automodel::convert::{gguf_to_hf, load_gguf};
-use automodel::{Generate, GenerationConfig, ModelError};
+use automodel_models::convert::{gguf_to_hf, load_gguf};
+use automodel_gemma3n::ModelError;
+use automodel_text::{Generate, GenerationConfig};
 use automodel_core::CpuBackend as B;
 use automodel_gguf::{GgmlType, GgufValue, GgufWriter};
 use automodel_parity::fixtures::{TINY_CONTEXT, TINY_LAYERS, tiny_gemma3_gguf};
@@ -528,7 +529,7 @@ fn gemma3n_config_sizes_are_bounded() {
             slot = &mut slot[*k];
         }
         *slot = value.into();
-        let e = automodel::Gemma3nConfig::from_value(c)
+        let e = automodel_gemma3n::Gemma3nConfig::from_value(c)
             .err()
             .unwrap_or_else(|| panic!("{want} = {value} accepted"))
             .to_string();

@@ -4,10 +4,8 @@ use crate::common;
 
 use std::collections::BTreeSet;
 
-use automodel::{
-    ForwardOptions, Gemma3nConfig, Gemma3nForConditionalGeneration, Generate, GenerationConfig,
-    MultimodalInput,
-};
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nForConditionalGeneration, MultimodalInput};
+use automodel_text::{ForwardOptions, Generate, GenerationConfig};
 use automodel_core::CpuBackend as B;
 use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, TensorMap};

@@ -4,8 +4,8 @@
 
 use crate::common;
 
-use automodel::processor::{Padding, Prompt};
-use automodel::{Gemma3nConfig, Gemma3nProcessor};
+use automodel_gemma3n::processor::{Padding, Prompt};
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nProcessor};
 use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
 use automodel_core::CpuBackend as B;
 use automodel_core::weights::SafeTensorsFiles;

@@ -29,6 +29,20 @@ pub struct AltUp<B: Backend> {
 }
 
 impl<B: Backend> AltUp<B> {
+    /// Clamp the stored prediction coefficients to ±`coef_clip` (`altup_coef_clip`; what HF's
+    /// training forward does to `prediction_coefs.weight` in place), as a fresh leaf that keeps
+    /// the parameter's id and whether it trains. Without a clip, unchanged.
+    pub fn clamp_prediction_coefs(mut self) -> Self {
+        let Some(clip) = self.coef_clip else {
+            return self;
+        };
+        self.prediction_coefs.weight = self.prediction_coefs.weight.map(|t| {
+            let trains = t.is_require_grad();
+            t.detach().clamp(-clip, clip).set_require_grad(trains)
+        });
+        self
+    }
+
     /// From a checkpoint, or HF's init (zero output scale, small random matrices).
     pub fn new(init: &Initializer<B>, cfg: &Gemma3nTextConfig) -> Self {
         let (k, h) = (cfg.altup_num_inputs, cfg.hidden_size);

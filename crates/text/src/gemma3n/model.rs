@@ -66,6 +66,22 @@ pub struct Gemma3nTextModel<B: Backend> {
 }
 
 impl<B: Backend> Gemma3nTextModel<B> {
+    /// What follows each optimizer step in training: every layer's AltUp prediction
+    /// coefficients clamped to ±`altup_coef_clip` ([`AltUp::clamp_prediction_coefs`]).
+    ///
+    /// [`AltUp::clamp_prediction_coefs`]: super::altup::AltUp::clamp_prediction_coefs
+    pub fn after_optimizer_step(mut self) -> Self {
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|mut l| {
+                l.altup = l.altup.clamp_prediction_coefs();
+                l
+            })
+            .collect();
+        self
+    }
+
     /// The decoder `cfg` describes, filled by `init` (random, or shapes to load a checkpoint
     /// into). The config is validated first: a bad value is an error naming the field.
     pub fn new(init: &Initializer<B>, cfg: &Gemma3nTextConfig) -> Result<Self, TextError> {
@@ -454,14 +470,14 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
     }
 
     /// Write `config.json` (a bare text config) and the weights in HF layout (single file, or
-    /// shards of at most `max_shard_bytes` with an index), atomically.
+    /// shards of at most `max_shard_bytes` with an index), atomically. Returns the files written.
     pub fn save_pretrained(
         &self,
         dir: impl AsRef<Path>,
         max_shard_bytes: Option<usize>,
-    ) -> Result<(), TextError> {
+    ) -> Result<Vec<std::path::PathBuf>, TextError> {
         let dir = dir.as_ref();
-        tree::hf_tensors(&self.model, &self.prefix).save(dir, max_shard_bytes)?;
+        let mut written = tree::hf_tensors(&self.model, &self.prefix).save(dir, max_shard_bytes)?;
         let mut cfg = serde_json::to_value(&self.model.config).expect("serialisable");
         if let Some(o) = cfg.as_object_mut() {
             o.insert("model_type".into(), "gemma3n_text".into());
@@ -471,8 +487,10 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
             );
         }
         let text = serde_json::to_string_pretty(&cfg).expect("serialisable");
-        automodel_core::weights::write_atomic(&dir.join("config.json"), text.as_bytes())?;
-        Ok(())
+        let path = dir.join("config.json");
+        automodel_core::weights::write_atomic(&path, text.as_bytes())?;
+        written.push(path);
+        Ok(written)
     }
 }
 

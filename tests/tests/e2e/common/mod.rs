@@ -108,12 +108,12 @@ pub fn assert_every_parameter_learns<B, M>(
 
 /// Logits of a text-only forward of the full model, flat.
 pub fn text_logits<B: automodel_core::Backend>(
-    m: &automodel::Gemma3nForConditionalGeneration<B>,
+    m: &automodel_gemma3n::Gemma3nForConditionalGeneration<B>,
     ids: &[Vec<i64>],
 ) -> Vec<f32> {
     m.forward(
-        &automodel::MultimodalInput::text(ids.to_vec()),
-        automodel::ForwardOptions::default(),
+        &automodel_gemma3n::MultimodalInput::text(ids.to_vec()),
+        automodel_text::ForwardOptions::default(),
     )
     .unwrap()
     .logits

@@ -15,7 +15,7 @@ use automodel_text::gemma3::{Gemma3ForCausalLM, Gemma3TextConfig};
 use automodel_tokenizer::GemmaTokenizer;
 use burn::tensor::DType;
 
-use crate::ModelError;
+use automodel_gemma3n::ModelError;
 
 /// Files a converted folder is made of; [`gguf_to_hf`] refuses to overwrite any of them unless
 /// asked to.

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::ModelError;
+use automodel_gemma3n::ModelError;
 
 /// The Hub cache folder: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
 pub fn cache_dir() -> Option<PathBuf> {

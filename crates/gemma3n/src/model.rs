@@ -206,17 +206,6 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
         Self::from_files(&files, &cfg, device, dtype)
     }
 
-    /// Load a model by Hugging Face Hub repo id (`org/name`, revision default `main`): the local
-    /// Hub cache first, then a download with the `hub` feature (see [`crate::hub`]).
-    pub fn from_hub(
-        repo: &str,
-        revision: Option<&str>,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, ModelError> {
-        Self::from_pretrained(crate::hub::resolve(repo, revision)?, device, dtype)
-    }
-
     /// Load from opened checkpoint files; one error lists every missing, unexpected or
     /// mis-shaped key of every component.
     pub fn from_files(
@@ -239,16 +228,19 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
     }
 
     /// Write `config.json` and the weights (single file or shards + index), atomically.
+    /// Returns the files written.
     pub fn save_pretrained(
         &self,
         dir: impl AsRef<Path>,
         max_shard_bytes: Option<usize>,
-    ) -> Result<(), ModelError> {
+    ) -> Result<Vec<std::path::PathBuf>, ModelError> {
         let dir = dir.as_ref();
-        tree::hf_tensors(self, "").save(dir, max_shard_bytes)?;
+        let mut written = tree::hf_tensors(self, "").save(dir, max_shard_bytes)?;
         let text = serde_json::to_string_pretty(&self.config.raw).expect("serialisable");
-        automodel_core::weights::write_atomic(&dir.join("config.json"), text.as_bytes())?;
-        Ok(())
+        let path = dir.join("config.json");
+        automodel_core::weights::write_atomic(&path, text.as_bytes())?;
+        written.push(path);
+        Ok(written)
     }
 
     fn dtype(&self) -> DType {
