@@ -13,7 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let (Some(first), Some(last)) = (summary.first_loss, summary.last_loss) {
         println!("loss {first:.4} -> {last:.4} over {} steps", summary.steps);
     }
-    let checkpoint = summary.last_checkpoint.ok_or("the run saved no checkpoint")?;
+    let checkpoint = summary
+        .last_checkpoint
+        .ok_or("the run saved no checkpoint")?;
     println!("adapter {}", checkpoint.join("model").display());
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use automodel::text::TextError;
 use automodel::text::generate::TextPrompt;
-use automodel::{AutoModel, Backend, Generate, GemmaTokenizer, GenerationConfig, PeftModel};
+use automodel::{AutoModel, Backend, GemmaTokenizer, Generate, GenerationConfig, PeftModel};
 use burn::backend::Flex;
 use burn::tensor::DType;
 
@@ -23,9 +23,17 @@ where
         Some(dir) => automodel::load_adapter(model, dir.as_ref())?.0,
         None => model,
     };
-    let ids = tok.encode(prompt, true)?.into_iter().map(i64::from).collect();
+    let ids = tok
+        .encode(prompt, true)?
+        .into_iter()
+        .map(i64::from)
+        .collect();
     let stop = tok.stop_ids().into_iter().map(i64::from).collect();
-    let out = model.generate(&TextPrompt::single(ids), &GenerationConfig::greedy(32, stop), |_| {})?;
+    let out = model.generate(
+        &TextPrompt::single(ids),
+        &GenerationConfig::greedy(32, stop),
+        |_| {},
+    )?;
     let new: Vec<u32> = out.generated[0].iter().map(|&t| t as u32).collect();
     Ok(tok.decode(&new, true)?)
 }
@@ -40,7 +48,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let answer = match AutoModel::<Flex>::from_pretrained(model, &Default::default(), DType::F32)? {
         AutoModel::Gemma3(m, tok) => run(m, &tok, prompt, adapter)?,
         AutoModel::Gemma3nText(m, tok) => run(m, &tok, prompt, adapter)?,
-        AutoModel::Gemma3n(_) => return Err("the full Gemma 3n: use `automodel-cli generate`".into()),
+        AutoModel::Gemma3n(_) => {
+            return Err("the full Gemma 3n: use `automodel-cli generate`".into());
+        }
     };
     println!("{answer}");
     Ok(())

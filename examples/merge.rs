@@ -3,8 +3,8 @@
 //!
 //!     cargo run --release -p automodel --example merge -- MODEL ADAPTER_DIR OUT_DIR
 
-use automodel::models::convert::write_tokenizer_files;
 use automodel::core::weights::copy_side_files;
+use automodel::models::convert::write_tokenizer_files;
 use automodel::{AutoModel, ModelSource, load_adapter, merge};
 use burn::backend::Flex;
 use burn::tensor::DType;
@@ -33,9 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut written = merged.save_pretrained(out, None)?;
     // the tokenizer files: the base folder's, or a GGUF file's vocabulary written as HF files
     match (ModelSource::detect(model.as_ref())?, &merged) {
-        (ModelSource::Gguf(_), AutoModel::Gemma3(m, tok)) => {
-            written.extend(write_tokenizer_files(tok, m.config.max_position_embeddings, out)?)
-        }
+        (ModelSource::Gguf(_), AutoModel::Gemma3(m, tok)) => written.extend(write_tokenizer_files(
+            tok,
+            m.config.max_position_embeddings,
+            out,
+        )?),
         (source, _) => written.extend(copy_side_files(source.path(), out)?),
     }
     for f in written {

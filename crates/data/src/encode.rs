@@ -1,8 +1,8 @@
 //! One sample to token ids and labels: the chat template, HF's placeholder expansion for media,
 //! answer-only (or all-token) labels, and the `max_length` policy.
 
-use automodel_gemma3n::Gemma3nProcessor;
 use automodel_core::loss::IGNORE_INDEX;
+use automodel_gemma3n::Gemma3nProcessor;
 use automodel_tokenizer::GemmaTokenizer;
 use serde::{Deserialize, Serialize};
 

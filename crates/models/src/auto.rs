@@ -200,19 +200,11 @@ impl<B: Backend> AutoModel<B> {
                 dtype,
             )?),
             "gemma3n_text" => Self::Gemma3nText(
-                Gemma3nForCausalLM::init(
-                    &Gemma3nTextConfig::from_value(&cfg)?,
-                    device,
-                    dtype,
-                )?,
+                Gemma3nForCausalLM::init(&Gemma3nTextConfig::from_value(&cfg)?, device, dtype)?,
                 tok()?,
             ),
             "gemma3_text" => Self::Gemma3(
-                Gemma3ForCausalLM::init(
-                    &Gemma3TextConfig::from_value(&cfg)?,
-                    device,
-                    dtype,
-                )?,
+                Gemma3ForCausalLM::init(&Gemma3TextConfig::from_value(&cfg)?, device, dtype)?,
                 tok()?,
             ),
             other => unreachable!("{other} is in MODEL_TYPES"),
@@ -285,7 +277,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("GGUF magic") && e.contains("x.gguf"), "{e}");
-        let e = ModelSource::detect(&d.join("absent")).unwrap_err().to_string();
+        let e = ModelSource::detect(&d.join("absent"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no such file or folder"), "{e}");
     }
 

@@ -206,7 +206,14 @@ pub(crate) fn golden_peft_dir_for_tests() -> PathBuf {
 }
 
 /// Where `cargo xtask fetch-model gemma-3-270m` keeps the Gemma 3 270M GGUF:
-/// `$AUTOMODEL_CACHE`, else `~/.cache/automodel`, file `gemma-3-270m-q4_k_m.gguf`.
+/// `$AUTOMODEL_CACHE`, else `~/.cache/automodel`, file `gemma-3-270m-q4_k_m.gguf`; fetched
+/// first when it is missing (a failed fetch is printed, and the caller finds no file).
 pub fn gemma3_270m_path() -> PathBuf {
-    automodel_core::cache::known_model("gemma-3-270m").expect("a known model")
+    let p = automodel_core::cache::known_model("gemma-3-270m").expect("a known model");
+    if !p.is_file()
+        && let Err(e) = automodel_models::fetch::fetch("gemma-3-270m", |m| eprintln!("{m}"))
+    {
+        eprintln!("{e}");
+    }
+    p
 }

@@ -3,13 +3,13 @@
 
 use std::path::Path;
 
-use automodel_gemma3n::{AudioInput, Gemma3nForConditionalGeneration, MultimodalInput};
-use automodel_text::{ForwardOptions, Generate};
 use automodel_core::AutodiffBackend;
 use automodel_core::Backend;
 use automodel_core::weights::SafeTensorsFiles;
+use automodel_gemma3n::{AudioInput, Gemma3nForConditionalGeneration, MultimodalInput};
 use automodel_text::generate::ids_tensor;
 use automodel_text::{CausalLm, TrainBatch, TrainOptions};
+use automodel_text::{ForwardOptions, Generate};
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 

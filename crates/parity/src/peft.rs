@@ -6,12 +6,12 @@
 
 use std::path::Path;
 
-use automodel_gemma3n::Gemma3nForConditionalGeneration;
-use automodel_text::ForwardOptions;
 use automodel_core::AutodiffBackend;
 use automodel_core::tree;
+use automodel_gemma3n::Gemma3nForConditionalGeneration;
 use automodel_peft::files::PEFT_PREFIX;
 use automodel_peft::{load_adapter, merge};
+use automodel_text::ForwardOptions;
 use automodel_text::generate::ids_tensor;
 use automodel_text::{CausalLm, TrainBatch, TrainOptions};
 use burn::module::AutodiffModule;

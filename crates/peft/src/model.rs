@@ -1,7 +1,7 @@
 //! The models adapters go on, and the names PEFT knows them by.
 
-use automodel_gemma3n::Gemma3nForConditionalGeneration;
 use automodel_core::Backend;
+use automodel_gemma3n::Gemma3nForConditionalGeneration;
 use automodel_text::gemma3::Gemma3ForCausalLM;
 use automodel_text::{Gemma3nForCausalLM, Gemma3nTextModel};
 use burn::module::Module;

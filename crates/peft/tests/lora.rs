@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use automodel_gemma3n::Gemma3nForConditionalGeneration;
 use automodel_core::Backend;
 use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, TensorMap};
 use automodel_core::{CpuAutodiff as A, CpuBackend as B};
+use automodel_gemma3n::Gemma3nForConditionalGeneration;
 use automodel_peft::files::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX};
 use automodel_peft::{
     Component, FreezeConfig, LoraConfig, PeftError, PeftModel, Targets, apply_freeze, apply_lora,

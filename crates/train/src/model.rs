@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use automodel_gemma3n::{AudioInput, Gemma3nForConditionalGeneration, MultimodalInput};
 use automodel_core::AutodiffBackend;
 use automodel_data::HostBatch;
+use automodel_gemma3n::{AudioInput, Gemma3nForConditionalGeneration, MultimodalInput};
 use automodel_peft::PeftModel;
 use automodel_text::gemma3::Gemma3ForCausalLM;
 use automodel_text::generate::TextPrompt;
@@ -95,9 +95,11 @@ macro_rules! text_model {
 }
 
 text_model!(Gemma3ForCausalLM, |m: Gemma3ForCausalLM<B>| m);
-text_model!(Gemma3nForCausalLM, |m: Gemma3nForCausalLM<B>| Gemma3nForCausalLM {
-    model: m.model.after_optimizer_step(),
-    prefix: m.prefix
+text_model!(Gemma3nForCausalLM, |m: Gemma3nForCausalLM<B>| {
+    Gemma3nForCausalLM {
+        model: m.model.after_optimizer_step(),
+        prefix: m.prefix,
+    }
 });
 
 impl<B: AutodiffBackend> TrainModel<B> for Gemma3nForConditionalGeneration<B> {

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    CheckpointConfig, EvaluationConfig, LrSchedulerConfig, OptimizerConfig, Settings,
-    StepScheduler,
+    CheckpointConfig, EvaluationConfig, LrSchedulerConfig, OptimizerConfig, Settings, StepScheduler,
 };
 
 /// The built-in default recipe (`recipes/default.yaml`): LoRA on Gemma 3 270M with the
@@ -287,7 +286,10 @@ impl Recipe {
     }
 
     /// The built-in default recipe (`recipes/default.yaml` as compiled in), named `path`.
-    pub fn default_recipe(path: impl AsRef<Path>, overrides: &[String]) -> Result<Self, RecipeError> {
+    pub fn default_recipe(
+        path: impl AsRef<Path>,
+        overrides: &[String],
+    ) -> Result<Self, RecipeError> {
         Self::parse(path.as_ref(), DEFAULT_RECIPE, overrides)
     }
 
@@ -296,7 +298,11 @@ impl Recipe {
         let mut root: Value = serde_yaml_ng::from_str(text)
             .map_err(|e| RecipeError::new(path, None, format!("not valid YAML: {e}")))?;
         let Some(obj) = root.as_object() else {
-            return Err(RecipeError::new(path, None, "a recipe is a mapping of sections"));
+            return Err(RecipeError::new(
+                path,
+                None,
+                "a recipe is a mapping of sections",
+            ));
         };
         for key in obj.keys() {
             if !SECTIONS.contains(&key.as_str()) {
@@ -318,9 +324,9 @@ impl Recipe {
     }
 
     fn from_value(path: &Path, root: &Value) -> Result<Self, RecipeError> {
-        let missing = |s: &str| RecipeError::new(path, None, format!("the `{s}` section is missing"));
-        let mut validation_dataset: Option<DataConfig> =
-            section(path, root, "validation_dataset")?;
+        let missing =
+            |s: &str| RecipeError::new(path, None, format!("the `{s}` section is missing"));
+        let mut validation_dataset: Option<DataConfig> = section(path, root, "validation_dataset")?;
         // validation runs in file order unless the recipe says otherwise
         let val_shuffle = root
             .get("validation_dataset")
@@ -429,7 +435,8 @@ impl Recipe {
             .validate()
             .map_err(|e| self.err("dataset", e))?;
         if let Some(v) = &self.validation_dataset {
-            v.validate().map_err(|e| self.err("validation_dataset", e))?;
+            v.validate()
+                .map_err(|e| self.err("validation_dataset", e))?;
         }
         let ss = &self.step_scheduler;
         ss.grad_acc_steps()
@@ -536,7 +543,7 @@ impl Recipe {
             if !p.is_file() {
                 return Err(self.err(
                     key,
-                    format!("`{s}` is not fetched yet: run `cargo xtask fetch-model {s}`"),
+                    format!("`{s}` is not fetched yet (`finetune` fetches it; so does `cargo xtask fetch-model {s}`)"),
                 ));
             }
             return Ok(p);
@@ -561,6 +568,27 @@ impl Recipe {
         Ok(p)
     }
 
+    /// Fetch the models the recipe names by short name (`gemma-3-270m`) that are not in the
+    /// cache yet ([`automodel_models::fetch`]); `progress` hears each step.
+    pub fn fetch_missing(&self, mut progress: impl FnMut(&str)) -> Result<(), crate::TrainError> {
+        let m = &self.model;
+        for (key, name) in [
+            (
+                "model.pretrained_model_name_or_path",
+                &m.pretrained_model_name_or_path,
+            ),
+            ("model.tokenizer", &m.tokenizer),
+        ] {
+            if let Some(n) = name
+                && automodel_core::cache::known_model(n).is_some_and(|p| !p.is_file())
+            {
+                automodel_models::fetch::fetch(n, &mut progress)
+                    .map_err(|e| self.err(key, format!("`{n}` is not in the cache: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Where the checkpoint (or, for a model built from `model.config`, the tokenizer) is.
     pub fn model_path(&self) -> Result<PathBuf, RecipeError> {
         let m = &self.model;
@@ -573,7 +601,10 @@ impl Recipe {
 
     /// The text side the datasets are encoded with: the checkpoint's, or for `model.config`
     /// the tokenizer's with the processor of the config's folder.
-    pub fn text_side(&self, has_media: bool) -> Result<automodel_data::TextSide, crate::TrainError> {
+    pub fn text_side(
+        &self,
+        has_media: bool,
+    ) -> Result<automodel_data::TextSide, crate::TrainError> {
         let path = self.model_path()?;
         Ok(match &self.model.config {
             Some(c) => automodel_data::TextSide::for_config(&path, &self.base().join(c))?,
@@ -621,15 +652,25 @@ mod tests {
         assert_eq!(r.peft.as_ref().unwrap().r, 16);
         assert_eq!(r.optimizer.betas, [0.9, 0.95]);
         assert!(!r.checkpoint.enabled);
-        let e = parse("", &["step_schedular.max_steps=1"]).unwrap_err().to_string();
+        let e = parse("", &["step_schedular.max_steps=1"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("did you mean `step_scheduler`"), "{e}");
         assert!(parse("", &["max_steps"]).is_err());
         let e = parse("", &["model.pretrained_model_name_or_path.x=1"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not a mapping") || e.contains("model.pretrained_model_name_or_path"), "{e}");
-        let e = parse("optimizer:\n  lrr: 1\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("r.yaml: optimizer.lrr") && e.contains("did you mean `lr`"), "{e}");
+        assert!(
+            e.contains("not a mapping") || e.contains("model.pretrained_model_name_or_path"),
+            "{e}"
+        );
+        let e = parse("optimizer:\n  lrr: 1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("r.yaml: optimizer.lrr") && e.contains("did you mean `lr`"),
+            "{e}"
+        );
         let e = parse("stepscheduler: {}\n", &[]).unwrap_err().to_string();
         assert!(e.contains("unknown section `stepscheduler`"), "{e}");
         assert_eq!(nearest("lrr", ["lr", "betas", "eps"]), Some("lr"));
@@ -643,7 +684,11 @@ mod tests {
     #[test]
     fn validate_names_the_key_of_every_refusal() {
         let cases: &[(&str, &[&str], &str)] = &[
-            ("", &["peft.dim=0"], "r.yaml: peft.dim: the rank must be at least 1"),
+            (
+                "",
+                &["peft.dim=0"],
+                "r.yaml: peft.dim: the rank must be at least 1",
+            ),
             ("peft:\n  r: 0\n", &[], "peft.r: the rank"),
             ("peft:\n  dim: 8\n  alpha: -1\n", &[], "peft.alpha"),
             (
@@ -651,22 +696,57 @@ mod tests {
                 &[],
                 "freeze_config: applies to full fine-tuning",
             ),
-            ("", &["model.tokenizer=y"], "model.tokenizer: is used with model.config only"),
-            ("", &["model.init_seed=3"], "model.init_seed: seeds the random weights"),
-            ("", &["distributed.strategy=fsdp2"], "distributed.strategy: `fsdp2` is not available"),
+            (
+                "",
+                &["model.tokenizer=y"],
+                "model.tokenizer: is used with model.config only",
+            ),
+            (
+                "",
+                &["model.init_seed=3"],
+                "model.init_seed: seeds the random weights",
+            ),
+            (
+                "",
+                &["distributed.strategy=fsdp2"],
+                "distributed.strategy: `fsdp2` is not available",
+            ),
             ("", &["distributed.dp_size=2"], "distributed.dp_size: 2"),
-            ("", &["distributed.sequence_parallel=true"], "distributed.sequence_parallel"),
-            ("", &["model.torch_dtype=float16"], "model.torch_dtype: float16 is refused"),
-            ("", &["clip_grad_norm.max_norm=0"], "clip_grad_norm.max_norm: 0"),
+            (
+                "",
+                &["distributed.sequence_parallel=true"],
+                "distributed.sequence_parallel",
+            ),
+            (
+                "",
+                &["model.torch_dtype=float16"],
+                "model.torch_dtype: float16 is refused",
+            ),
+            (
+                "",
+                &["clip_grad_norm.max_norm=0"],
+                "clip_grad_norm.max_norm: 0",
+            ),
             ("", &["model.config=c"], "model: give either"),
         ];
         for (extra, o, want) in cases {
-            let e = parse(extra, o).and_then(|r| r.validate()).unwrap_err().to_string();
+            let e = parse(extra, o)
+                .and_then(|r| r.validate())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{extra} {o:?}: {e}");
         }
         // what is accepted
-        for o in ["distributed.strategy=ddp", "distributed.dp_size=1", "peft.dim=8", "clip_grad_norm.max_norm=null"] {
-            parse("", &[o]).unwrap().validate().unwrap_or_else(|e| panic!("{o}: {e}"));
+        for o in [
+            "distributed.strategy=ddp",
+            "distributed.dp_size=1",
+            "peft.dim=8",
+            "clip_grad_norm.max_norm=null",
+        ] {
+            parse("", &[o])
+                .unwrap()
+                .validate()
+                .unwrap_or_else(|e| panic!("{o}: {e}"));
         }
         let r = parse("", &["clip_grad_norm.max_norm=null"]).unwrap();
         assert_eq!(r.settings().max_grad_norm, None);
@@ -678,7 +758,11 @@ mod tests {
         let r = parse("validation_dataset:\n  builtin: instruct\n", &[]).unwrap();
         assert!(!r.validation_dataset.as_ref().unwrap().shuffle);
         assert!(r.dataset.shuffle, "training data is shuffled by default");
-        let r = parse("validation_dataset:\n  builtin: instruct\n  shuffle: true\n", &[]).unwrap();
+        let r = parse(
+            "validation_dataset:\n  builtin: instruct\n  shuffle: true\n",
+            &[],
+        )
+        .unwrap();
         assert!(r.validation_dataset.as_ref().unwrap().shuffle);
     }
 

@@ -75,14 +75,16 @@ fn newest_run(stem: &str) -> Option<PathBuf> {
     v.pop()
 }
 
-/// Validate `recipe` and carry it out on the backend and device `device` names (with
-/// `distributed.activation_checkpointing`, on Burn's balanced checkpointing).
+/// Validate `recipe`, fetch the models it names by short name that are missing, and carry it
+/// out on the backend and device `device` names (with `distributed.activation_checkpointing`,
+/// on Burn's balanced checkpointing).
 pub fn run_on(
     recipe: &Recipe,
     options: &RunOptions,
     device: DeviceSpec,
 ) -> Result<Summary, TrainError> {
     recipe.validate()?;
+    recipe.fetch_missing(|m| eprintln!("{m}"))?;
     let job = Job { recipe, options };
     if recipe.distributed.activation_checkpointing {
         automodel_core::device::run_on_checkpointed(device, job)?
@@ -151,8 +153,8 @@ pub fn run<B: AutodiffBackend>(
             let m = match &spec {
                 Some(s) => {
                     let mut inner = m.valid();
-                    inner.model =
-                        automodel_text::matformer::slice_model(inner.model, s).map_err(model_err)?;
+                    inner.model = automodel_text::matformer::slice_model(inner.model, s)
+                        .map_err(model_err)?;
                     Gemma3nForCausalLM::<B>::from_inner(inner)
                 }
                 None => m,
@@ -240,7 +242,8 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
     automodel_core::seed::<B>(&device, settings.seed);
     let (model, export) = match &recipe.peft {
         Some(cfg) => {
-            let peft_err = |e: automodel_peft::PeftError| TrainError::Config(format!("{file}: peft: {e}"));
+            let peft_err =
+                |e: automodel_peft::PeftError| TrainError::Config(format!("{file}: peft: {e}"));
             let (t, prefix) = model.tree();
             let lin = automodel_core::tree::linear_paths(t, prefix);
             let modules = automodel_peft::inject::module_paths(t, prefix);
@@ -275,7 +278,13 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
     };
     let ss = &settings.step_scheduler;
     let records = read(recipe, "dataset", &recipe.dataset)?;
-    let train_loader = loader(recipe, "dataset", &recipe.dataset, records, ss.local_batch_size)?;
+    let train_loader = loader(
+        recipe,
+        "dataset",
+        &recipe.dataset,
+        records,
+        ss.local_batch_size,
+    )?;
     let validation = match &recipe.validation_dataset {
         Some(v) => {
             let records = read(recipe, "validation_dataset", v)?;
@@ -286,7 +295,13 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
                 .filter_map(|r| r.sample.clone().ok())
                 .take(n)
                 .collect();
-            let loader = loader(recipe, "validation_dataset", v, records, ss.local_batch_size)?;
+            let loader = loader(
+                recipe,
+                "validation_dataset",
+                v,
+                records,
+                ss.local_batch_size,
+            )?;
             Some(Validation::new(loader, &samples, n)?)
         }
         None => None,

@@ -1,10 +1,10 @@
 //! A config a user can write never makes a model constructor panic: every bad value is an error
 //! that names the field.
 
-use automodel_gemma3n::{Gemma3nConfig, Gemma3nForConditionalGeneration};
 use automodel_audio::{AudioEncoder, Gemma3nAudioConfig};
 use automodel_core::CpuBackend as B;
 use automodel_core::pretrained::Pretrained;
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nForConditionalGeneration};
 use automodel_text::gemma3::{Gemma3ForCausalLM, Gemma3TextConfig};
 use automodel_text::{Gemma3nForCausalLM, Gemma3nTextConfig, LayerType};
 use automodel_vision::{Gemma3nVisionConfig, MobileNetV5Encoder};

@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use automodel_gemma3n::{Gemma3nConfig, Gemma3nProcessor};
 use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
 use automodel_core::CpuBackend as B;
 use automodel_core::init::Initializer;
@@ -16,6 +15,7 @@ use automodel_data::{
     Loader, LoaderConfig, Media, Message, Overlong, Packing, Part, Position, Role, Sample, builtin,
     stats,
 };
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nProcessor};
 use automodel_gguf::GgufFile;
 use automodel_text::gemma3::{Gemma3ForCausalLM, Gemma3TextConfig};
 use automodel_text::{CausalLm, TrainOptions};

@@ -83,8 +83,8 @@ fn malformed_gguf_files_give_errors() {
 
 #[test]
 fn converted_hugging_face_folder_matches_the_gguf() {
-    use automodel_models::convert::{gguf_to_hf, load_gguf};
     use automodel_core::CpuBackend;
+    use automodel_models::convert::{gguf_to_hf, load_gguf};
     use automodel_text::gemma3::Gemma3ForCausalLM;
     use automodel_text::generate::ids_tensor;
     use burn::tensor::DType;

@@ -5,14 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
-use automodel_models::convert::{gguf_to_hf, load_gguf};
-use automodel_gemma3n::ModelError;
-use automodel_text::{Generate, GenerationConfig};
 use automodel_core::CpuBackend as B;
+use automodel_gemma3n::ModelError;
 use automodel_gguf::{GgmlType, GgufValue, GgufWriter};
+use automodel_models::convert::{gguf_to_hf, load_gguf};
 use automodel_parity::fixtures::{TINY_CONTEXT, TINY_LAYERS, tiny_gemma3_gguf};
 use automodel_text::gemma3::Gemma3ForCausalLM;
 use automodel_text::generate::{TextDecoder, TextPrompt, Tokens, ids_tensor};
+use automodel_text::{Generate, GenerationConfig};
 use burn::tensor::DType;
 
 fn write(w: &GgufWriter, dir: &Path) -> PathBuf {

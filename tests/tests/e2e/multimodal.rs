@@ -4,12 +4,12 @@ use crate::common;
 
 use std::collections::BTreeSet;
 
-use automodel_gemma3n::{Gemma3nConfig, Gemma3nForConditionalGeneration, MultimodalInput};
-use automodel_text::{ForwardOptions, Generate, GenerationConfig};
 use automodel_core::CpuBackend as B;
 use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, TensorMap};
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nForConditionalGeneration, MultimodalInput};
 use automodel_text::matformer::{MatformerSpec, extract_checkpoint};
+use automodel_text::{ForwardOptions, Generate, GenerationConfig};
 use automodel_vision::config::{BlockArgs, decode_block, mobilenetv5_300m_arch};
 use burn::tensor::{DType, TensorData};
 use common::{case, max_diff, rows};

@@ -4,11 +4,11 @@
 
 use crate::common;
 
-use automodel_gemma3n::processor::{Padding, Prompt};
-use automodel_gemma3n::{Gemma3nConfig, Gemma3nProcessor};
 use automodel_audio::features::{FeatureExtractor, FeatureExtractorConfig};
 use automodel_core::CpuBackend as B;
 use automodel_core::weights::SafeTensorsFiles;
+use automodel_gemma3n::processor::{Padding, Prompt};
+use automodel_gemma3n::{Gemma3nConfig, Gemma3nProcessor};
 use automodel_gguf::GgufFile;
 use automodel_tokenizer::GemmaTokenizer;
 use automodel_vision::processor::{ImageProcessorConfig, RgbImage};

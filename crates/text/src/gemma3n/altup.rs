@@ -38,7 +38,11 @@ impl<B: Backend> AltUp<B> {
         };
         self.prediction_coefs.weight = self.prediction_coefs.weight.map(|t| {
             let trains = t.is_require_grad();
-            t.detach().clamp(-clip, clip).set_require_grad(trains)
+            // detached after the clamp too: a fresh leaf, outside any graph
+            t.detach()
+                .clamp(-clip, clip)
+                .detach()
+                .set_require_grad(trains)
         });
         self
     }
@@ -145,4 +149,53 @@ pub fn match_magnitude<B: Backend>(y: Tensor<B, 3>, target_rms: Tensor<B, 3>) ->
 /// Per-token RMS without epsilon, `sqrt(mean(x²))`.
 pub fn rms<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     x.powi_scalar(2).mean_dim(2).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automodel_core::CpuAutodiff as A;
+
+    #[test]
+    fn clamping_after_a_step_keeps_a_trainable_leaf_with_its_id() {
+        let dev = Default::default();
+        let mut cfg = Gemma3nTextConfig::tiny();
+        cfg.altup_coef_clip = Some(0.5);
+        let init = Initializer::<A>::random(&dev, DType::F32, 1.0);
+        let mut altup = AltUp::new(&init, &cfg);
+        let k = cfg.altup_num_inputs;
+        let big = Tensor::<A, 2>::ones([k, k * k], &dev).mul_scalar(3.0);
+        altup.prediction_coefs.weight = Param::from_tensor(big.require_grad());
+        let id = altup.prediction_coefs.weight.id;
+        for trains in [true, false] {
+            let mut a = altup.clone();
+            a.prediction_coefs.weight = a
+                .prediction_coefs
+                .weight
+                .map(|t| t.set_require_grad(trains));
+            let a = a.clamp_prediction_coefs();
+            let w = a.prediction_coefs.weight.val();
+            assert_eq!(a.prediction_coefs.weight.id, id);
+            assert_eq!(w.is_require_grad(), trains);
+            let v: Vec<f32> = w.clone().into_data().into_vec().unwrap();
+            assert!(v.iter().all(|&x| x == 0.5), "{v:?}");
+            if trains {
+                // still a leaf: a loss over it has a gradient for it
+                let g = w.clone().sum().backward();
+                assert!(w.grad(&g).is_some());
+            }
+        }
+        // no clip configured: unchanged
+        let mut a = altup.clone();
+        a.coef_clip = None;
+        let v: Vec<f32> = a
+            .clamp_prediction_coefs()
+            .prediction_coefs
+            .weight
+            .val()
+            .into_data()
+            .into_vec()
+            .unwrap();
+        assert!(v.iter().all(|&x| x == 3.0));
+    }
 }
