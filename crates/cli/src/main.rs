@@ -116,7 +116,9 @@ struct GenerateArgs {
     /// Audio clips for Gemma 3n (WAV, FLAC, MP3, OGG), placed after the images.
     #[arg(long)]
     audio: Vec<PathBuf>,
-    #[arg(long, default_value_t = 64)]
+    /// How many tokens to generate at most (a whole number ≥ 0; prompt + new tokens must fit
+    /// the model's context).
+    #[arg(long, default_value_t = 64, value_parser = whole, allow_negative_numbers = true)]
     max_new_tokens: usize,
     /// Sample instead of greedy decoding.
     #[arg(long)]
@@ -154,6 +156,12 @@ fn positive(s: &str) -> Result<f64, String> {
         Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
         _ => Err(format!("`{s}` is not a positive number")),
     }
+}
+
+/// A whole number ≥ 0.
+fn whole(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .map_err(|_| format!("`{s}` is not a whole number ≥ 0"))
 }
 
 /// A number in (0, 1].
@@ -198,8 +206,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn convert(a: ConvertArgs) -> anyhow::Result<()> {
-    if !a.model.is_file() {
-        bail!("{}: no such GGUF file", a.model.display());
+    if let ModelSource::Folder(d) = ModelSource::detect(&a.model)? {
+        bail!(
+            "{}: a folder; convert takes a GGUF file (a Hugging Face folder is loaded as it is by generate, merge-lora and finetune)",
+            d.display()
+        );
     }
     let o = &a.output;
     let files =

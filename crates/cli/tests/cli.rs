@@ -356,10 +356,80 @@ fn hostile_inputs_give_one_clear_error() {
         );
     }
 
+    // a header that names far more layers than the file holds: named, before any memory grows
+    let tall = dir.path().join("tall.gguf");
+    tiny_gemma3_gguf()
+        .set("gemma3.block_count", GgufValue::U32(1000))
+        .write(&tall)
+        .unwrap();
+    let err = clean(&cli(&[
+        "generate",
+        "--model",
+        tall.to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]));
+    assert!(
+        err.contains("layers") && err.contains("999") && err.contains("layer count"),
+        "{err}"
+    );
+
     // a prompt longer than the model's context
     let long = "the water boils ".repeat(TINY_CONTEXT);
     let err = clean(&cli(&["generate", "--model", &good, "--prompt", &long]));
     assert!(err.contains(&format!("context is {TINY_CONTEXT}")), "{err}");
+
+    // the format is told by the bytes, not the name: a GGUF file without `.gguf`, and a file
+    // of a Hugging Face folder standing for the folder
+    let renamed = dir.path().join("model.bin");
+    std::fs::copy(&good, &renamed).unwrap();
+    let gen3 = |m: &str| {
+        cli(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "the water",
+            "--max-new-tokens",
+            "3",
+        ])
+    };
+    let out = gen3(renamed.to_str().unwrap());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hf = dir.path().join("hf");
+    let conv = cli(&["convert", "--model", &good, "--out", hf.to_str().unwrap()]);
+    assert!(conv.status.success(), "{}", text(&conv.stderr));
+    let out = gen3(hf.join("model.safetensors").to_str().unwrap());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = clean(&cli(&[
+        "convert",
+        "--model",
+        hf.to_str().unwrap(),
+        "--out",
+        "x",
+    ]));
+    assert!(err.contains("a folder; convert takes a GGUF file"), "{err}");
+    // a config.json that is no mapping
+    let null = dir.path().join("null");
+    std::fs::create_dir(&null).unwrap();
+    std::fs::write(null.join("config.json"), "null").unwrap();
+    let err = clean(&gen3(null.to_str().unwrap()));
+    assert!(
+        err.contains("expected a JSON object with a `model_type`, found null"),
+        "{err}"
+    );
+    fails_with(
+        &cli(&[
+            "generate",
+            "--model",
+            &good,
+            "--prompt",
+            "x",
+            "--max-new-tokens",
+            "-1",
+        ]),
+        "`-1` is not a whole number",
+    );
 
     // sampling flags
     for (flags, want) in [

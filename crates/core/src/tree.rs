@@ -241,7 +241,12 @@ impl<B: Backend, F: Fn(&str) -> bool> ModuleMapper<B> for LoadMapper<'_, '_, B, 
         if linear {
             shape.reverse();
         }
-        let mut t = self.loader.tensor(&self.path.key(""), shape);
+        // a missing or mis-shaped tensor is recorded and the parameter kept as it is (a shapes-only
+        // parameter allocates nothing): a config that names more layers than the checkpoint holds
+        // costs no memory before `finish` reports it
+        let Some(mut t) = self.loader.try_tensor(&self.path.key(""), shape) else {
+            return param;
+        };
         if linear {
             // materialise the transpose so the forward matmul reads contiguous memory
             let (device, dtype) = (t.device(), t.dtype());
@@ -431,6 +436,23 @@ mod tests {
         }
         let _ = load(bigger, &loader);
         let err = loader.finish(|_| false).unwrap_err().to_string();
+        // a missing linear costs no memory: a shapes-only 100 000 × 100 000 layer (40 GB if it
+        // were materialised) is reported, not transposed into a buffer
+        let loader = WeightLoader::<B>::new(&files, "", &dev, DType::F32);
+        let mut huge = outer::<B>(&Initializer::shapes(&dev, DType::F32));
+        if let Either::First(i) = &mut huge.layers[0] {
+            i.gate = Some(Linear::new(
+                &Initializer::shapes(&dev, DType::F32),
+                100_000,
+                100_000,
+            ));
+        }
+        let _ = load(huge, &loader);
+        let huge_err = loader.finish(|_| false).unwrap_err().to_string();
+        assert!(
+            huge_err.contains("missing `layers.0.gate.weight` (expected shape [100000, 100000])"),
+            "{huge_err}"
+        );
         assert!(
             err.contains("missing `layers.0.gate.weight` (expected shape [3, 3])"),
             "{err}"

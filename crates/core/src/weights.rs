@@ -467,7 +467,11 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
     }
 
     /// Like [`Self::tensor`] but returns `None` (after recording the problem) on failure.
-    fn try_tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Option<Tensor<B, D>> {
+    pub(crate) fn try_tensor<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Option<Tensor<B, D>> {
         let key = format!("{}{name}", self.prefix);
         self.used.borrow_mut().insert(key.clone());
         let Some(found) = self.files.tensor_shape(&key) else {
