@@ -128,3 +128,59 @@ fn check_special_ids(
 pub(crate) fn positive(x: f64) -> bool {
     x > 0.0
 }
+
+/// Every layer's attention kind when a config does not list them: every `every`-th layer
+/// global (HF's default: Gemma 3 every sixth, Gemma 3n every fifth), the rest sliding.
+pub(crate) fn every_nth_global(num_layers: usize, every: usize) -> Vec<LayerType> {
+    (0..num_layers)
+        .map(|i| {
+            if (i + 1) % every == 0 {
+                LayerType::Full
+            } else {
+                LayerType::Sliding
+            }
+        })
+        .collect()
+}
+
+/// RoPE base θ for (sliding, full) layers: `rope_parameters.{sliding,full}_attention.rope_theta`
+/// (transformers 5) over the legacy `rope_local_base_freq`/`rope_theta` (`local`, `global`). A
+/// `rope_type` other than `"default"`, a θ that is not a number or not positive is refused,
+/// naming the field.
+pub(crate) fn rope_thetas(
+    parameters: Option<&serde_json::Value>,
+    local: f64,
+    global: f64,
+) -> Result<(f64, f64), ConfigError> {
+    let (mut sliding, mut full) = (local, global);
+    if let Some(p) = parameters.filter(|p| !p.is_null()) {
+        for (kind, slot) in [
+            ("sliding_attention", &mut sliding),
+            ("full_attention", &mut full),
+        ] {
+            let Some(entry) = p.get(kind) else { continue };
+            if let Some(t) = entry.get("rope_type").and_then(|t| t.as_str())
+                && t != "default"
+            {
+                return Err(ConfigError::field(
+                    format!("rope_parameters.{kind}.rope_type"),
+                    format!("`{t}` is not supported (only \"default\")"),
+                ));
+            }
+            if let Some(theta) = entry.get("rope_theta") {
+                *slot = theta.as_f64().ok_or_else(|| {
+                    ConfigError::field(
+                        format!("rope_parameters.{kind}.rope_theta"),
+                        "must be a number",
+                    )
+                })?;
+            }
+        }
+    }
+    for (name, v) in [("rope_local_base_freq", sliding), ("rope_theta", full)] {
+        if !(positive(v) && v.is_finite()) {
+            return Err(ConfigError::field(name, format!("{v} must be positive")));
+        }
+    }
+    Ok((sliding, full))
+}

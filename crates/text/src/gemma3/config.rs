@@ -193,12 +193,7 @@ impl Gemma3TextConfig {
                 ));
             }
         }
-        let (local, global) = self.rope_thetas();
-        for (name, v) in [("rope_local_base_freq", local), ("rope_theta", global)] {
-            if !positive(v) || !v.is_finite() {
-                return Err(ConfigError::field(name, format!("{v} must be positive")));
-            }
-        }
+        self.try_rope_thetas()?;
         if self.hidden_activation != "gelu_pytorch_tanh" && self.hidden_activation != "gelu_tanh" {
             return Err(ConfigError::field(
                 "hidden_activation",
@@ -225,17 +220,9 @@ impl Gemma3TextConfig {
 
     /// Layer kinds (HF default: every sixth layer global).
     pub fn layer_types(&self) -> Vec<LayerType> {
-        self.layer_types.clone().unwrap_or_else(|| {
-            (0..self.num_hidden_layers)
-                .map(|i| {
-                    if (i + 1) % 6 == 0 {
-                        LayerType::Full
-                    } else {
-                        LayerType::Sliding
-                    }
-                })
-                .collect()
-        })
+        self.layer_types
+            .clone()
+            .unwrap_or_else(|| crate::config::every_nth_global(self.num_hidden_layers, 6))
     }
 
     /// RoPE bases, head size and window, as attention needs them.
@@ -251,16 +238,53 @@ impl Gemma3TextConfig {
 
     /// RoPE bases (sliding, full).
     pub fn rope_thetas(&self) -> (f64, f64) {
-        let get = |k: &str| {
-            self.rope_parameters
-                .as_ref()
-                .and_then(|p| p.get(k))
-                .and_then(|e| e.get("rope_theta"))
-                .and_then(|t| t.as_f64())
-        };
-        (
-            get("sliding_attention").unwrap_or(self.rope_local_base_freq),
-            get("full_attention").unwrap_or(self.rope_theta),
+        self.try_rope_thetas()
+            .expect("checked when the config was read (validate)")
+    }
+
+    /// [`Self::rope_thetas`], or what is wrong with them (the same rules as Gemma 3n's:
+    /// `rope_parameters` over the legacy fields, `rope_type` `"default"` only).
+    pub fn try_rope_thetas(&self) -> Result<(f64, f64), ConfigError> {
+        crate::config::rope_thetas(
+            self.rope_parameters.as_ref(),
+            self.rope_local_base_freq,
+            self.rope_theta,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_parameters_are_read_and_checked_as_gemma_3n_reads_them() {
+        let mut v = serde_json::to_value(Gemma3TextConfig::default()).unwrap();
+        v["rope_parameters"] = serde_json::json!({
+            "sliding_attention": {"rope_type": "default", "rope_theta": 3.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 5.0},
+        });
+        let c = Gemma3TextConfig::from_value(&v).unwrap();
+        assert_eq!(c.rope_thetas(), (3.0, 5.0));
+        // a scaled RoPE is refused by name (Gemma 3 used to ignore `rope_type`)
+        v["rope_parameters"]["full_attention"]["rope_type"] = "linear".into();
+        let e = Gemma3TextConfig::from_value(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("rope_parameters.full_attention.rope_type") && e.contains("linear"),
+            "{e}"
+        );
+        v["rope_parameters"]["full_attention"] = serde_json::json!({"rope_theta": "big"});
+        let e = Gemma3TextConfig::from_value(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("rope_parameters.full_attention.rope_theta"),
+            "{e}"
+        );
+        v["rope_parameters"] = serde_json::Value::Null;
+        v["rope_theta"] = (-1.0).into();
+        let e = Gemma3TextConfig::from_value(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("rope_theta") && e.contains("must be positive"),
+            "{e}"
+        );
     }
 }

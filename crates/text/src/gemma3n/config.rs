@@ -298,17 +298,9 @@ impl Gemma3nTextConfig {
 
     /// Attention kind of every layer (HF default: every fifth layer is global).
     pub fn layer_types(&self) -> Vec<LayerType> {
-        self.layer_types.clone().unwrap_or_else(|| {
-            (0..self.num_hidden_layers)
-                .map(|i| {
-                    if (i + 1) % 5 == 0 {
-                        LayerType::Full
-                    } else {
-                        LayerType::Sliding
-                    }
-                })
-                .collect()
-        })
+        self.layer_types
+            .clone()
+            .unwrap_or_else(|| crate::config::every_nth_global(self.num_hidden_layers, 5))
     }
 
     /// Gaussian top-k sparsity target of every layer (HF default: 0.95 for the first ten).
@@ -333,38 +325,11 @@ impl Gemma3nTextConfig {
 
     /// RoPE base θ for (sliding, full) layers, from `rope_parameters` or the legacy fields.
     pub fn rope_thetas(&self) -> Result<(f64, f64), ConfigError> {
-        let mut sliding = self.rope_local_base_freq.unwrap_or(10_000.0);
-        let mut full = self.rope_theta.unwrap_or(1_000_000.0);
-        if let Some(p) = self.rope_parameters.as_ref().filter(|p| !p.is_null()) {
-            for (kind, slot) in [
-                ("sliding_attention", &mut sliding),
-                ("full_attention", &mut full),
-            ] {
-                let Some(entry) = p.get(kind) else { continue };
-                if let Some(t) = entry.get("rope_type").and_then(|t| t.as_str())
-                    && t != "default"
-                {
-                    return Err(ConfigError::field(
-                        format!("rope_parameters.{kind}.rope_type"),
-                        format!("`{t}` is not supported (only \"default\")"),
-                    ));
-                }
-                if let Some(theta) = entry.get("rope_theta") {
-                    *slot = theta.as_f64().ok_or_else(|| {
-                        ConfigError::field(
-                            format!("rope_parameters.{kind}.rope_theta"),
-                            "must be a number",
-                        )
-                    })?;
-                }
-            }
-        }
-        for (name, v) in [("rope_local_base_freq", sliding), ("rope_theta", full)] {
-            if !positive(v) {
-                return Err(ConfigError::field(name, format!("{v} must be positive")));
-            }
-        }
-        Ok((sliding, full))
+        crate::config::rope_thetas(
+            self.rope_parameters.as_ref(),
+            self.rope_local_base_freq.unwrap_or(10_000.0),
+            self.rope_theta.unwrap_or(1_000_000.0),
+        )
     }
 
     /// Index of the first layer that reuses another layer's K/V.
