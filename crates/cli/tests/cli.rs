@@ -373,6 +373,7 @@ fn hostile_inputs_give_one_clear_error() {
         err.contains("layers") && err.contains("999") && err.contains("layer count"),
         "{err}"
     );
+    assert_eq!(err.matches("layer count").count(), 1, "said once: {err}");
 
     // a prompt longer than the model's context
     let long = "the water boils ".repeat(TINY_CONTEXT);

@@ -81,11 +81,12 @@ pub enum WeightError {
     Mismatch { problems: Vec<KeyProblem> },
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
-    /// An error about the checkpoint at `path`.
-    #[error("{}: {source}", .path.display())]
+    /// An error about the checkpoint at `path`. (`error` is part of the message, not a
+    /// separate cause: a cause would print the same text twice in an error chain.)
+    #[error("{}: {error}", .path.display())]
     In {
         path: PathBuf,
-        source: Box<WeightError>,
+        error: Box<WeightError>,
     },
 }
 

@@ -545,7 +545,7 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         Err(match self.files.origin() {
             Some(path) => WeightError::In {
                 path,
-                source: Box::new(e),
+                error: Box::new(e),
             },
             None => e,
         })
@@ -1026,11 +1026,13 @@ mod tests {
         let _ = loader.tensor("missing.weight", [4]);
         let err = loader.finish(|k| k == "b.weight").unwrap_err();
         // the error names the checkpoint it is about
-        let WeightError::In { path, source } = &err else {
+        let WeightError::In { path, error } = &err else {
             panic!("{err}")
         };
         assert_eq!(path, &dir.path().join(SINGLE_FILE));
-        let WeightError::Mismatch { problems } = source.as_ref() else {
+        // one message: the inner error is not also a cause (it would print twice)
+        assert!(std::error::Error::source(&err).is_none());
+        let WeightError::Mismatch { problems } = error.as_ref() else {
             panic!("{err}")
         };
         assert_eq!(problems.len(), 3, "{err}");

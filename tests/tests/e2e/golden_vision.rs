@@ -172,12 +172,12 @@ fn missing_tower_weights_are_reported() {
         MobileNetV5Encoder::<CpuBackend>::from_files(&files, &cfg, &Default::default(), DType::F32)
             .unwrap_err();
     // every problem is in the error; its text lists the first ones and counts the rest
-    let automodel_vision::VisionError::Weights(automodel_core::WeightError::In { source, .. }) =
+    let automodel_vision::VisionError::Weights(automodel_core::WeightError::In { error, .. }) =
         &err
     else {
         panic!("{err}")
     };
-    let automodel_core::WeightError::Mismatch { problems } = source.as_ref() else {
+    let automodel_core::WeightError::Mismatch { problems } = error.as_ref() else {
         panic!("{err}")
     };
     assert!(
