@@ -44,16 +44,9 @@ pub fn data(a: DataArgs) -> anyhow::Result<()> {
         }
         _ => false,
     });
-    let side = recipe.text_side(has_media)?;
-    let encoder = side.encoder(
-        cfg.encode_config(),
-        cfg.chat_template
-            .as_ref()
-            .map(|p| recipe.base().join(p))
-            .as_deref(),
-    )?;
+    let encoder = recipe.encoder(&cfg, has_media)?;
     println!("model         {}", model.display());
-    if has_media && model.extension().is_some_and(|e| e == "gguf") {
+    if has_media && model.is_file() {
         println!(
             "              (images and audio laid out with Gemma 3n's processor over this vocabulary)"
         );

@@ -33,12 +33,12 @@ impl TextSide {
             message,
         };
         if path.is_file() {
-            if path.extension().is_none_or(|e| e != "gguf") {
-                return Err(file_err(
-                    "expected a GGUF file or a Hugging Face folder".into(),
-                ));
-            }
-            let gguf = GgufFile::open(path).map_err(|e| file_err(e.to_string()))?;
+            // a GGUF file whatever its name: the reader checks the magic bytes
+            let gguf = GgufFile::open(path).map_err(|e| {
+                file_err(format!(
+                    "expected a GGUF file or a Hugging Face folder: {e}"
+                ))
+            })?;
             if media_from_gguf {
                 let tokenizer = GemmaTokenizer::gemma3n_from_gguf(&gguf)?;
                 let processor = Gemma3nProcessor::new(

@@ -178,39 +178,27 @@ pub struct Distributed {
 
 /// A recipe, every section typed. Build one with [`Recipe::from_file`] or [`Recipe::parse`],
 /// change it with [`Recipe::set`] (or its fields), check it with [`Recipe::validate`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recipe {
     /// The recipe's file: named in errors; relative paths are resolved against its folder.
     #[serde(skip)]
     pub path: PathBuf,
     pub model: ModelSection,
     pub dataset: DataConfig,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub validation_dataset: Option<DataConfig>,
-    #[serde(default)]
     pub step_scheduler: StepScheduler,
-    #[serde(default)]
     pub optimizer: OptimizerConfig,
-    #[serde(default)]
     pub lr_scheduler: LrSchedulerConfig,
-    #[serde(default)]
     pub clip_grad_norm: ClipGradNorm,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peft: Option<LoraConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub freeze_config: Option<FreezeConfig>,
-    #[serde(default)]
     pub checkpoint: CheckpointConfig,
-    #[serde(default)]
     pub distributed: Distributed,
-    #[serde(default)]
     pub evaluation: EvaluationConfig,
-    #[serde(default = "default_seed")]
     pub seed: u64,
-    /// Whether `peft` named its rank `dim` (Automodel's name), to name it so in errors.
-    #[serde(skip)]
-    rank_key: &'static str,
 }
 
 fn default_seed() -> u64 {
@@ -335,10 +323,6 @@ impl Recipe {
         if let Some(v) = &mut validation_dataset {
             v.shuffle = val_shuffle.unwrap_or(false);
         }
-        let rank_key = match root.get("peft").and_then(|p| p.get("dim")) {
-            Some(_) => "dim",
-            None => "r",
-        };
         Ok(Self {
             path: path.to_path_buf(),
             model: section(path, root, "model")?.ok_or_else(|| missing("model"))?,
@@ -354,7 +338,6 @@ impl Recipe {
             distributed: section(path, root, "distributed")?.unwrap_or_default(),
             evaluation: section(path, root, "evaluation")?.unwrap_or_default(),
             seed: section(path, root, "seed")?.unwrap_or_else(default_seed),
-            rank_key,
         })
     }
 
@@ -362,15 +345,7 @@ impl Recipe {
     pub fn set(&mut self, assignment: &str) -> Result<(), RecipeError> {
         let mut root = serde_json::to_value(&*self).expect("a recipe serialises");
         set_key(&self.path, &mut root, assignment)?;
-        let rank_key = if assignment.trim_start().starts_with("peft.dim") {
-            "dim"
-        } else {
-            self.rank_key
-        };
         *self = Self::from_value(&self.path, &root)?;
-        if self.peft.is_some() {
-            self.rank_key = rank_key;
-        }
         Ok(())
     }
 
@@ -459,7 +434,8 @@ impl Recipe {
         if let Some(p) = &self.peft {
             p.validate().map_err(|e| {
                 let key = match e.field_name() {
-                    Some("r") => format!("peft.{}", self.rank_key),
+                    // Automodel's name for the rank (PEFT's `r`, also accepted)
+                    Some("r") => "peft.dim".to_string(),
                     Some(f) => format!("peft.{f}"),
                     None => "peft".to_string(),
                 };
@@ -589,14 +565,22 @@ impl Recipe {
         Ok(())
     }
 
-    /// Where the checkpoint (or, for a model built from `model.config`, the tokenizer) is.
+    /// Where the checkpoint (or, for a model built from `model.config`, the tokenizer) is: a
+    /// GGUF file or a Hugging Face folder, told by the contents (a file inside a folder, e.g.
+    /// `model.safetensors`, stands for its folder; see [`automodel_models::ModelSource`]).
     pub fn model_path(&self) -> Result<PathBuf, RecipeError> {
         let m = &self.model;
-        match (&m.pretrained_model_name_or_path, &m.tokenizer) {
-            (Some(p), _) => self.resolve_model("model.pretrained_model_name_or_path", p),
-            (None, Some(t)) => self.resolve_model("model.tokenizer", t),
-            (None, None) => Err(self.err("model.pretrained_model_name_or_path", "is missing")),
-        }
+        let (key, p) = match (&m.pretrained_model_name_or_path, &m.tokenizer) {
+            (Some(p), _) => ("model.pretrained_model_name_or_path", p),
+            (None, Some(t)) => ("model.tokenizer", t),
+            (None, None) => {
+                return Err(self.err("model.pretrained_model_name_or_path", "is missing"));
+            }
+        };
+        let path = self.resolve_model(key, p)?;
+        automodel_models::ModelSource::detect(&path)
+            .map(|s| s.path().to_path_buf())
+            .map_err(|e| self.err(key, e))
     }
 
     /// The text side the datasets are encoded with: the checkpoint's, or for `model.config`
@@ -612,10 +596,14 @@ impl Recipe {
         })
     }
 
-    /// An encoder for a dataset section: the checkpoint's text side with the section's
-    /// settings and chat template.
-    pub fn encoder(&self, cfg: &DataConfig) -> Result<automodel_data::Encoder, crate::TrainError> {
-        Ok(self.text_side(true)?.encoder(
+    /// An encoder for a dataset section: the checkpoint's text side (see [`Self::text_side`])
+    /// with the section's settings and chat template.
+    pub fn encoder(
+        &self,
+        cfg: &DataConfig,
+        has_media: bool,
+    ) -> Result<automodel_data::Encoder, crate::TrainError> {
+        Ok(self.text_side(has_media)?.encoder(
             cfg.encode_config(),
             cfg.chat_template
                 .as_ref()
@@ -689,7 +677,7 @@ mod tests {
                 &["peft.dim=0"],
                 "r.yaml: peft.dim: the rank must be at least 1",
             ),
-            ("peft:\n  r: 0\n", &[], "peft.r: the rank"),
+            ("peft:\n  r: 0\n", &[], "peft.dim: the rank"),
             ("peft:\n  dim: 8\n  alpha: -1\n", &[], "peft.alpha"),
             (
                 "peft:\n  dim: 8\nfreeze_config:\n  freeze_embeddings: true\n",

@@ -221,7 +221,7 @@ fn loader(
     let at = |e: automodel_data::DataError| {
         TrainError::Config(format!("{}: {name}: {e}", recipe.path.display()))
     };
-    let encoder = Arc::new(recipe.encoder(cfg)?);
+    let encoder = Arc::new(recipe.encoder(cfg, true)?);
     let data = Dataset::prepare(records, &encoder, cfg.bad_samples).map_err(at)?;
     if data.report.skipped_count() > 0 {
         tracing::warn!("{name}: {}", data.report);
