@@ -93,7 +93,57 @@ impl AdamWStep {
         m: Tensor<B, D>,
         v: Tensor<B, D>,
     ) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
-        B::adamw(self, p, g, m, v)
+        let out = B::adamw(AdamWInput {
+            step: self,
+            param: p,
+            grad: g,
+            exp_avg: m,
+            exp_avg_sq: v,
+        });
+        (out.param, out.exp_avg, out.exp_avg_sq)
+    }
+}
+
+/// What [`crate::Backend::adamw`] takes: the step's scalars, and a float32 parameter with its
+/// gradient and moments, all of one shape.
+#[derive(Debug, Clone)]
+pub struct AdamWInput<'a, B: Backend, const D: usize> {
+    pub step: &'a AdamWStep,
+    pub param: Tensor<B, D>,
+    pub grad: Tensor<B, D>,
+    pub exp_avg: Tensor<B, D>,
+    pub exp_avg_sq: Tensor<B, D>,
+}
+
+impl<'a, B: Backend, const D: usize> AdamWInput<'a, B, D> {
+    /// The same input with every tensor passed through `f`.
+    pub fn map<C: Backend>(self, f: impl Fn(Tensor<B, D>) -> Tensor<C, D>) -> AdamWInput<'a, C, D> {
+        AdamWInput {
+            step: self.step,
+            param: f(self.param),
+            grad: f(self.grad),
+            exp_avg: f(self.exp_avg),
+            exp_avg_sq: f(self.exp_avg_sq),
+        }
+    }
+}
+
+/// What [`crate::Backend::adamw`] returns: the parameter and its moments after the step.
+#[derive(Debug, Clone)]
+pub struct AdamWState<B: Backend, const D: usize> {
+    pub param: Tensor<B, D>,
+    pub exp_avg: Tensor<B, D>,
+    pub exp_avg_sq: Tensor<B, D>,
+}
+
+impl<B: Backend, const D: usize> AdamWState<B, D> {
+    /// The same state with every tensor passed through `f`.
+    pub fn map<C: Backend>(self, f: impl Fn(Tensor<B, D>) -> Tensor<C, D>) -> AdamWState<C, D> {
+        AdamWState {
+            param: f(self.param),
+            exp_avg: f(self.exp_avg),
+            exp_avg_sq: f(self.exp_avg_sq),
+        }
     }
 }
 
@@ -103,25 +153,21 @@ pub(crate) mod host {
     use burn::prelude::*;
     use burn::tensor::{DType, TensorData};
 
-    use super::AdamWStep;
+    use super::{AdamWInput, AdamWState};
     use crate::host::vectorized;
 
     /// The update in host memory: the parameter's and the moments' buffers are updated in place
     /// when nothing else holds them (copied once otherwise); other dtypes take the generic ops.
-    pub fn adamw<const D: usize>(
-        s: &AdamWStep,
-        p: Tensor<Flex, D>,
-        g: Tensor<Flex, D>,
-        m: Tensor<Flex, D>,
-        v: Tensor<Flex, D>,
-    ) -> (Tensor<Flex, D>, Tensor<Flex, D>, Tensor<Flex, D>) {
+    pub fn adamw<const D: usize>(input: AdamWInput<'_, Flex, D>) -> AdamWState<Flex, D> {
         use rayon::prelude::*;
-        if [&p, &g, &m, &v].iter().any(|t| t.dtype() != DType::F32) {
-            return crate::backend::generic::adamw(s, p, g, m, v);
+        let tensors = [&input.param, &input.grad, &input.exp_avg, &input.exp_avg_sq];
+        if tensors.iter().any(|t| t.dtype() != DType::F32) {
+            return crate::backend::generic::adamw(input);
         }
         const BLOCK: usize = 1 << 14;
-        let (device, shape) = (p.device(), p.shape());
-        let (mut pd, gd, mut md, mut vd) = (host_f32(p), host_f32(g), host_f32(m), host_f32(v));
+        let (s, device, shape) = (input.step, input.param.device(), input.param.shape());
+        let (mut pd, gd) = (host_f32(input.param), host_f32(input.grad));
+        let (mut md, mut vd) = (host_f32(input.exp_avg), host_f32(input.exp_avg_sq));
         {
             let gs = gd.as_slice::<f32>().expect("float32 data");
             let ps = pd.as_mut_slice::<f32>().expect("float32 data");
@@ -146,7 +192,11 @@ pub(crate) mod host {
         let back = |d: TensorData| -> Tensor<Flex, D> {
             Tensor::<Flex, 1>::from_data(d, (&device, DType::F32)).reshape(shape.clone())
         };
-        (back(pd), back(md), back(vd))
+        AdamWState {
+            param: back(pd),
+            exp_avg: back(md),
+            exp_avg_sq: back(vd),
+        }
     }
 
     /// `t`'s float32 values as host data, flat: its own buffer when nothing else holds it.
@@ -199,7 +249,14 @@ mod tests {
             for step in 1..=3 {
                 let s = AdamWStep::new([beta1, 0.999], wd, 1e-8, 1e-2, step, clip);
                 let g = data(n, 7 + step as u32, 0.01);
-                a = crate::backend::generic::adamw(&s, a.0, t(g.clone()), a.1, a.2);
+                let out = crate::backend::generic::adamw(AdamWInput {
+                    step: &s,
+                    param: a.0,
+                    grad: t(g.clone()),
+                    exp_avg: a.1,
+                    exp_avg_sq: a.2,
+                });
+                a = (out.param, out.exp_avg, out.exp_avg_sq);
                 b = s.apply(b.0, t(g), b.1, b.2);
                 assert_eq!(b.0.dims(), [200, n / 200]);
             }

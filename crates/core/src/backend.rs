@@ -20,7 +20,7 @@ use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::tensor::Tensor;
 
-pub use crate::adamw::AdamWStep;
+pub use crate::adamw::{AdamWInput, AdamWState, AdamWStep};
 
 /// Burn's backend with the fused operations this project uses (see the module docs).
 pub trait Backend: burn::tensor::backend::Backend {
@@ -46,26 +46,13 @@ pub trait Backend: burn::tensor::backend::Backend {
     /// `table` `[V, H]`, computed in chunks of `chunk` rows without `[N, V]` logits, and its
     /// gradients when asked ([`crate::loss::lm_head_loss`] attaches them). Neither input is
     /// tracked by autodiff.
-    fn head_loss(
-        hidden: Tensor<Self, 2>,
-        table: Tensor<Self, 2>,
-        targets: &[i64],
-        softcap: Option<f64>,
-        want: HeadGrads,
-        chunk: usize,
-    ) -> HeadLoss<Self> {
-        generic::head_loss(hidden, table, targets, softcap, want, chunk)
+    fn head_loss(input: HeadLossInput<'_, Self>) -> HeadLoss<Self> {
+        generic::head_loss(input)
     }
 
-    /// One AdamW update of a float32 parameter and its moments ([`AdamWStep`]): `(p, m, v)`.
-    fn adamw<const D: usize>(
-        step: &AdamWStep,
-        p: Tensor<Self, D>,
-        g: Tensor<Self, D>,
-        m: Tensor<Self, D>,
-        v: Tensor<Self, D>,
-    ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
-        generic::adamw(step, p, g, m, v)
+    /// One AdamW update of a float32 parameter and its moments ([`AdamWStep`]).
+    fn adamw<const D: usize>(input: AdamWInput<'_, Self, D>) -> AdamWState<Self, D> {
+        generic::adamw(input)
     }
 
     /// The largest tensor, in bytes, a kernel on `device` can address, where that is less than
@@ -101,6 +88,35 @@ pub struct HeadGrads {
     pub table: bool,
 }
 
+/// What [`Backend::head_loss`] takes: the hidden states `[N, H]` of the labelled rows, the
+/// head's `table` `[V, H]`, every row's target id, the logit soft-cap, the gradients wanted and
+/// the rows per chunk.
+#[derive(Debug, Clone)]
+pub struct HeadLossInput<'a, B: burn::tensor::backend::Backend> {
+    pub hidden: Tensor<B, 2>,
+    pub table: Tensor<B, 2>,
+    pub targets: &'a [i64],
+    pub softcap: Option<f64>,
+    pub want: HeadGrads,
+    pub chunk: usize,
+}
+
+impl<'a, B: burn::tensor::backend::Backend> HeadLossInput<'a, B> {
+    fn map<C: burn::tensor::backend::Backend>(
+        self,
+        f: impl Fn(Tensor<B, 2>) -> Tensor<C, 2>,
+    ) -> HeadLossInput<'a, C> {
+        HeadLossInput {
+            hidden: f(self.hidden),
+            table: f(self.table),
+            targets: self.targets,
+            softcap: self.softcap,
+            want: self.want,
+            chunk: self.chunk,
+        }
+    }
+}
+
 /// What [`Backend::head_loss`] returns.
 #[derive(Debug, Clone)]
 pub struct HeadLoss<B: burn::tensor::backend::Backend> {
@@ -131,7 +147,7 @@ pub mod generic {
     use burn::tensor::Tensor;
     use burn::tensor::backend::Backend;
 
-    use super::{AdamWStep, HeadGrads, HeadLoss};
+    use super::{AdamWInput, AdamWState, HeadLoss, HeadLossInput};
 
     /// tanh-GELU as PyTorch's kernel computes it: `β·(x + κ·x·x·x)`, then `0.5·x·(1 + tanh)`
     /// (x³ as two multiplications; Burn's `gelu_approximate` uses `powf`, which rounds
@@ -164,27 +180,15 @@ pub mod generic {
     const GELU_KAPPA_3: f64 = (3.0f32 * 0.044715f32) as f64;
 
     /// [`super::Backend::head_loss`] with Burn ops.
-    pub fn head_loss<B: Backend>(
-        hidden: Tensor<B, 2>,
-        table: Tensor<B, 2>,
-        targets: &[i64],
-        softcap: Option<f64>,
-        want: HeadGrads,
-        chunk: usize,
-    ) -> HeadLoss<B> {
-        crate::loss::head_loss_in_chunks(hidden, table, targets, softcap, want, chunk, false)
+    pub fn head_loss<B: Backend>(input: HeadLossInput<'_, B>) -> HeadLoss<B> {
+        crate::loss::head_loss_in_chunks(input, false)
     }
 
-    /// [`AdamWStep`] as Burn tensor ops (any float dtype).
-    pub fn adamw<B: Backend, const D: usize>(
-        s: &AdamWStep,
-        p: Tensor<B, D>,
-        g: Tensor<B, D>,
-        m: Tensor<B, D>,
-        v: Tensor<B, D>,
-    ) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
-        let g = g.mul_scalar(s.grad_scale);
-        let p = p.mul_scalar(s.decay);
+    /// [`super::AdamWStep`] as Burn tensor ops (any float dtype).
+    pub fn adamw<B: Backend, const D: usize>(input: AdamWInput<'_, B, D>) -> AdamWState<B, D> {
+        let (s, m, v) = (input.step, input.exp_avg, input.exp_avg_sq);
+        let g = input.grad.mul_scalar(s.grad_scale);
+        let p = input.param.mul_scalar(s.decay);
         let m = if s.weight < 0.5 {
             m.clone() + (g.clone() - m).mul_scalar(s.weight)
         } else {
@@ -197,7 +201,11 @@ pub mod generic {
             .div_scalar(s.bias_correction2_sqrt)
             .add_scalar(s.eps);
         let p = p + m.clone().mul_scalar(s.neg_step_size).div(d);
-        (p, m, v)
+        AdamWState {
+            param: p,
+            exp_avg: m,
+            exp_avg_sq: v,
+        }
     }
 }
 
@@ -221,26 +229,13 @@ impl Backend for burn::backend::Flex {
         crate::nn::matmul::host::matmul(x, w)
     }
 
-    fn head_loss(
-        hidden: Tensor<Self, 2>,
-        table: Tensor<Self, 2>,
-        targets: &[i64],
-        softcap: Option<f64>,
-        want: HeadGrads,
-        chunk: usize,
-    ) -> HeadLoss<Self> {
-        let host = hidden.dtype() == burn::tensor::DType::F32;
-        crate::loss::head_loss_in_chunks(hidden, table, targets, softcap, want, chunk, host)
+    fn head_loss(input: HeadLossInput<'_, Self>) -> HeadLoss<Self> {
+        let host = input.hidden.dtype() == burn::tensor::DType::F32;
+        crate::loss::head_loss_in_chunks(input, host)
     }
 
-    fn adamw<const D: usize>(
-        step: &AdamWStep,
-        p: Tensor<Self, D>,
-        g: Tensor<Self, D>,
-        m: Tensor<Self, D>,
-        v: Tensor<Self, D>,
-    ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
-        crate::adamw::host::adamw(step, p, g, m, v)
+    fn adamw<const D: usize>(input: AdamWInput<'_, Self, D>) -> AdamWState<Self, D> {
+        crate::adamw::host::adamw(input)
     }
 }
 
@@ -271,31 +266,12 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
         }
     }
 
-    fn head_loss(
-        hidden: Tensor<Self, 2>,
-        table: Tensor<Self, 2>,
-        targets: &[i64],
-        softcap: Option<f64>,
-        want: HeadGrads,
-        chunk: usize,
-    ) -> HeadLoss<Self> {
-        B::head_loss(hidden.inner(), table.inner(), targets, softcap, want, chunk)
-            .map(Tensor::from_inner, Tensor::from_inner)
+    fn head_loss(input: HeadLossInput<'_, Self>) -> HeadLoss<Self> {
+        B::head_loss(input.map(Tensor::inner)).map(Tensor::from_inner, Tensor::from_inner)
     }
 
-    fn adamw<const D: usize>(
-        step: &AdamWStep,
-        p: Tensor<Self, D>,
-        g: Tensor<Self, D>,
-        m: Tensor<Self, D>,
-        v: Tensor<Self, D>,
-    ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
-        let (p, m, v) = B::adamw(step, p.inner(), g.inner(), m.inner(), v.inner());
-        (
-            Tensor::from_inner(p),
-            Tensor::from_inner(m),
-            Tensor::from_inner(v),
-        )
+    fn adamw<const D: usize>(input: AdamWInput<'_, Self, D>) -> AdamWState<Self, D> {
+        B::adamw(input.map(Tensor::inner)).map(Tensor::from_inner)
     }
 
     fn max_tensor_bytes(device: &Self::Device) -> Option<u64> {

@@ -3,7 +3,7 @@
 use burn::prelude::*;
 use burn::tensor::{DType, Int, TensorData};
 
-use crate::backend::{HeadGrads, HeadLoss};
+use crate::backend::{HeadGrads, HeadLoss, HeadLossInput};
 use crate::nn::constant;
 
 /// Label value that is ignored by the loss.
@@ -141,10 +141,18 @@ fn lm_head_loss_in_chunks<B: crate::Backend>(
         hidden: grad,
         table: grad && table.is_require_grad(),
     };
+    let input = HeadLossInput {
+        hidden: hd,
+        table: wd,
+        targets: &targets,
+        softcap,
+        want,
+        chunk: step,
+    };
     let parts = if generic {
-        crate::backend::generic::head_loss(hd, wd, &targets, softcap, want, step)
+        crate::backend::generic::head_loss(input)
     } else {
-        B::head_loss(hd, wd, &targets, softcap, want, step)
+        B::head_loss(input)
     };
     let mut sum = parts.loss;
     if let Some(g_h) = parts.hidden {
@@ -164,14 +172,17 @@ fn lm_head_loss_in_chunks<B: crate::Backend>(
 /// ops, or (`host`, float32 tensors in host memory) one fused pass per row over each chunk and
 /// `G_w` accumulated in place.
 pub(crate) fn head_loss_in_chunks<B: Backend>(
-    hd: Tensor<B, 2>,
-    wd: Tensor<B, 2>,
-    targets: &[i64],
-    softcap: Option<f64>,
-    want: HeadGrads,
-    step: usize,
+    input: HeadLossInput<'_, B>,
     host: bool,
 ) -> HeadLoss<B> {
+    let HeadLossInput {
+        hidden: hd,
+        table: wd,
+        targets,
+        softcap,
+        want,
+        chunk: step,
+    } = input;
     let n = targets.len();
     let [v, h] = wd.dims();
     let device = hd.device();
