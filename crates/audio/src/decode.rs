@@ -45,7 +45,8 @@ pub fn decode_audio(
     name: &str,
     target_rate: u32,
 ) -> Result<Waveform, AudioError> {
-    let err = |message: String| AudioError::Audio {
+    let err = |message: String| AudioError::Decode {
+        kind: "audio",
         name: name.to_string(),
         message,
     };

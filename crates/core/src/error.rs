@@ -145,6 +145,35 @@ fn summarize(problems: &[KeyProblem]) -> String {
     lines.join("\n  ")
 }
 
+/// Errors of a media tower's crate (`automodel-vision`'s `VisionError`, `automodel-audio`'s
+/// `AudioError`): its config, its weights, reading and decoding its inputs.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// An input that cannot be decoded: `kind` says which (`"image"`, `"audio"`), `name` which
+    /// one.
+    #[error("{kind} {name}: {message}")]
+    Decode {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+impl MediaError {
+    /// A bad value of config field `field`.
+    pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
+        MediaError::Config(crate::ConfigError::field(field, message))
+    }
+}
+
 /// A file that cannot be read (media, side files).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read {path}: {source}")]

@@ -145,7 +145,7 @@ macro_rules! jemalloc {
 pub use backend::{AutodiffBackend, Backend};
 pub use config::ConfigError;
 pub use device::DeviceSpec;
-pub use error::{ReadError, WeightError, read_file};
+pub use error::{MediaError, ReadError, WeightError, read_file};
 
 /// Seed `B`'s random generator on `device` and the CPU backend's, which random initialisation
 /// draws from on every backend ([`init::Initializer`]), so one seed gives the same weights on the

@@ -9,10 +9,9 @@ pub enum ModelError {
     Weights(#[from] automodel_core::WeightError),
     #[error(transparent)]
     Text(#[from] automodel_text::TextError),
+    /// The vision or audio tower's (`VisionError` and `AudioError` are one type).
     #[error(transparent)]
-    Vision(#[from] automodel_vision::VisionError),
-    #[error(transparent)]
-    Audio(#[from] automodel_audio::AudioError),
+    Media(#[from] automodel_core::MediaError),
     #[error(transparent)]
     Gguf(#[from] automodel_gguf::GgufError),
     #[error(transparent)]

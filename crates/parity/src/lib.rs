@@ -50,8 +50,7 @@ macro_rules! via_model_error {
 via_model_error!(
     automodel_core::ConfigError,
     automodel_text::TextError,
-    automodel_vision::VisionError,
-    automodel_audio::AudioError
+    automodel_core::MediaError
 );
 
 /// Outcome of one case folder.

@@ -191,7 +191,8 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// Decode image bytes; `name` appears in errors. Corrupt or cut files, and images beyond
 /// [`MAX_IMAGE_SIDE`] or [`MAX_IMAGE_BYTES`], are errors.
 pub fn decode_image(bytes: &[u8], name: &str) -> Result<RgbImage, VisionError> {
-    let err = |message: String| VisionError::Image {
+    let err = |message: String| VisionError::Decode {
+        kind: "image",
         name: name.to_string(),
         message,
     };
