@@ -33,13 +33,7 @@ mod gpu_check;
 fn main() -> ExitCode {
     jemalloc_setup();
     // logs on stderr; colour codes only for a terminal (and not with NO_COLOR)
-    let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_ansi(color)
-        .with_writer(std::io::stderr)
-        .init();
+    automodel_core::init_stderr_logs!();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("parity") => parity(&args[1..]),

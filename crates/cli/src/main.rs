@@ -174,13 +174,7 @@ fn probability(s: &str) -> Result<f64, String> {
 
 fn main() -> std::process::ExitCode {
     jemalloc_setup();
-    let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_ansi(color)
-        .with_writer(std::io::stderr)
-        .init();
+    automodel::core::init_stderr_logs!();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

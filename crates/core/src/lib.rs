@@ -142,6 +142,23 @@ macro_rules! jemalloc {
     };
 }
 
+/// Send the binary's `tracing` logs to stderr, filtered by `RUST_LOG`, with colour codes only
+/// when stderr is a terminal and `NO_COLOR` is unset or empty. Call it at the start of `main`.
+///
+/// The binary depends on `tracing-subscriber` (with its `env-filter` feature).
+#[macro_export]
+macro_rules! init_stderr_logs {
+    () => {{
+        let color = ::std::io::IsTerminal::is_terminal(&::std::io::stderr())
+            && ::std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        ::tracing_subscriber::fmt()
+            .with_env_filter(::tracing_subscriber::EnvFilter::from_default_env())
+            .with_ansi(color)
+            .with_writer(::std::io::stderr)
+            .init();
+    }};
+}
+
 pub use backend::{AutodiffBackend, Backend};
 pub use config::ConfigError;
 pub use device::DeviceSpec;
