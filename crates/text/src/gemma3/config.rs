@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use automodel_core::config::{ConfigError, deserialize, read_config};
+use automodel_core::config::{ConfigError, limits, read_config};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::attention::AttentionGeometry;
-use crate::config::{DecoderSizes, LayerType, OneOrMany, positive};
+use crate::config::{LayerType, OneOrMany, decoder_fields, positive};
 
 /// HF `Gemma3TextConfig` (the fields the model uses; HF names and defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,13 +72,7 @@ impl Default for Gemma3TextConfig {
 impl Gemma3TextConfig {
     /// From a parsed `config.json` (bare, or with a `text_config`).
     pub fn from_value(v: &Value) -> Result<Self, ConfigError> {
-        let (inner, section) = match v.get("text_config") {
-            Some(t) => (t, "text_config"),
-            None => (v, ""),
-        };
-        let cfg: Self = deserialize(inner).map_err(|e| e.under(section))?;
-        cfg.validate().map_err(|e| e.under(section))?;
-        Ok(cfg)
+        crate::config::from_text_section(v, Self::validate)
     }
 
     /// Read `config.json`.
@@ -120,99 +114,25 @@ impl Gemma3TextConfig {
         v
     }
 
+    /// Check every value the model relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (name, v) in [
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("vocab_size", self.vocab_size),
-            ("intermediate_size", self.intermediate_size),
-            ("sliding_window", self.sliding_window),
-            ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if v == 0 {
-                return Err(ConfigError::field(name, "must be greater than 0"));
-            }
-        }
-        DecoderSizes {
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            num_key_value_heads: self.num_key_value_heads,
-            head_dim: self.head_dim,
-            max_position_embeddings: self.max_position_embeddings,
-            sliding_window: self.sliding_window,
-            bos_token_id: self.bos_token_id,
-            pad_token_id: self.pad_token_id,
-            eos_token_id: self.eos_token_id.as_ref(),
-        }
-        .check(&[])?;
-        if !self
-            .num_attention_heads
-            .is_multiple_of(self.num_key_value_heads)
-        {
+        decoder_fields!(self, "Gemma 3").check(&[(
+            "intermediate_size",
+            self.intermediate_size,
+            limits::INTERMEDIATE,
+        )])?;
+        let q = self.query_pre_attn_scalar;
+        if !(positive(q) && q.is_finite()) {
             return Err(ConfigError::field(
-                "num_key_value_heads",
-                "must divide num_attention_heads",
+                "query_pre_attn_scalar",
+                format!("{q} must be a positive number"),
             ));
-        }
-        if let Some(t) = &self.layer_types
-            && t.len() != self.num_hidden_layers
-        {
-            return Err(ConfigError::field(
-                "layer_types",
-                format!(
-                    "has {} entries for {} layers",
-                    t.len(),
-                    self.num_hidden_layers
-                ),
-            ));
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            return Err(ConfigError::field(
-                "head_dim",
-                format!("{} must be even for rotary embeddings", self.head_dim),
-            ));
-        }
-        for (name, v) in [
-            ("rms_norm_eps", self.rms_norm_eps),
-            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
-            (
-                "final_logit_softcapping",
-                self.final_logit_softcapping.unwrap_or(1.0),
-            ),
-        ] {
-            if !positive(v) || !v.is_finite() {
-                return Err(ConfigError::field(
-                    name,
-                    format!("{v} must be a positive number"),
-                ));
-            }
         }
         self.try_rope_thetas()?;
-        if self.hidden_activation != "gelu_pytorch_tanh" && self.hidden_activation != "gelu_tanh" {
-            return Err(ConfigError::field(
-                "hidden_activation",
-                format!(
-                    "`{}` is not supported (Gemma 3 uses \"gelu_pytorch_tanh\")",
-                    self.hidden_activation
-                ),
-            ));
-        }
         if self.attn_logit_softcapping.is_some() {
             return Err(ConfigError::field(
                 "attn_logit_softcapping",
                 "attention soft-capping (Gemma 2) is not supported",
-            ));
-        }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ConfigError::field(
-                "rope_scaling",
-                "RoPE scaling is not supported",
             ));
         }
         Ok(())

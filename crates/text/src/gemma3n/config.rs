@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use automodel_core::config::{ConfigError, deserialize, limits, read_config};
+use automodel_core::config::{ConfigError, limits, read_config};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::attention::AttentionGeometry;
-use crate::config::{DecoderSizes, KvSharing, LayerType, OneOrMany, positive};
+use crate::config::{KvSharing, LayerType, OneOrMany, decoder_fields};
 
 /// The text part of a Gemma 3n config (`text_config`). Field names are Hugging Face's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,59 +104,20 @@ impl Gemma3nTextConfig {
     /// From a parsed JSON value (full or bare config); errors name the field
     /// (`text_config.hidden_size`).
     pub fn from_value(value: &Value) -> Result<Self, ConfigError> {
-        let (text, section) = match value.get("text_config") {
-            Some(t) => (t, "text_config"),
-            None => (value, ""),
-        };
-        let cfg: Self = deserialize(text).map_err(|e| e.under(section))?;
-        cfg.validate().map_err(|e| e.under(section))?;
-        Ok(cfg)
+        crate::config::from_text_section(value, Self::validate)
     }
 
     /// Check every value the model relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = self.num_hidden_layers;
-        let nonzero = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            (
-                "hidden_size_per_layer_input",
-                self.hidden_size_per_layer_input,
-            ),
-            ("num_hidden_layers", l),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("sliding_window", self.sliding_window),
-            ("altup_num_inputs", self.altup_num_inputs),
-            ("laurel_rank", self.laurel_rank),
-        ];
-        for (name, v) in nonzero {
-            if v == 0 {
-                return Err(ConfigError::field(name, "must be greater than 0"));
-            }
-        }
         let widest_ffn = self
             .intermediate_size
             .to_vec()
             .into_iter()
             .max()
             .unwrap_or(0);
-        DecoderSizes {
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: widest_ffn,
-            num_hidden_layers: l,
-            num_attention_heads: self.num_attention_heads,
-            num_key_value_heads: self.num_key_value_heads,
-            head_dim: self.head_dim,
-            max_position_embeddings: self.max_position_embeddings,
-            sliding_window: self.sliding_window,
-            bos_token_id: self.bos_token_id,
-            pad_token_id: self.pad_token_id,
-            eos_token_id: self.eos_token_id.as_ref(),
-        }
-        .check(&[
+        decoder_fields!(self, "Gemma 3n").check(&[
+            ("intermediate_size", widest_ffn, limits::INTERMEDIATE),
             (
                 "hidden_size_per_layer_input",
                 self.hidden_size_per_layer_input,
@@ -174,43 +135,10 @@ impl Gemma3nTextConfig {
                 ),
             ));
         }
-        if !self.head_dim.is_multiple_of(2) {
-            return Err(ConfigError::field(
-                "head_dim",
-                format!("{} must be even for rotary embeddings", self.head_dim),
-            ));
-        }
-        if !self
-            .num_attention_heads
-            .is_multiple_of(self.num_key_value_heads)
-        {
-            return Err(ConfigError::field(
-                "num_key_value_heads",
-                format!(
-                    "{} does not divide num_attention_heads {}",
-                    self.num_key_value_heads, self.num_attention_heads
-                ),
-            ));
-        }
-        if self.hidden_activation != "gelu_pytorch_tanh" && self.hidden_activation != "gelu_tanh" {
-            return Err(ConfigError::field(
-                "hidden_activation",
-                format!(
-                    "`{}` is not supported (Gemma 3n uses \"gelu_pytorch_tanh\")",
-                    self.hidden_activation
-                ),
-            ));
-        }
         if self.attention_bias {
             return Err(ConfigError::field(
                 "attention_bias",
                 "Gemma 3n has no attention bias; expected false",
-            ));
-        }
-        if !positive(self.rms_norm_eps) {
-            return Err(ConfigError::field(
-                "rms_norm_eps",
-                format!("{} must be positive", self.rms_norm_eps),
             ));
         }
         if self.altup_active_idx >= self.altup_num_inputs {
@@ -220,14 +148,6 @@ impl Gemma3nTextConfig {
                     "{} must be below altup_num_inputs {}",
                     self.altup_active_idx, self.altup_num_inputs
                 ),
-            ));
-        }
-        if let Some(c) = self.final_logit_softcapping
-            && !positive(c)
-        {
-            return Err(ConfigError::field(
-                "final_logit_softcapping",
-                format!("{c} must be positive or null"),
             ));
         }
         if let OneOrMany::Many(v) = &self.intermediate_size
@@ -242,14 +162,6 @@ impl Gemma3nTextConfig {
             return Err(ConfigError::field(
                 "intermediate_size",
                 "every width must be greater than 0",
-            ));
-        }
-        if let Some(t) = &self.layer_types
-            && t.len() != l
-        {
-            return Err(ConfigError::field(
-                "layer_types",
-                format!("has {} entries but num_hidden_layers is {l}", t.len()),
             ));
         }
         if let Some(p) = &self.activation_sparsity_pattern {
@@ -273,14 +185,6 @@ impl Gemma3nTextConfig {
                     "{} must be below num_hidden_layers {l}",
                     self.num_kv_shared_layers
                 ),
-            ));
-        }
-        if let Some(scaling) = &self.rope_scaling
-            && !scaling.is_null()
-        {
-            return Err(ConfigError::field(
-                "rope_scaling",
-                "RoPE scaling is not supported (Gemma 3n uses none)",
             ));
         }
         self.rope_thetas()?;
