@@ -30,6 +30,7 @@
 pub use automodel_audio as audio;
 pub use automodel_core as core;
 pub use automodel_data as data;
+pub use automodel_distributed as distributed;
 pub use automodel_gemma3n as gemma3n;
 pub use automodel_gguf as gguf;
 pub use automodel_models as models;

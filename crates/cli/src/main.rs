@@ -11,6 +11,8 @@
 //! `data --config RECIPE [--show N] [--validation]` shows a recipe's dataset as the model sees it.
 //! `finetune [--config RECIPE] [--set key.path=value]... [--output-dir DIR] [--resume]
 //! [--device D]` fine-tunes from a recipe (default: `recipes/default.yaml`).
+//! `launch --nproc-per-node N [--nnodes M --node-rank R --master-addr A --master-port P] --
+//! finetune ...` runs a data-parallel fine-tune, one worker process per device.
 
 // jemalloc, tuned for training's large short-lived tensors (see `automodel::core::jemalloc!`)
 automodel::core::jemalloc!();
@@ -35,6 +37,7 @@ use clap::{Parser, Subcommand};
 
 mod data;
 mod finetune;
+mod launch;
 
 #[derive(Parser)]
 #[command(name = "automodel-cli", version, about = "Gemma 3 / Gemma 3n in Rust")]
@@ -60,6 +63,10 @@ enum Command {
     /// Fine-tune (LoRA or full) from a YAML recipe; without --config, the built-in default
     /// (LoRA on Gemma 3 270M with the built-in instruction task, CPU, a few minutes).
     Finetune(finetune::FinetuneArgs),
+    /// Start a data-parallel fine-tune as torchrun does: `launch --nproc-per-node N [--nnodes M
+    /// --node-rank R --master-addr A --master-port P] -- finetune ...` runs N workers here
+    /// (rank 0 writes the logs and checkpoints) and stops them all if one fails.
+    Launch(launch::LaunchArgs),
 }
 
 #[derive(clap::Args)]
@@ -196,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::MergeLora(a) => merge_lora(a),
         Command::Data(a) => data::data(a),
         Command::Finetune(a) => finetune::finetune(a),
+        Command::Launch(a) => launch::launch(a),
     }
 }
 

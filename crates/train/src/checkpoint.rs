@@ -56,7 +56,8 @@ pub struct TrainState {
     pub epoch: usize,
     /// The next batch of the data order.
     pub data: Position,
-    /// The seed every step's RNG is derived from (`seed + step`).
+    /// The seed every micro-batch's RNG is derived from (`seed + step + (j << 32)` for
+    /// micro-batch `j` of a step).
     pub seed: u64,
     /// Losses of the steps so far (for the loss curve).
     pub losses: Vec<f64>,
@@ -64,6 +65,15 @@ pub struct TrainState {
     pub best_val: Option<(f64, String)>,
     /// Non-finite steps in a row when saved.
     pub bad_in_a_row: usize,
+    /// The batch sizes the steps were made of (absent in checkpoints of older versions):
+    /// resuming with others is refused.
+    #[serde(default)]
+    pub global_batch_size: Option<usize>,
+    #[serde(default)]
+    pub local_batch_size: Option<usize>,
+    /// Workers of the data-parallel run (1: one process); may change on resume.
+    #[serde(default)]
+    pub world_size: Option<usize>,
 }
 
 pub const LATEST: &str = "LATEST";
@@ -221,6 +231,9 @@ mod tests {
             losses: vec![],
             best_val: None,
             bad_in_a_row: 0,
+            global_batch_size: None,
+            local_batch_size: None,
+            world_size: None,
         }
     }
 

@@ -25,6 +25,10 @@ pub enum TrainError {
     /// The model's forward or generation failed.
     #[error("model: {0}")]
     Model(String),
+    /// The workers of a data-parallel run lost each other (the message names the rank and
+    /// what it waited for).
+    #[error("data parallel: {0}")]
+    Parallel(String),
     /// Several steps in a row had a non-finite loss or gradient.
     #[error(
         "{count} steps in a row (through step {step}) had a non-finite loss or gradient; stopping. {last_good}"

@@ -9,6 +9,8 @@
 //! * [`checkpoint`]: Automodel's layout, written atomically; `LATEST` and `LOWEST_VAL`.
 //! * [`metrics`]: exact match and word error rate.
 //! * [`log`]: `training.jsonl`/`validation.jsonl`, the progress bar, the loss curve.
+//! * [`parallel`]: data parallelism over workers (`automodel-distributed`): each worker's
+//!   share of a step's micro-batches and the all-reduce of the gradients.
 //! * [`model`]: what the trainer needs of a model ([`TrainModel`]).
 //! * [`recipe`]: Automodel's recipe sections, typed and validated before any weight is loaded.
 //! * [`run`]: a recipe carried out (`run(recipe, options, device) -> Summary`).
@@ -20,6 +22,7 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod recipe;
 pub mod run;
 pub mod schedule;

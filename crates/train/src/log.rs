@@ -134,6 +134,7 @@ pub fn truncate_after(path: &Path, step: usize) -> Result<(), TrainError> {
 /// Progress: a bar on a terminal, a plain line per logged step otherwise.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    hidden: bool,
 }
 
 impl Progress {
@@ -150,10 +151,22 @@ impl Progress {
             b.set_position(start as u64);
             b
         });
-        Self { bar }
+        Self { bar, hidden: false }
+    }
+
+    /// A progress display that shows nothing (the workers of a data-parallel run other than
+    /// rank 0).
+    pub fn hidden() -> Self {
+        Self {
+            bar: None,
+            hidden: true,
+        }
     }
 
     pub fn step(&self, r: &StepRecord) {
+        if self.hidden {
+            return;
+        }
         let msg = format!(
             "loss {:.4} | grad_norm {:.3} | lr {:.2e} | tps {:.0}{}",
             r.loss,
@@ -176,6 +189,9 @@ impl Progress {
 
     /// A line that stays (validation results, checkpoints).
     pub fn println(&self, line: &str) {
+        if self.hidden {
+            return;
+        }
         match &self.bar {
             Some(b) => b.println(line),
             None => eprintln!("{line}"),

@@ -151,8 +151,9 @@ impl Default for ClipGradNorm {
     }
 }
 
-/// Recipe `distributed` (Automodel's names). One process on one device for now: `strategy`
-/// `ddp` (or none) with every size 1; anything else is refused with what exists.
+/// Recipe `distributed` (Automodel's names): `strategy` `ddp` (or none); `dp_size`, when
+/// given, must be the number of workers `automodel-cli launch` started; every other size is 1.
+/// Anything else is refused with what exists.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Distributed {
@@ -467,8 +468,13 @@ impl Recipe {
                 ),
             ));
         }
+        if d.dp_size == Some(0) {
+            return Err(self.err(
+                "distributed.dp_size",
+                "0: at least one worker (the launcher's --nproc-per-node × --nnodes)",
+            ));
+        }
         for (k, v) in [
-            ("dp_size", d.dp_size),
             ("dp_replicate_size", d.dp_replicate_size),
             ("tp_size", d.tp_size),
             ("cp_size", d.cp_size),
@@ -479,7 +485,7 @@ impl Recipe {
                 return Err(self.err(
                     &format!("distributed.{k}"),
                     format!(
-                        "{n}: training on more than one device is not implemented yet (data, tensor, context, pipeline and expert parallelism); set it to 1 or remove it"
+                        "{n}: only data parallelism exists (dp_size, with `automodel-cli launch`); tensor, context, pipeline, expert and replicated-shard parallelism are not implemented: set it to 1 or remove it"
                     ),
                 ));
             }
@@ -699,7 +705,12 @@ mod tests {
                 &["distributed.strategy=fsdp2"],
                 "distributed.strategy: `fsdp2` is not available",
             ),
-            ("", &["distributed.dp_size=2"], "distributed.dp_size: 2"),
+            ("", &["distributed.dp_size=0"], "distributed.dp_size: 0"),
+            (
+                "",
+                &["distributed.tp_size=2"],
+                "distributed.tp_size: 2: only data parallelism",
+            ),
             (
                 "",
                 &["distributed.sequence_parallel=true"],

@@ -20,6 +20,7 @@ use burn::tensor::DType;
 use crate::recipe::{Recipe, RecipeError, TorchDtype};
 use crate::trainer::SideFiles;
 use crate::{Export, Summary, TrainError, TrainModel, Trainer, Validation};
+use automodel_distributed::{Collective, World};
 
 /// Where a run writes and whether it continues.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,12 +29,16 @@ pub struct RunOptions {
     pub run_dir: PathBuf,
     /// Continue from the run folder's latest complete checkpoint.
     pub resume: bool,
+    /// This process's place in a data-parallel job (`None`: the only process).
+    pub world: Option<World>,
 }
 
 impl RunOptions {
     /// The run folder for `recipe`: `output_dir` if given, else `checkpoint.checkpoint_dir`
     /// (relative to the recipe), else with `resume` the newest `runs/<stem>-*` that holds a
-    /// checkpoint, else a new `runs/<stem>-<UTC date>-<time>`.
+    /// checkpoint, else a new `runs/<stem>-<UTC date>-<time>`. The data-parallel world is read
+    /// from the environment the launcher sets (torchrun's `RANK`, `WORLD_SIZE`, ...; see
+    /// [`World::from_env`]): a process started by `automodel-cli launch` joins its job.
     pub fn for_recipe(
         recipe: &Recipe,
         output_dir: Option<PathBuf>,
@@ -55,7 +60,16 @@ impl RunOptions {
                 PathBuf::from("runs").join(format!("{stem}-{now}"))
             }
         };
-        Ok(Self { run_dir, resume })
+        let world = World::from_env().map_err(|e| RecipeError {
+            file: recipe.path.clone(),
+            key: None,
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            run_dir,
+            resume,
+            world,
+        })
     }
 }
 
@@ -118,6 +132,15 @@ pub fn run<B: AutodiffBackend>(
     device: B::Device,
 ) -> Result<Summary, TrainError> {
     recipe.validate()?;
+    let world_size = options.world.as_ref().map_or(1, |w| w.world_size);
+    if let Some(n) = recipe.distributed.dp_size
+        && n != world_size
+    {
+        return Err(TrainError::Config(format!(
+            "{}: distributed.dp_size: {n}, but this process is one of {world_size}: start {n} workers with `automodel-cli launch --nproc-per-node {n} -- finetune ...` (or remove the key: the launcher's worker count is used)",
+            recipe.path.display()
+        )));
+    }
     let dtype = match recipe.model.torch_dtype {
         TorchDtype::Float32 => DType::F32,
         TorchDtype::Bfloat16 => DType::BF16,
@@ -306,6 +329,20 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
         }
         None => None,
     };
+    // the rendezvous comes after the slow part (loading, encoding), so that the workers'
+    // timeout measures how far apart they are, not how long a model takes to load
+    let parallel = match &options.world {
+        Some(w) => {
+            let inner = burn::tensor::Tensor::<B, 1>::zeros([1], &device)
+                .inner()
+                .device();
+            Some(
+                Collective::<B::InnerBackend>::join(w.clone(), &inner)
+                    .map_err(|e| TrainError::Parallel(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
     let trainer = Trainer {
         model,
         device,
@@ -316,6 +353,7 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
         export,
         side_files,
         recipe: recipe.to_yaml(),
+        parallel,
     };
     eprintln!(
         "{} steps of {} rows ({} per micro-batch) on {} training samples",

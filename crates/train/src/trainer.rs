@@ -19,8 +19,10 @@ use crate::log::{JsonLines, Progress, StepRecord, ValRecord, loss_curve, now, pe
 use crate::metrics::{EvaluationConfig, Metric, wer};
 use crate::model::TrainModel;
 use crate::optim::{Optimizer, OptimizerConfig, clip_factor, global_grad_norm};
+use crate::parallel;
 use crate::schedule::{LrSchedule, LrSchedulerConfig};
 use automodel_core::memory::ResidentLimit;
+use automodel_distributed::Collective;
 
 /// Recipe `step_scheduler`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +182,9 @@ pub struct Trainer<B: AutodiffBackend, M: TrainModel<B>> {
     pub side_files: SideFiles,
     /// The resolved recipe, saved into each checkpoint as `config.yaml`.
     pub recipe: String,
+    /// This worker's place in a data-parallel job (`None`: one process). Every worker runs
+    /// its share of each step's micro-batches; rank 0 alone writes logs and checkpoints.
+    pub parallel: Option<Collective<B::InnerBackend>>,
 }
 
 impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
@@ -303,11 +308,21 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         let settings = self.settings.clone();
         let ss = &settings.step_scheduler;
         let acc = ss.grad_acc_steps()?;
+        let (rank, world) = self
+            .parallel
+            .as_ref()
+            .map_or((0, 1), |c| (c.world().rank, c.world().world_size));
+        // rank 0 writes logs, checkpoints and the progress; the others only train
+        let main = rank == 0;
+        parallel::check_share(acc, world, ss.global_batch_size, ss.local_batch_size)?;
         let total = self.total_steps()?;
         let schedule =
             LrSchedule::new(settings.optimizer.lr, settings.lr_scheduler.clone(), total)?;
         let mut optim = Optimizer::<B>::new(settings.optimizer.clone(), "")?;
-        std::fs::create_dir_all(&self.run_dir).map_err(|e| TrainError::file(&self.run_dir, e))?;
+        if main {
+            std::fs::create_dir_all(&self.run_dir)
+                .map_err(|e| TrainError::file(&self.run_dir, e))?;
+        }
         let mut summary = Summary {
             run_dir: self.run_dir.clone(),
             metric: (settings.evaluation.metric != Metric::None && self.validation.is_some())
@@ -322,6 +337,9 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             losses: Vec::new(),
             best_val: None,
             bad_in_a_row: 0,
+            global_batch_size: Some(ss.global_batch_size),
+            local_batch_size: Some(ss.local_batch_size),
+            world_size: Some(world),
         };
         let mut val_points: Vec<(usize, f64)> = Vec::new();
         if resume {
@@ -332,6 +350,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 ));
             };
             state = checkpoint::read_state(&dir)?;
+            check_resumable(&dir, &state, ss, world)?;
             if state.seed != settings.seed {
                 tracing::warn!(
                     "the recipe's seed ({}) differs from the checkpoint's ({}); the checkpoint's is used",
@@ -342,7 +361,11 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             self.model = optim.load(self.model, &dir.join("optim"))?;
             tracing::info!("resumed from {} (step {})", dir.display(), state.step);
             summary.resumed_from = Some(dir);
-            for f in ["training.jsonl", "validation.jsonl"] {
+            state.world_size = Some(world);
+            for f in ["training.jsonl", "validation.jsonl"]
+                .into_iter()
+                .filter(|_| main)
+            {
                 crate::log::truncate_after(&self.run_dir.join(f), state.step)?;
             }
         } else if checkpoint::latest(&self.run_dir).is_some() {
@@ -350,14 +373,20 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 &self.run_dir,
                 "already holds a run's checkpoints: pass --resume to continue it, or choose another output folder",
             ));
-        } else {
+        } else if main {
             for f in ["training.jsonl", "validation.jsonl"] {
                 let _ = std::fs::remove_file(self.run_dir.join(f));
             }
         }
-        let mut train_log = JsonLines::open(self.run_dir.join("training.jsonl"))?;
-        let mut val_log = JsonLines::open(self.run_dir.join("validation.jsonl"))?;
-        if let Ok(text) = std::fs::read_to_string(&val_log.path) {
+        let log = |name: &str| {
+            main.then(|| JsonLines::open(self.run_dir.join(name)))
+                .transpose()
+        };
+        let (mut train_log, mut val_log) = (log("training.jsonl")?, log("validation.jsonl")?);
+        if let Some(text) = val_log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(&l.path).ok())
+        {
             for l in text.lines() {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(l)
                     && let (Some(s), Some(x)) = (v["step"].as_u64(), v["val_loss"].as_f64())
@@ -372,28 +401,35 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             summary.metric_before = metric;
             if let Some((l, n)) = loss {
                 val_points.push((0, l));
-                val_log.write(&ValRecord::new(
-                    0,
-                    0,
-                    schedule.at(0),
-                    (l, n),
-                    evaluation.metric,
-                    metric,
-                ))?;
+                if let Some(log) = &mut val_log {
+                    log.write(&ValRecord::new(
+                        0,
+                        0,
+                        schedule.at(0),
+                        (l, n),
+                        evaluation.metric,
+                        metric,
+                    ))?;
+                }
             }
-            eprintln!(
-                "before training: val_loss {}{}",
-                loss.map_or("-".into(), |(l, _)| format!("{l:.4}")),
-                fmt_metric(&summary.metric, metric)
-            );
+            if main {
+                eprintln!(
+                    "before training: val_loss {}{}",
+                    loss.map_or("-".into(), |(l, _)| format!("{l:.4}")),
+                    fmt_metric(&summary.metric, metric)
+                );
+            }
         }
-        let progress = Progress::new(total, state.step);
+        let progress = if main {
+            Progress::new(total, state.step)
+        } else {
+            Progress::hidden()
+        };
         let mut batches = self.train.iter(state.data);
         let mut last_good: Option<PathBuf> = checkpoint::latest(&self.run_dir);
         // the allocator's kept pages, returned once they outgrow the step's working set
         let mut resident = ResidentLimit::default();
         while state.step < total {
-            automodel_core::seed::<B>(&self.device, state.seed.wrapping_add(state.step as u64));
             // the whole step: waiting for batches, forward, backward, optimizer
             let t0 = Instant::now();
             let mut micro = Vec::with_capacity(acc);
@@ -407,6 +443,14 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             let n_labels: usize = micro.iter().map(|(_, b)| b.num_label_tokens).sum();
             let n_tokens: usize = micro.iter().map(|(_, b)| b.num_tokens).sum();
             let lr = schedule.at(state.step);
+            // every micro-batch draws its random numbers (dropout) from a seed of its own, so
+            // a worker running micro-batch j draws what one process would
+            let (device, seed, step) = (&self.device, state.seed, state.step);
+            let mine = parallel::share(acc, rank, world).map(|j| {
+                automodel_core::seed::<B>(device, micro_seed(seed, step, j));
+                micro[j].1.to_device(device)
+            });
+            let sync = self.parallel.as_ref().map(|c| (c, device));
             let (
                 model,
                 StepOutcome {
@@ -414,13 +458,14 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                     grad_norm: norm,
                     applied: finite,
                 },
-            ) = train_step(
+            ) = train_step_on(
                 self.model,
                 &mut optim,
-                micro.iter().map(|(_, b)| b.to_device(&self.device)),
+                mine,
                 n_labels,
                 lr,
                 settings.max_grad_norm,
+                sync,
             )?;
             self.model = model;
             resident.after_step();
@@ -463,7 +508,9 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 num_label_tokens: n_labels,
                 skipped: !finite,
             };
-            train_log.write(&rec)?;
+            if let Some(log) = &mut train_log {
+                log.write(&rec)?;
+            }
             progress.step(&rec);
             let last = state.step == total;
             let is_val = ss
@@ -478,14 +525,16 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                     if state.best_val.as_ref().is_none_or(|(b, _)| l < *b) {
                         state.best_val = Some((l, checkpoint::name(state.epoch, state.step)));
                     }
-                    val_log.write(&ValRecord::new(
-                        state.step,
-                        epoch,
-                        lr,
-                        (l, n),
-                        evaluation.metric,
-                        metric,
-                    ))?;
+                    if let Some(log) = &mut val_log {
+                        log.write(&ValRecord::new(
+                            state.step,
+                            epoch,
+                            lr,
+                            (l, n),
+                            evaluation.metric,
+                            metric,
+                        ))?;
+                    }
                     progress.println(&format!(
                         "[val] step {} | loss {l:.4} | lr {lr:.2e} | num_label_tokens {n}{}",
                         state.step,
@@ -500,7 +549,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 .ckpt_every_steps
                 .is_some_and(|n| state.step.is_multiple_of(n))
                 || (last && settings.checkpoint.save_final);
-            if is_ckpt && settings.checkpoint.enabled {
+            if is_ckpt && settings.checkpoint.enabled && main {
                 let dir = self.save_checkpoint(&optim, &state)?;
                 if let Some((_, name)) = &state.best_val
                     && *name == checkpoint::name(state.epoch, state.step)
@@ -511,7 +560,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 last_good = Some(dir.clone());
                 summary.last_checkpoint = Some(dir);
             }
-            if last || is_ckpt {
+            if (last || is_ckpt) && main {
                 let train_pts: Vec<(usize, f64)> = state
                     .losses
                     .iter()
@@ -526,7 +575,9 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         if summary.last_checkpoint.is_none() {
             summary.last_checkpoint = checkpoint::latest(&self.run_dir);
         }
-        crate::checkpoint::write_json(&self.run_dir.join("summary.json"), &summary)?;
+        if main {
+            crate::checkpoint::write_json(&self.run_dir.join("summary.json"), &summary)?;
+        }
         Ok(summary)
     }
 }
@@ -548,12 +599,28 @@ pub struct StepOutcome {
 /// AltUp coefficient clamp. A non-finite loss or norm leaves the model as it was.
 /// The micro-batches are taken one at a time, so only one is on the device at once.
 pub fn train_step<B: AutodiffBackend, M: TrainModel<B>>(
+    model: M,
+    optim: &mut Optimizer<B>,
+    micro: impl IntoIterator<Item = TrainBatch<B>>,
+    n_labels: usize,
+    lr: f64,
+    max_grad_norm: Option<f64>,
+) -> Result<(M, StepOutcome), TrainError> {
+    train_step_on(model, optim, micro, n_labels, lr, max_grad_norm, None)
+}
+
+/// [`train_step`] as one worker of a data-parallel job: `micro` is this worker's share of
+/// the step's micro-batches and `n_labels` the label tokens of all of them; the gradients
+/// and the loss are summed over the workers (`sync`) before the norm, so every worker takes
+/// the same step.
+pub fn train_step_on<B: AutodiffBackend, M: TrainModel<B>>(
     mut model: M,
     optim: &mut Optimizer<B>,
     micro: impl IntoIterator<Item = TrainBatch<B>>,
     n_labels: usize,
     lr: f64,
     max_grad_norm: Option<f64>,
+    sync: Option<(&Collective<B::InnerBackend>, &B::Device)>,
 ) -> Result<(M, StepOutcome), TrainError> {
     let mut accumulator = GradientsAccumulator::<M>::new();
     // summed on the device: one host read per step, not one per micro-batch
@@ -581,8 +648,11 @@ pub fn train_step<B: AutodiffBackend, M: TrainModel<B>>(
         accumulator.accumulate(&model, grads);
         lap(1);
     }
-    let loss = loss_sum.map_or(0.0, |s| s.into_scalar().elem::<f64>());
     let mut grads = accumulator.grads();
+    let loss = match sync {
+        Some((c, device)) => parallel::all_reduce(&model, &mut grads, loss_sum, c, device)?,
+        None => loss_sum.map_or(0.0, |s| s.into_scalar().elem::<f64>()),
+    };
     let grad_norm = global_grad_norm(&model, &grads);
     lap(2);
     let applied = loss.is_finite() && grad_norm.is_finite();
@@ -606,6 +676,55 @@ pub fn train_step<B: AutodiffBackend, M: TrainModel<B>>(
             applied,
         },
     ))
+}
+
+/// The seed of micro-batch `j` of optimizer step `step`: `seed + step` for the first, as every
+/// step was seeded before micro-batches had seeds of their own.
+fn micro_seed(seed: u64, step: usize, j: usize) -> u64 {
+    seed.wrapping_add(step as u64)
+        .wrapping_add((j as u64) << 32)
+}
+
+/// Refuse to resume a checkpoint whose steps were made of other batches: the data position
+/// counts micro-batches of `local_batch_size` rows, and a step is `global_batch_size` rows.
+/// The number of workers may change.
+fn check_resumable(
+    dir: &Path,
+    state: &TrainState,
+    ss: &StepScheduler,
+    world: usize,
+) -> Result<(), TrainError> {
+    for (key, was, now) in [
+        (
+            "global_batch_size",
+            state.global_batch_size,
+            ss.global_batch_size,
+        ),
+        (
+            "local_batch_size",
+            state.local_batch_size,
+            ss.local_batch_size,
+        ),
+    ] {
+        if let Some(was) = was
+            && was != now
+        {
+            return Err(TrainError::file(
+                dir,
+                format!(
+                    "--resume: this checkpoint was trained with step_scheduler.{key} {was}, the recipe now says {now}; resume with {key}={was} (the data position and the steps depend on it)"
+                ),
+            ));
+        }
+    }
+    if let Some(was) = state.world_size
+        && was != world
+    {
+        tracing::info!(
+            "resuming a run of {was} worker(s) with {world}: the global batch is unchanged, so the run continues as it would have"
+        );
+    }
+    Ok(())
 }
 
 fn fmt_metric(name: &Option<String>, v: Option<f64>) -> String {
