@@ -770,6 +770,12 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
             .parse::<DeviceSpec>()
             .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     }
+    if only.iter().any(|o| o == "dp") {
+        if device != "cpu" {
+            bail!("--only dp measures workers on the CPU");
+        }
+        return crate::bench_dp::bench_dp(rounds, opts.steps, opts.warmup);
+    }
     let list: Vec<Workload> = workloads(&device, quick)
         .into_iter()
         .filter(|w| only.is_empty() || only.iter().any(|o| w.name.contains(o.as_str())))
@@ -927,7 +933,7 @@ fn chrono_date() -> String {
     chrono::Utc::now().format("%Y-%m-%d").to_string()
 }
 
-fn device_name(device: &str) -> String {
+pub fn device_name(device: &str) -> String {
     if device == "cuda" {
         let out = Command::new("nvidia-smi")
             .args(["--query-gpu=name", "--format=csv,noheader"])

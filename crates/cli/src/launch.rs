@@ -32,6 +32,9 @@ pub struct LaunchArgs {
     /// with an error (a worker died or hangs).
     #[arg(long, default_value_t = 120.0, value_parser = seconds)]
     pub timeout: f64,
+    /// Threads of each worker (default: the cores shared equally, or RAYON_NUM_THREADS).
+    #[arg(long)]
+    pub threads_per_worker: Option<usize>,
     /// The command each worker runs, after `--`: `finetune ...`.
     #[arg(required = true, allow_hyphen_values = true, num_args = 1..)]
     pub command: Vec<OsString>,
@@ -58,6 +61,7 @@ pub fn launch(a: LaunchArgs) -> anyhow::Result<()> {
         master_port: a.master_port,
         node_addr: a.node_addr,
         timeout: Duration::from_secs_f64(a.timeout),
+        threads_per_worker: a.threads_per_worker,
     };
     let exe = std::env::current_exe()?;
     start(&opts, &exe, &a.command)?;

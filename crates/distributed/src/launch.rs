@@ -29,6 +29,9 @@ pub struct LaunchOptions {
     pub node_addr: Option<String>,
     /// How long the rendezvous and each collective operation may take.
     pub timeout: Duration,
+    /// Threads of each worker (`RAYON_NUM_THREADS`); `None`: the cores shared equally, unless
+    /// `RAYON_NUM_THREADS` is set already.
+    pub threads_per_worker: Option<usize>,
 }
 
 impl Default for LaunchOptions {
@@ -41,6 +44,7 @@ impl Default for LaunchOptions {
             master_port: 29500,
             node_addr: None,
             timeout: DEFAULT_TIMEOUT,
+            threads_per_worker: None,
         }
     }
 }
@@ -112,9 +116,16 @@ pub fn launch(opts: &LaunchOptions, program: &Path, args: &[OsString]) -> Result
         free(opts.master_port)?;
         start_rendezvous(opts.master_port)?;
     }
-    let threads = std::env::var_os("RAYON_NUM_THREADS").is_none().then(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        (cores / n).max(1)
+    if opts.threads_per_worker == Some(0) {
+        return Err(LaunchError::Options(
+            "--threads-per-worker must be at least 1".into(),
+        ));
+    }
+    let threads = opts.threads_per_worker.or_else(|| {
+        std::env::var_os("RAYON_NUM_THREADS").is_none().then(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+            (cores / n).max(1)
+        })
     });
     let mut workers: Vec<Worker> = Vec::with_capacity(n);
     for local in 0..n {

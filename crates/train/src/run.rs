@@ -99,11 +99,26 @@ pub fn run_on(
 ) -> Result<Summary, TrainError> {
     recipe.validate()?;
     recipe.fetch_missing(|m| eprintln!("{m}"))?;
+    let device = per_worker(device, options.world.as_ref());
     let job = Job { recipe, options };
     if recipe.distributed.activation_checkpointing {
         automodel_core::device::run_on_checkpointed(device, job)?
     } else {
         automodel_core::device::run_on(device, job)?
+    }
+}
+
+/// The device of this worker: with a data-parallel world, GPU `N + LOCAL_RANK` for `cuda:N`
+/// and `wgpu:N` (so `--device cuda` gives each worker of a machine its own GPU, as
+/// `cuda:$LOCAL_RANK` does under torchrun); the CPU and the best/software wgpu adapter as given.
+pub fn per_worker(device: DeviceSpec, world: Option<&World>) -> DeviceSpec {
+    use automodel_core::device::WgpuAdapter;
+    match (world, device) {
+        (Some(w), DeviceSpec::Cuda(n)) => DeviceSpec::Cuda(n + w.local_rank),
+        (Some(w), DeviceSpec::Wgpu(WgpuAdapter::Discrete(n))) => {
+            DeviceSpec::Wgpu(WgpuAdapter::Discrete(n + w.local_rank))
+        }
+        (_, d) => d,
     }
 }
 
@@ -363,4 +378,43 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
         trainer.train.data.len()
     );
     trainer.run(options.resume)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automodel_core::device::WgpuAdapter;
+
+    #[test]
+    fn each_worker_of_a_machine_takes_its_own_gpu() {
+        let w = World {
+            rank: 3,
+            world_size: 4,
+            local_rank: 1,
+            local_world_size: 2,
+            master_addr: "127.0.0.1".into(),
+            master_port: 29500,
+            node_addr: "127.0.0.1".into(),
+            data_port: 29504,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        assert_eq!(
+            per_worker(DeviceSpec::Cuda(0), Some(&w)),
+            DeviceSpec::Cuda(1)
+        );
+        assert_eq!(
+            per_worker(DeviceSpec::Cuda(2), Some(&w)),
+            DeviceSpec::Cuda(3)
+        );
+        assert_eq!(per_worker(DeviceSpec::Cuda(2), None), DeviceSpec::Cuda(2));
+        assert_eq!(
+            per_worker(DeviceSpec::Wgpu(WgpuAdapter::Discrete(0)), Some(&w)),
+            DeviceSpec::Wgpu(WgpuAdapter::Discrete(1))
+        );
+        assert_eq!(per_worker(DeviceSpec::Cpu, Some(&w)), DeviceSpec::Cpu);
+        assert_eq!(
+            per_worker(DeviceSpec::Wgpu(WgpuAdapter::Cpu), Some(&w)),
+            DeviceSpec::Wgpu(WgpuAdapter::Cpu)
+        );
+    }
 }
