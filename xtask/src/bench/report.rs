@@ -1,0 +1,179 @@
+//! The results: one row a workload, printed as a line and as the Markdown table that `--record`
+//! keeps in `docs/benchmarks.md` (and `docs/benchmarks.json`).
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use super::measure::{Measure, stats};
+use super::root;
+use super::workload::Workload;
+
+/// One row of the results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub workload: Workload,
+    pub date: String,
+    pub device_name: String,
+    pub ours: Measure,
+    pub pytorch: Option<Measure>,
+    /// Our tokens/s over PyTorch's (> 1: we are faster): the median of the rounds' ratios.
+    pub speedup: Option<f64>,
+    /// Each round's ratio (`--rounds`; the two sides alternate which runs first).
+    #[serde(default)]
+    pub ratios: Vec<f64>,
+    /// Model FLOPs of one token of the workload (analytic; see [`flops_per_token`]).
+    pub flops_per_token: Option<f64>,
+}
+
+pub(super) fn chrono_date() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
+pub fn device_name(device: &str) -> String {
+    if device == "cuda" {
+        let out = Command::new("nvidia-smi")
+            .args(["--query-gpu=name", "--format=csv,noheader"])
+            .output();
+        if let Ok(o) = out
+            && o.status.success()
+        {
+            return String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("cuda")
+                .trim()
+                .to_string();
+        }
+        return "cuda".into();
+    }
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "cpu".into());
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{model} ({n} cores)")
+}
+
+fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or("–".into(), f)
+}
+
+pub(super) fn row_line(r: &Row) -> String {
+    format!(
+        "{}: ours {:.3} s/step [{:.3}–{:.3}], {:.1} tok/s, {} MiB | PyTorch {} | ×{}",
+        r.workload.name,
+        r.ours.median_s,
+        r.ours.min_s,
+        r.ours.max_s,
+        r.ours.tokens_per_s,
+        fmt_opt(r.ours.peak_mem_mib, |m| format!("{m:.0}")),
+        r.pytorch.as_ref().map_or("–".into(), |p| format!(
+            "{:.3} s/step, {:.1} tok/s, {} MiB",
+            p.median_s,
+            p.tokens_per_s,
+            fmt_opt(p.peak_mem_mib, |m| format!("{m:.0}"))
+        )),
+        ratio_cell(r),
+    )
+}
+
+/// The speed ratio's median, with the rounds' spread when there were several.
+fn ratio_cell(r: &Row) -> String {
+    match (r.speedup, r.ratios.len()) {
+        (None, _) => "–".into(),
+        (Some(x), n) if n > 1 => {
+            let (_, lo, hi) = stats(&r.ratios);
+            format!("{x:.2}× ({lo:.2}–{hi:.2}, {n} rounds)")
+        }
+        (Some(x), _) => format!("{x:.2}×"),
+    }
+}
+
+/// The results as a Markdown table (the one `--record` writes into `docs/benchmarks.md`).
+pub fn markdown_table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| workload | device | threads | ours s/step (min–max) | ours tok/s | ours GFLOP/s | ours peak MiB | PyTorch s/step (min–max) | PyTorch tok/s | PyTorch peak MiB | speed ratio | MFU | date |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let m = |x: &Measure| {
+            (
+                format!("{:.3} ({:.3}–{:.3})", x.median_s, x.min_s, x.max_s),
+                format!("{:.1}", x.tokens_per_s),
+                fmt_opt(x.peak_mem_mib, |m| format!("{m:.0}")),
+            )
+        };
+        let o = m(&r.ours);
+        let p = r
+            .pytorch
+            .as_ref()
+            .map(m)
+            .unwrap_or(("–".into(), "–".into(), "–".into()));
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.workload.name,
+            r.device_name,
+            r.ours.threads,
+            o.0,
+            o.1,
+            fmt_opt(r.flops_per_token, |f| format!(
+                "{:.1}",
+                f * r.ours.tokens_per_s / 1e9
+            )),
+            o.2,
+            p.0,
+            p.1,
+            p.2,
+            ratio_cell(r),
+            fmt_opt(r.ours.mfu, |x| format!("{:.1} %", 100.0 * x)),
+            r.date
+        ));
+    }
+    s
+}
+
+const BEGIN: &str = "<!-- bench:begin (written by `cargo xtask bench --record`) -->";
+const END: &str = "<!-- bench:end -->";
+
+/// Merge `rows` into `docs/benchmarks.json` (by workload name and device) and rewrite the
+/// table between the markers of `docs/benchmarks.md`.
+pub(super) fn record_rows(rows: &[Row]) -> anyhow::Result<()> {
+    let json = root().join("docs/benchmarks.json");
+    let mut all: Vec<Row> = match std::fs::read_to_string(&json) {
+        Ok(s) => serde_json::from_str(&s).with_context(|| format!("{}", json.display()))?,
+        Err(_) => Vec::new(),
+    };
+    for r in rows {
+        all.retain(|x| {
+            !(x.workload.name == r.workload.name && x.workload.device == r.workload.device)
+        });
+        all.push(r.clone());
+    }
+    all.sort_by(|a, b| {
+        (&a.workload.device, &a.workload.name).cmp(&(&b.workload.device, &b.workload.name))
+    });
+    std::fs::write(&json, serde_json::to_string_pretty(&all)? + "\n")?;
+    let md = root().join("docs/benchmarks.md");
+    let text = std::fs::read_to_string(&md).with_context(|| format!("{}", md.display()))?;
+    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
+        bail!(
+            "{}: the markers {BEGIN} and {END} are missing",
+            md.display()
+        );
+    };
+    let new = format!(
+        "{}{BEGIN}\n{}{}",
+        &text[..a],
+        markdown_table(&all),
+        &text[b..]
+    );
+    std::fs::write(&md, new)?;
+    eprintln!("recorded into {} and {}", json.display(), md.display());
+    Ok(())
+}
