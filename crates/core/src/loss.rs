@@ -329,11 +329,7 @@ fn chunk_with_ops<B: Backend>(
     softcap: Option<f64>,
     grad: bool,
 ) -> (Tensor<B, 1>, Option<Tensor<B, 2>>) {
-    let logits = match softcap {
-        Some(cap) => crate::nn::softcap(logits, cap),
-        None => logits,
-    }
-    .cast(DType::F32);
+    let logits = crate::nn::softcap_opt(logits, softcap).cast(DType::F32);
     // the log-sum-exp with its exponentials kept: softmax = e / Σe needs no second exp
     let max = logits.clone().max_dim(1);
     let e = (logits.clone() - max.clone()).exp();

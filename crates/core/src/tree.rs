@@ -178,6 +178,24 @@ pub fn hf_tensors<B: Backend, M: Module<B>>(module: &M, prefix: &str) -> TensorM
     v.out
 }
 
+/// Write a model folder: [`hf_tensors`] of `module` under `prefix`, saved in `dir` by
+/// [`TensorMap::save`] (one `model.safetensors`, or shards of at most `max_shard_bytes` with an
+/// index), and `config` as `config.json`, every file atomically. Returns the files written.
+pub fn save_pretrained<B: Backend, M: Module<B>>(
+    module: &M,
+    prefix: &str,
+    config: &serde_json::Value,
+    dir: &std::path::Path,
+    max_shard_bytes: Option<usize>,
+) -> Result<Vec<std::path::PathBuf>, WeightError> {
+    let mut written = hf_tensors(module, prefix).save(dir, max_shard_bytes)?;
+    let text = serde_json::to_string_pretty(config).expect("serialisable");
+    let path = dir.join("config.json");
+    crate::weights::write_atomic(&path, text.as_bytes())?;
+    written.push(path);
+    Ok(written)
+}
+
 struct GradVisitor<'a, B: AutodiffBackend> {
     prefix: &'a str,
     grads: &'a B::Gradients,

@@ -234,13 +234,14 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
         dir: impl AsRef<Path>,
         max_shard_bytes: Option<usize>,
     ) -> Result<Vec<std::path::PathBuf>, ModelError> {
-        let dir = dir.as_ref();
-        let mut written = tree::hf_tensors(self, "").save(dir, max_shard_bytes)?;
-        let text = serde_json::to_string_pretty(&self.config.raw).expect("serialisable");
-        let path = dir.join("config.json");
-        automodel_core::weights::write_atomic(&path, text.as_bytes())?;
-        written.push(path);
-        Ok(written)
+        let (config, dir) = (&self.config.raw, dir.as_ref());
+        Ok(tree::save_pretrained(
+            self,
+            "",
+            config,
+            dir,
+            max_shard_bytes,
+        )?)
     }
 
     fn dtype(&self) -> DType {

@@ -92,6 +92,15 @@ pub fn softcap<B: Backend, const D: usize>(x: Tensor<B, D>, cap: f64) -> Tensor<
     (x / cap).tanh() * cap
 }
 
+/// [`softcap`] with `cap` when there is one, else `x` as it is (a config's optional
+/// `final_logit_softcapping`).
+pub fn softcap_opt<B: Backend, const D: usize>(x: Tensor<B, D>, cap: Option<f64>) -> Tensor<B, D> {
+    match cap {
+        Some(cap) => softcap(x, cap),
+        None => x,
+    }
+}
+
 /// Inverse of the standard normal CDF, Φ⁻¹(p), for 0 < p < 1.
 ///
 /// Acklam's rational approximation refined by one Halley step (relative error < 1e-15), so

@@ -8,7 +8,7 @@ pub mod matmul;
 pub mod norm;
 pub mod rope;
 
-pub use activation::{gelu_tanh, normal_icdf, softcap};
+pub use activation::{gelu_tanh, normal_icdf, softcap, softcap_opt};
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use matmul::matmul;

@@ -8,7 +8,7 @@ use std::path::Path;
 use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::loss::{causal_lm_loss, lm_head_loss};
-use automodel_core::nn::{Embedding, RmsNorm, softcap};
+use automodel_core::nn::{Embedding, RmsNorm, softcap_opt};
 use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, TensorSource, WeightLoader};
 use burn::prelude::*;
@@ -173,13 +173,14 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
         dir: impl AsRef<Path>,
         max_shard_bytes: Option<usize>,
     ) -> Result<Vec<std::path::PathBuf>, TextError> {
-        let dir = dir.as_ref();
-        let mut written = tree::hf_tensors(self, "").save(dir, max_shard_bytes)?;
-        let text = serde_json::to_string_pretty(&self.config.to_hf_json()).expect("serialisable");
-        let path = dir.join("config.json");
-        automodel_core::weights::write_atomic(&path, text.as_bytes())?;
-        written.push(path);
-        Ok(written)
+        let config = self.config.to_hf_json();
+        Ok(tree::save_pretrained(
+            self,
+            "",
+            &config,
+            dir.as_ref(),
+            max_shard_bytes,
+        )?)
     }
 
     /// Check the ids and run the decoder: the final hidden states and every layer's output.
@@ -230,10 +231,7 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
     /// The tied, optionally soft-capped head.
     pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let logits = self.model.embed_tokens.tied_head(hidden);
-        match self.config.final_logit_softcapping {
-            Some(cap) => softcap(logits, cap),
-            None => logits,
-        }
+        softcap_opt(logits, self.config.final_logit_softcapping)
     }
 
     /// Forward over `ids` `[B, T]` (optionally continuing `cache`), with optional labels; full

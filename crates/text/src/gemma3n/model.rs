@@ -5,7 +5,7 @@ use std::path::Path;
 use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::loss::{causal_lm_loss, lm_head_loss};
-use automodel_core::nn::{Embedding, Linear, RmsNorm, softcap};
+use automodel_core::nn::{Embedding, Linear, RmsNorm, softcap_opt};
 use automodel_core::tree;
 use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
 use burn::prelude::*;
@@ -225,10 +225,7 @@ impl<B: Backend> Gemma3nTextModel<B> {
     /// The tied LM head: `softcap(h·Eᵀ)` with the embedding table.
     pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let logits = self.embed_tokens.tied_head(hidden);
-        match self.config.final_logit_softcapping {
-            Some(cap) => softcap(logits, cap),
-            None => logits,
-        }
+        softcap_opt(logits, self.config.final_logit_softcapping)
     }
 
     /// Logits `[B, V]` of the last position of `hidden` `[B, T, H]`.
@@ -476,8 +473,6 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
         dir: impl AsRef<Path>,
         max_shard_bytes: Option<usize>,
     ) -> Result<Vec<std::path::PathBuf>, TextError> {
-        let dir = dir.as_ref();
-        let mut written = tree::hf_tensors(&self.model, &self.prefix).save(dir, max_shard_bytes)?;
         let mut cfg = serde_json::to_value(&self.model.config).expect("serialisable");
         if let Some(o) = cfg.as_object_mut() {
             o.insert("model_type".into(), "gemma3n_text".into());
@@ -486,11 +481,14 @@ impl<B: Backend> Gemma3nForCausalLM<B> {
                 serde_json::json!(["Gemma3nForCausalLM"]),
             );
         }
-        let text = serde_json::to_string_pretty(&cfg).expect("serialisable");
-        let path = dir.join("config.json");
-        automodel_core::weights::write_atomic(&path, text.as_bytes())?;
-        written.push(path);
-        Ok(written)
+        let (model, prefix) = (&self.model, &self.prefix);
+        Ok(tree::save_pretrained(
+            model,
+            prefix,
+            &cfg,
+            dir.as_ref(),
+            max_shard_bytes,
+        )?)
     }
 }
 
