@@ -63,14 +63,6 @@ fn one_run(workers: usize, steps: usize, warmup: usize, port: u16) -> anyhow::Re
     Ok(tps[tps.len() / 2])
 }
 
-/// A rendezvous port with the two after it free.
-fn free_port() -> anyhow::Result<u16> {
-    (29500..29900)
-        .step_by(7)
-        .find(|&p| (0..3).all(|k| std::net::TcpListener::bind(("0.0.0.0", p + k)).is_ok()))
-        .context("no free port in 29500..29900")
-}
-
 /// Run 1 and 2 workers over `rounds` rounds (alternating which goes first) and print tokens/s
 /// (median, min–max) and the scaling efficiency `tps(2) / (2 · tps(1))`.
 pub fn bench_dp(rounds: usize, steps: usize, warmup: usize) -> anyhow::Result<bool> {
@@ -81,7 +73,12 @@ pub fn bench_dp(rounds: usize, steps: usize, warmup: usize) -> anyhow::Result<bo
     for round in 0..rounds {
         let order: [usize; 2] = if round % 2 == 0 { [1, 2] } else { [2, 1] };
         for w in order {
-            let tps = one_run(w, steps, warmup, free_port()?)?;
+            let tps = one_run(
+                w,
+                steps,
+                warmup,
+                automodel_distributed::free_port(2).context("no free port")?,
+            )?;
             eprintln!("round {}: {w} worker(s): {tps:.1} tokens/s", round + 1);
             runs[w - 1].push(tps);
         }

@@ -58,6 +58,8 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     }
     let options = RunOptions::for_recipe(&recipe, a.output_dir, a.resume)?;
     eprintln!("run directory {}", options.run_dir.display());
+    // Ctrl-C / SIGTERM: finish the step, save, exit 130; a second one quits at once
+    automodel::train::interrupt::install();
     let summary = automodel::train::run_on(&recipe, &options, a.device)?;
     print_summary(&summary);
     Ok(())

@@ -185,6 +185,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if interrupted(&e) => {
+            eprintln!("{e:#}");
+            std::process::ExitCode::from(automodel::train::interrupt::EXIT_STATUS)
+        }
         Err(e) => {
             // one message: the error and its causes, no backtrace unless RUST_BACKTRACE asks
             eprintln!("error: {e:#}");
@@ -194,6 +198,14 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A run stopped on Ctrl-C or SIGTERM after saving (exit status 130, as a shell reports it).
+fn interrupted(e: &anyhow::Error) -> bool {
+    use automodel::distributed::LaunchError;
+    use automodel::train::TrainError;
+    matches!(e.downcast_ref(), Some(TrainError::Interrupted { .. }))
+        || matches!(e.downcast_ref(), Some(LaunchError::Interrupted))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

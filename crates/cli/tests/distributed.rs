@@ -18,15 +18,6 @@ fn automodel(args: &[String]) -> Command {
     c
 }
 
-/// A rendezvous port with the two ports after it free.
-fn free_port() -> u16 {
-    let pid = std::process::id() as u16;
-    (0..200u16)
-        .map(|i| 20000 + pid.wrapping_mul(13).wrapping_add(i * 101) % 40000)
-        .find(|&p| (0..3).all(|k| std::net::TcpListener::bind(("0.0.0.0", p + k)).is_ok()))
-        .expect("a free port")
-}
-
 /// `finetune` of the default recipe, short: 4 steps of 4 rows in micro-batches of 2, LoRA
 /// dropout on (each micro-batch's random numbers must follow it to its worker), no validation.
 fn finetune(out: &Path, extra: &[&str]) -> Vec<String> {
@@ -124,7 +115,11 @@ fn two_workers_equal_one_process_accumulating_and_resume_in_one() {
     let dir = tempfile::tempdir().unwrap();
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     run_ok(&finetune(&one, &[]));
-    let err = run_ok(&launch(2, free_port(), finetune(&two, &[])));
+    let err = run_ok(&launch(
+        2,
+        automodel::distributed::free_port(3).expect("a free port"),
+        finetune(&two, &[]),
+    ));
     assert!(err.contains("launch: rank 1 of 2 started"), "{err}");
     let (a, b) = (steps(&one), steps(&two));
     assert_eq!(b.len(), 4, "rank 0 alone writes the log");
@@ -194,10 +189,14 @@ fn a_killed_worker_ends_the_job_with_its_rank_named() {
     let run = dir.path().join("run");
     let mut rest = finetune(&run, &[]);
     rest.extend(["--set".into(), "step_scheduler.max_steps=1000".into()]);
-    let mut child = automodel(&launch(2, free_port(), rest))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = automodel(&launch(
+        2,
+        automodel::distributed::free_port(3).expect("a free port"),
+        rest,
+    ))
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let log = Arc::new(Mutex::new(String::new()));
     let reader = {
         let (log, err) = (log.clone(), child.stderr.take().unwrap());

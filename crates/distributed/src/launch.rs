@@ -64,6 +64,12 @@ pub enum LaunchError {
         program: String,
         error: std::io::Error,
     },
+    /// The workers stopped on a signal (Ctrl-C, SIGTERM): forwarded to each once, they finish
+    /// their step and save a checkpoint.
+    #[error(
+        "launch: interrupted; the workers stopped after their step (rank 0 names the checkpoint)"
+    )]
+    Interrupted,
     #[error("launch: rank {rank} (pid {pid}) {status}; the other workers were stopped")]
     WorkerFailed {
         rank: usize,
@@ -78,7 +84,9 @@ pub enum LaunchError {
 /// `AUTOMODEL_DIST_TIMEOUT`); on machine 0, first the rendezvous. Where `RAYON_NUM_THREADS`
 /// is unset, each worker gets an equal share of the cores. Rank 0 writes to this process's
 /// terminal; the others' lines are prefixed `[rank N]`. Returns when every worker has ended:
-/// `Ok` if all succeeded, else the first failure (the others are stopped then).
+/// `Ok` if all succeeded, else the first failure (the others are stopped then). A SIGINT or
+/// SIGTERM to the launcher is passed on to every worker once (they stop after their step and
+/// save a checkpoint; a second one kills them), and the result is [`LaunchError::Interrupted`].
 pub fn launch(opts: &LaunchOptions, program: &Path, args: &[OsString]) -> Result<(), LaunchError> {
     let n = opts.nproc_per_node;
     if n == 0 || opts.nnodes == 0 {
@@ -112,6 +120,7 @@ pub fn launch(opts: &LaunchOptions, program: &Path, args: &[OsString]) -> Result
     for local in 0..n {
         free(data_port(local))?;
     }
+    signals::install();
     if opts.node_rank == 0 {
         free(opts.master_port)?;
         start_rendezvous(opts.master_port)?;
@@ -147,6 +156,9 @@ pub fn launch(opts: &LaunchOptions, program: &Path, args: &[OsString]) -> Result
         if rank != 0 {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
+        // a process group of its own: a Ctrl-C in the terminal reaches the launcher alone,
+        // which passes one signal on to each worker
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(error) => {
@@ -170,7 +182,28 @@ pub fn launch(opts: &LaunchOptions, program: &Path, args: &[OsString]) -> Result
     }
     // wait for all; the first to fail stops the rest
     let mut running: Vec<bool> = vec![true; workers.len()];
+    let mut forwarded = 0;
+    let mut interrupted = false;
     while running.iter().any(|&r| r) {
+        let signals = signals::received();
+        if signals > forwarded {
+            // the first signal asks each worker to stop after its step; a second kills them
+            let sig = if signals == 1 {
+                libc::SIGTERM
+            } else {
+                libc::SIGKILL
+            };
+            for (i, w) in workers.iter().enumerate() {
+                if running[i] {
+                    // SAFETY: kill(2) on a child's pid that has not been waited for.
+                    unsafe {
+                        libc::kill(w.child.id() as libc::pid_t, sig);
+                    }
+                }
+            }
+            forwarded = signals;
+            interrupted = true;
+        }
         for (i, w) in workers.iter_mut().enumerate() {
             if !running[i] {
                 continue;
@@ -178,6 +211,12 @@ pub fn launch(opts: &LaunchOptions, program: &Path, args: &[OsString]) -> Result
             match w.child.try_wait() {
                 Ok(None) => {}
                 Ok(Some(status)) if status.success() => running[i] = false,
+                // stopped on a signal after saving (the trainer's interrupt status): the
+                // others are stopping too, and must not be hurried
+                Ok(Some(status)) if status.code() == Some(INTERRUPTED) => {
+                    running[i] = false;
+                    interrupted = true;
+                }
                 Ok(Some(status)) => {
                     let (rank, pid) = (w.rank, w.child.id());
                     let status = describe(status);
@@ -198,7 +237,42 @@ pub fn launch(opts: &LaunchOptions, program: &Path, args: &[OsString]) -> Result
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    if interrupted {
+        return Err(LaunchError::Interrupted);
+    }
     Ok(())
+}
+
+/// The exit status of a worker that stopped on a signal after saving (a shell's Ctrl-C
+/// status; `automodel_train::interrupt`).
+pub const INTERRUPTED: i32 = 130;
+
+/// The launcher's own SIGINT and SIGTERM: counted, and passed on by the wait loop.
+mod signals {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static RECEIVED: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        RECEIVED.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn install() {
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: sigaction with a handler that only touches an atomic
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(sig, &action, std::ptr::null_mut());
+            }
+        }
+    }
+
+    pub fn received() -> usize {
+        RECEIVED.load(Ordering::SeqCst)
+    }
 }
 
 struct Worker {
@@ -267,6 +341,19 @@ fn prefix(stream: Option<impl std::io::Read + Send + 'static>, rank: usize) {
             line.clear();
         }
     });
+}
+
+/// A rendezvous port on this machine with the `ports_after` ports after it free (at the moment
+/// of looking), from 20000 on. Each call of a process starts looking elsewhere, so that jobs
+/// started side by side (tests) do not pick the same one.
+pub fn free_port(ports_after: u16) -> Option<u16> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static CALLS: AtomicU16 = AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, Ordering::SeqCst) % 100;
+    let base = 20000 + (std::process::id() as u16).wrapping_mul(31) % 20000 + call * 50;
+    (0..400u16)
+        .map(|i| base + i * 5)
+        .find(|&p| (0..=ports_after).all(|k| TcpListener::bind(("0.0.0.0", p + k)).is_ok()))
 }
 
 /// Fail early, with the port named, when something already listens on `port`.

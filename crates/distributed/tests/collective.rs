@@ -16,18 +16,6 @@ fn job_dir(port: u16) -> PathBuf {
     std::env::temp_dir().join(format!("automodel-dist-test-{port}"))
 }
 
-/// A rendezvous port with the ports after it free.
-fn free_port(workers: u16) -> u16 {
-    let pid = std::process::id() as u16;
-    for i in 0..200u16 {
-        let port = 20000 + (pid.wrapping_mul(7).wrapping_add(i * 97)) % 40000;
-        if (0..=workers).all(|k| std::net::TcpListener::bind(("0.0.0.0", port + k)).is_ok()) {
-            return port;
-        }
-    }
-    panic!("no free port");
-}
-
 fn worker_args(name: &str) -> Vec<OsString> {
     [
         "--ignored",
@@ -127,7 +115,7 @@ fn worker_forever() {
 
 #[test]
 fn two_workers_sum_their_tensors_in_buckets() {
-    let port = free_port(3);
+    let port = automodel_distributed::free_port(3).expect("a free port");
     let dir = job_dir(port);
     let _ = std::fs::remove_dir_all(&dir);
     launch(
@@ -161,7 +149,7 @@ fn wait_for(path: &PathBuf, within: Duration) -> String {
 /// rank 0, whose peer vanished, stops with an error within the timeout instead of hanging.
 #[test]
 fn a_killed_worker_stops_the_other_with_an_error() {
-    let port = free_port(3);
+    let port = automodel_distributed::free_port(3).expect("a free port");
     let dir = job_dir(port);
     let _ = std::fs::remove_dir_all(&dir);
     let t0 = Instant::now();
@@ -223,7 +211,7 @@ fn a_killed_worker_stops_the_other_with_an_error() {
 /// A rendezvous that never completes (machine 1 never comes) ends within the timeout.
 #[test]
 fn a_rendezvous_that_never_completes_times_out() {
-    let port = free_port(3);
+    let port = automodel_distributed::free_port(3).expect("a free port");
     let dir = job_dir(port);
     let _ = std::fs::remove_dir_all(&dir);
     let t = Instant::now();
@@ -255,7 +243,7 @@ fn bad_options_and_taken_ports_are_refused_before_anything_starts() {
             .contains("--node-rank 2 must be below --nnodes 2"),
         "{e}"
     );
-    let port = free_port(3);
+    let port = automodel_distributed::free_port(3).expect("a free port");
     let _held = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
     let e = launch(&options(port, 2, 1, 0, 1.0), &exe(), &[]).unwrap_err();
     assert!(e.to_string().contains(&format!("port {port}")), "{e}");

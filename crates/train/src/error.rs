@@ -29,6 +29,14 @@ pub enum TrainError {
     /// what it waited for).
     #[error("data parallel: {0}")]
     Parallel(String),
+    /// A stop was asked for (Ctrl-C, SIGTERM: [`crate::interrupt`]); the run stopped after
+    /// `step` and saved a checkpoint when checkpoints are on.
+    #[error("{}", interrupted_message(*step, checkpoint.as_deref(), run_dir))]
+    Interrupted {
+        step: usize,
+        checkpoint: Option<PathBuf>,
+        run_dir: PathBuf,
+    },
     /// Several steps in a row had a non-finite loss or gradient.
     #[error(
         "{count} steps in a row (through step {step}) had a non-finite loss or gradient; stopping. {last_good}"
@@ -46,5 +54,22 @@ impl TrainError {
             path: path.into(),
             message: message.to_string(),
         }
+    }
+}
+
+fn interrupted_message(
+    step: usize,
+    checkpoint: Option<&std::path::Path>,
+    run: &std::path::Path,
+) -> String {
+    match checkpoint {
+        Some(c) => format!(
+            "interrupted: stopped after step {step} and saved {}; to continue, run the same command with --resume --output-dir {}",
+            c.display(),
+            run.display()
+        ),
+        None => format!(
+            "interrupted: stopped after step {step}; no checkpoint was saved (checkpoint.enabled is false)"
+        ),
     }
 }

@@ -6,6 +6,7 @@
 //! * [`trainer`]: gradient accumulation with the loss normalised by the global batch's label
 //!   tokens, non-finite steps skipped, AltUp coefficients clamped, validation, logging,
 //!   checkpoints, resume.
+//! * [`interrupt`]: Ctrl-C and SIGTERM stop a run after its step, with a checkpoint.
 //! * [`checkpoint`]: Automodel's layout, written atomically; `LATEST` and `LOWEST_VAL`.
 //! * [`metrics`]: exact match and word error rate.
 //! * [`log`]: `training.jsonl`/`validation.jsonl`, the progress bar, the loss curve.
@@ -18,6 +19,7 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod error;
+pub mod interrupt;
 pub mod log;
 pub mod metrics;
 pub mod model;

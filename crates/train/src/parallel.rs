@@ -39,7 +39,8 @@ pub fn check_share(
 }
 
 /// Replace `grads` by their sum over every worker and return the summed `loss` (this worker's
-/// share of the step's loss). Every trainable parameter takes part, with zeros where this
+/// share of the step's loss) and whether any worker asked to stop (`stop`: this one's request),
+/// so that all stop after the same step. Every trainable parameter takes part, with zeros where this
 /// worker has no gradient for it (a tower its micro-batches did not use); a parameter no
 /// worker has a gradient for stays without one, as in one process.
 pub fn all_reduce<B: AutodiffBackend, M: AutodiffModule<B>>(
@@ -48,7 +49,8 @@ pub fn all_reduce<B: AutodiffBackend, M: AutodiffModule<B>>(
     loss: Option<Tensor<B::InnerBackend, 1>>,
     collective: &Collective<B::InnerBackend>,
     device: &B::Device,
-) -> Result<f64, TrainError> {
+    stop: bool,
+) -> Result<(f64, bool), TrainError> {
     let inner_device = Tensor::<B, 1>::zeros([1], device).inner().device();
     let mut gather = Gather::<B> {
         grads,
@@ -61,6 +63,10 @@ pub fn all_reduce<B: AutodiffBackend, M: AutodiffModule<B>>(
     let n_flags = flags.len();
     let mut all = parts;
     all.push(Tensor::from_floats(flags.as_slice(), &inner_device));
+    all.push(Tensor::from_floats(
+        [if stop { 1.0f32 } else { 0.0 }],
+        &inner_device,
+    ));
     all.push(match loss {
         Some(l) => l.cast(DType::F32).reshape([1]),
         None => Tensor::zeros([1], &inner_device),
@@ -72,7 +78,7 @@ pub fn all_reduce<B: AutodiffBackend, M: AutodiffModule<B>>(
         .map_err(|e| TrainError::Parallel(e.to_string()))?;
     let flags: Vec<f32> = summed
         .clone()
-        .narrow(0, total - 1 - n_flags, n_flags)
+        .narrow(0, total - 2 - n_flags, n_flags)
         .into_data()
         .to_vec()
         .map_err(|e| TrainError::Parallel(format!("the summed flags: {e:?}")))?;
@@ -81,6 +87,12 @@ pub fn all_reduce<B: AutodiffBackend, M: AutodiffModule<B>>(
         .narrow(0, total - 1, 1)
         .into_scalar()
         .elem::<f64>();
+    let stop = summed
+        .clone()
+        .narrow(0, total - 2, 1)
+        .into_scalar()
+        .elem::<f64>()
+        > 0.0;
     let mut scatter = Scatter::<B> {
         grads,
         summed,
@@ -89,7 +101,7 @@ pub fn all_reduce<B: AutodiffBackend, M: AutodiffModule<B>>(
         index: 0,
     };
     model.visit(&mut scatter);
-    Ok(loss)
+    Ok((loss, stop))
 }
 
 /// Whether a parameter takes part: it has a gradient here or is trainable.

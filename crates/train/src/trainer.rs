@@ -342,13 +342,20 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             world_size: Some(world),
         };
         let mut val_points: Vec<(usize, f64)> = Vec::new();
-        if resume {
-            let Some(dir) = checkpoint::latest(&self.run_dir) else {
-                return Err(TrainError::file(
-                    &self.run_dir,
-                    "--resume: this run folder holds no complete checkpoint",
-                ));
-            };
+        let latest = checkpoint::latest(&self.run_dir);
+        if resume && latest.is_none() && main {
+            // a pre-empted job relaunched with the same command: killed before its first
+            // complete checkpoint, it starts again rather than failing for ever
+            tracing::warn!(
+                "--resume: {} holds no complete checkpoint; starting from the beginning",
+                self.run_dir.display()
+            );
+            eprintln!(
+                "warning: --resume: {} holds no complete checkpoint; starting from the beginning",
+                self.run_dir.display()
+            );
+        }
+        if let (true, Some(dir)) = (resume, latest.clone()) {
             state = checkpoint::read_state(&dir)?;
             check_resumable(&dir, &state, ss, world)?;
             if state.seed != settings.seed {
@@ -368,7 +375,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             {
                 crate::log::truncate_after(&self.run_dir.join(f), state.step)?;
             }
-        } else if checkpoint::latest(&self.run_dir).is_some() {
+        } else if !resume && latest.is_some() {
             return Err(TrainError::file(
                 &self.run_dir,
                 "already holds a run's checkpoints: pass --resume to continue it, or choose another output folder",
@@ -457,6 +464,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                     loss,
                     grad_norm: norm,
                     applied: finite,
+                    stop,
                 },
             ) = train_step_on(
                 self.model,
@@ -548,7 +556,8 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
             let is_ckpt = ss
                 .ckpt_every_steps
                 .is_some_and(|n| state.step.is_multiple_of(n))
-                || (last && settings.checkpoint.save_final);
+                || (last && settings.checkpoint.save_final)
+                || stop;
             if is_ckpt && settings.checkpoint.enabled && main {
                 let dir = self.save_checkpoint(&optim, &state)?;
                 if let Some((_, name)) = &state.best_val
@@ -568,6 +577,16 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                     .map(|(i, l)| (i + 1, *l))
                     .collect();
                 loss_curve(&self.run_dir.join("loss.svg"), &train_pts, &val_points)?;
+            }
+            if stop && !last {
+                progress.finish();
+                return Err(TrainError::Interrupted {
+                    step: state.step,
+                    checkpoint: (settings.checkpoint.enabled && main)
+                        .then(|| checkpoint::latest(&self.run_dir))
+                        .flatten(),
+                    run_dir: self.run_dir.clone(),
+                });
             }
         }
         progress.finish();
@@ -591,6 +610,9 @@ pub struct StepOutcome {
     pub grad_norm: f64,
     /// False when the loss or the norm was not finite: the parameters were left unchanged.
     pub applied: bool,
+    /// A stop was asked for ([`crate::interrupt`]; in a data-parallel run, by any worker):
+    /// the trainer saves a checkpoint and stops after this step.
+    pub stop: bool,
 }
 
 /// One optimizer step of the trainer: forward and backward over each micro-batch (each one's
@@ -649,9 +671,14 @@ pub fn train_step_on<B: AutodiffBackend, M: TrainModel<B>>(
         lap(1);
     }
     let mut grads = accumulator.grads();
-    let loss = match sync {
-        Some((c, device)) => parallel::all_reduce(&model, &mut grads, loss_sum, c, device)?,
-        None => loss_sum.map_or(0.0, |s| s.into_scalar().elem::<f64>()),
+    // asked here, as late as possible, so that every worker's answer is in the exchange
+    let stop = crate::interrupt::requested();
+    let (loss, stop) = match sync {
+        Some((c, device)) => parallel::all_reduce(&model, &mut grads, loss_sum, c, device, stop)?,
+        None => (
+            loss_sum.map_or(0.0, |s| s.into_scalar().elem::<f64>()),
+            stop,
+        ),
     };
     let grad_norm = global_grad_norm(&model, &grads);
     lap(2);
@@ -674,6 +701,7 @@ pub fn train_step_on<B: AutodiffBackend, M: TrainModel<B>>(
             loss,
             grad_norm,
             applied,
+            stop,
         },
     ))
 }

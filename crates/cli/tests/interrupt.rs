@@ -1,0 +1,172 @@
+//! Ctrl-C and SIGTERM during `finetune` (one process, and a launcher of two workers): the run
+//! finishes its step, saves a checkpoint, exits with status 130 saying how to resume, and
+//! `--resume` repeats the uninterrupted run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The default recipe, short: 6 steps of 4 rows in micro-batches of 2, no validation, a
+/// checkpoint only at the end (or when stopped).
+fn finetune(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "finetune".into(),
+        "--config".into(),
+        "recipes/default.yaml".into(),
+    ];
+    for s in [
+        "step_scheduler.max_steps=6",
+        "step_scheduler.ckpt_every_steps=null",
+        "step_scheduler.global_batch_size=4",
+        "step_scheduler.local_batch_size=2",
+        "peft.dropout=0.1",
+        "validation_dataset=null",
+    ] {
+        a.extend(["--set".into(), s.into()]);
+    }
+    a.extend(["--output-dir".into(), out.display().to_string()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn spawn(args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
+        .args(args)
+        .current_dir(root())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn steps(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("training.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Wait until the run has logged `n` steps, then send `sig` to `child`; return its stderr and
+/// exit code.
+fn interrupt_after(mut child: Child, run: &Path, n: usize, sig: i32) -> (String, Option<i32>) {
+    let t = Instant::now();
+    while steps(run).len() < n {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(t.elapsed() < Duration::from_secs(600), "no step {n}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on our child
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    let sent = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(120),
+        "took {:?} to stop",
+        sent.elapsed()
+    );
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
+fn same_steps(got: &[serde_json::Value], want: &[serde_json::Value]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g["step"], w["step"]);
+        for f in ["loss", "grad_norm", "lr"] {
+            let (a, b) = (g[f].as_f64().unwrap(), w[f].as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "step {}: {f} {a} vs {b}",
+                w["step"]
+            );
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_run_saves_its_step_and_resumes_exactly() {
+    assert!(
+        automodel_parity::gemma3_270m_path().is_file(),
+        "fetch the 270M first"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full");
+    let out = Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
+        .args(finetune(&full, &[]))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = steps(&full);
+    assert_eq!(want.len(), 6);
+
+    // one process, Ctrl-C after step 2 has been logged
+    let run = dir.path().join("one");
+    let (err, code) = interrupt_after(spawn(&finetune(&run, &[])), &run, 2, libc::SIGINT);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("interrupted: stopped after step"), "{err}");
+    assert!(err.contains("--resume --output-dir"), "{err}");
+    let done = steps(&run).len();
+    assert!((2..6).contains(&done), "{done} steps");
+    assert!(
+        run.join(format!("epoch_0_step_{done}/train_state.json"))
+            .is_file()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
+        .args(finetune(&run, &["--resume"]))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    same_steps(&steps(&run), &want);
+
+    // two workers: SIGTERM to the launcher reaches each worker once; all stop after the same
+    // step, rank 0 saves it
+    let run = dir.path().join("two");
+    let mut args = vec![
+        "launch".to_string(),
+        "--nproc-per-node".into(),
+        "2".into(),
+        "--master-port".into(),
+        automodel::distributed::free_port(3)
+            .expect("a free port")
+            .to_string(),
+        "--".into(),
+    ];
+    args.extend(finetune(&run, &[]));
+    let (err, code) = interrupt_after(spawn(&args), &run, 2, libc::SIGTERM);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("launch: interrupted"), "{err}");
+    let done = steps(&run).len();
+    assert!((2..6).contains(&done), "{done} steps");
+    assert!(
+        run.join(format!("epoch_0_step_{done}/train_state.json"))
+            .is_file()
+    );
+    // resumed by one process
+    let out = Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
+        .args(finetune(&run, &["--resume"]))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    same_steps(&steps(&run), &want);
+}
