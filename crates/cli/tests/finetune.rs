@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use automodel::core::weights::copy_recursively;
 use automodel::text::gemma3::Gemma3ForCausalLM;
 use automodel::text::{CausalLm, TrainBatch, TrainOptions};
+use automodel_parity::max_abs_diff;
 use burn::backend::Flex;
 use burn::tensor::DType;
 
@@ -85,14 +87,6 @@ fn logits(model: &Gemma3ForCausalLM<Flex>, ids: &[i64]) -> Vec<f32> {
         .convert::<f32>()
         .into_vec()
         .unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -195,7 +189,7 @@ fn default_recipe_learns_its_task_and_leaves_a_loadable_adapter() {
     let plain = logits(&base, &ids);
     let (unmerged, cfg, _, _) = automodel::peft::load_adapter(base, &adapter).unwrap();
     let a = logits(&unmerged, &ids);
-    assert!(max_diff(&a, &plain) > 0.1, "the adapter changes the model");
+    assert!(max_abs_diff(&a, &plain) > 0.1, "the adapter changes the model");
     let b = logits(&automodel::peft::merge(unmerged, &cfg), &ids);
     let merged = dir.path().join("merged");
     ok(&cli(&[
@@ -210,14 +204,14 @@ fn default_recipe_learns_its_task_and_leaves_a_loadable_adapter() {
     let from_disk = Gemma3ForCausalLM::<Flex>::from_pretrained(&merged, &dev, DType::F32).unwrap();
     let c = logits(&from_disk, &ids);
     assert!(
-        max_diff(&a, &b) < 1e-3,
+        max_abs_diff(&a, &b) < 1e-3,
         "merged in memory: {}",
-        max_diff(&a, &b)
+        max_abs_diff(&a, &b)
     );
     assert!(
-        max_diff(&a, &c) < 1e-3,
+        max_abs_diff(&a, &c) < 1e-3,
         "merged on disk: {}",
-        max_diff(&a, &c)
+        max_abs_diff(&a, &c)
     );
 }
 
@@ -254,19 +248,6 @@ fn short_run(out: &Path, extra: &[&str]) -> Output {
     cli(&args)
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
-
 #[test]
 fn a_resumed_run_continues_exactly_and_ignores_half_written_checkpoints() {
     gguf();
@@ -280,7 +261,8 @@ fn a_resumed_run_continues_exactly_and_ignores_half_written_checkpoints() {
     // what a run killed during step 4's save leaves: the step-2 checkpoint, a half-written
     // temporary folder, and a folder under a checkpoint's name without its state file
     let killed = dir.path().join("killed");
-    copy_dir(&full.join("epoch_0_step_2"), &killed.join("epoch_0_step_2"));
+    let step_2 = "epoch_0_step_2";
+    copy_recursively(&full.join(step_2), &killed.join(step_2)).unwrap();
     std::os::unix::fs::symlink("epoch_0_step_2", killed.join("LATEST")).unwrap();
     std::fs::create_dir_all(killed.join(".tmp-epoch_0_step_4/model")).unwrap();
     std::fs::write(
@@ -322,7 +304,7 @@ fn a_resumed_run_continues_exactly_and_ignores_half_written_checkpoints() {
     let names: Vec<String> = a.names().map(String::from).collect();
     assert!(!names.is_empty());
     for n in &names {
-        let d = max_diff(&a.to_f32_vec(n).unwrap(), &b.to_f32_vec(n).unwrap());
+        let d = max_abs_diff(&a.to_f32_vec(n).unwrap(), &b.to_f32_vec(n).unwrap());
         assert!(d <= 1e-6, "{n}: {d}");
     }
     // --resume on a folder with nothing to resume says so

@@ -115,6 +115,16 @@ pub fn compare(
     }
 }
 
+/// The largest absolute difference between `a` and `b`, which must be of one length (what the
+/// tests that hold two runs of a model against each other compare).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use automodel_core::AutodiffBackend;
 use automodel_core::weights::SafeTensorsFiles;
 
-pub use compare::{Check, Tolerance, compare};
+pub use compare::{Check, Tolerance, compare, max_abs_diff};
 
 /// Errors that stop a case from running (a failed comparison is a [`Check`], not an error).
 #[derive(Debug, thiserror::Error)]

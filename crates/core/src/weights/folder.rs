@@ -116,7 +116,7 @@ pub fn write_folder<E: From<WeightError>>(
 }
 
 /// Copy a file or a folder tree.
-fn copy_recursively(from: &Path, to: &Path) -> std::io::Result<()> {
+pub fn copy_recursively(from: &Path, to: &Path) -> std::io::Result<()> {
     if from.is_dir() {
         std::fs::create_dir_all(to)?;
         for entry in std::fs::read_dir(from)? {

@@ -19,7 +19,8 @@ mod save;
 
 pub use files::{RawTensor, SafeTensorsFiles, TensorSource, checkpoint_dir, open_checkpoint};
 pub use folder::{
-    SIDE_FILES, copy_side_files, is_model_file, replace_atomically, write_atomic, write_folder,
+    SIDE_FILES, copy_recursively, copy_side_files, is_model_file, replace_atomically, write_atomic,
+    write_folder,
 };
 pub use loader::WeightLoader;
 pub use safetensors::Dtype;

@@ -27,13 +27,9 @@ pub fn rows(files: &SafeTensorsFiles, name: &str) -> Vec<Vec<i64>> {
         .collect()
 }
 
-/// Largest absolute difference.
+/// Largest absolute difference ([`automodel_parity::max_abs_diff`]).
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    automodel_parity::max_abs_diff(a, b)
 }
 
 /// Run one golden case through the parity runner; every check must pass. Returns the checks.
