@@ -33,16 +33,28 @@ fn model() -> String {
     p.display().to_string()
 }
 
-fn generate(model: &str) -> String {
-    let out = cli(&[
-        "generate",
+/// `generate --model MODEL --prompt PROMPT`, then `extra`.
+fn generate_with(model: &str, prompt: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["generate", "--model", model, "--prompt", prompt];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
+/// `merge-lora --model MODEL --adapter ADAPTER --out OUT`.
+fn merge_lora(model: &str, adapter: &str, out: &str) -> Output {
+    cli(&[
+        "merge-lora",
         "--model",
         model,
-        "--prompt",
-        "Water boils at",
-        "--max-new-tokens",
-        "6",
-    ]);
+        "--adapter",
+        adapter,
+        "--out",
+        out,
+    ])
+}
+
+fn generate(model: &str) -> String {
+    let out = generate_with(model, "Water boils at", &["--max-new-tokens", "6"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     text(&out.stdout)
 }
@@ -70,13 +82,7 @@ fn generate_from_gguf_then_from_the_converted_folder() {
 
 #[test]
 fn bad_arguments_give_clear_errors() {
-    let missing = cli(&[
-        "generate",
-        "--model",
-        "/nonexistent/model.gguf",
-        "--prompt",
-        "x",
-    ]);
+    let missing = generate_with("/nonexistent/model.gguf", "x", &[]);
     assert!(!missing.status.success());
     let err = text(&missing.stderr);
     assert!(
@@ -87,23 +93,11 @@ fn bad_arguments_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let not_gguf = dir.path().join("broken.gguf");
     std::fs::write(&not_gguf, b"not a gguf file").unwrap();
-    let bad = cli(&[
-        "generate",
-        "--model",
-        &not_gguf.display().to_string(),
-        "--prompt",
-        "x",
-    ]);
+    let bad = generate_with(&not_gguf.display().to_string(), "x", &[]);
     fails_with(&bad, "broken.gguf");
 
     let empty = tempfile::tempdir().unwrap();
-    let no_cfg = cli(&[
-        "generate",
-        "--model",
-        &empty.path().display().to_string(),
-        "--prompt",
-        "x",
-    ]);
+    let no_cfg = generate_with(&empty.path().display().to_string(), "x", &[]);
     fails_with(&no_cfg, "config.json");
 
     // flags are checked before anything is loaded
@@ -116,20 +110,10 @@ fn bad_arguments_give_clear_errors() {
         (vec!["--temperature", "nan"], "not a positive number"),
         (vec!["--top-p", "1.5"], "not in (0, 1]"),
     ] {
-        let mut args = vec!["generate", "--model", "m.gguf", "--prompt", "x"];
-        args.extend(flags);
-        fails_with(&cli(&args), want);
+        fails_with(&generate_with("m.gguf", "x", &flags), want);
     }
     if !cfg!(feature = "cuda") {
-        let out = cli(&[
-            "generate",
-            "--model",
-            &model(),
-            "--prompt",
-            "x",
-            "--device",
-            "cuda:1",
-        ]);
+        let out = generate_with(&model(), "x", &["--device", "cuda:1"]);
         fails_with(&out, "--features cuda");
     }
     if !cfg!(feature = "wgpu") {
@@ -137,15 +121,7 @@ fn bad_arguments_give_clear_errors() {
         fails_with(&out, "--features wgpu");
     }
 
-    let image_on_gguf = cli(&[
-        "generate",
-        "--model",
-        &model(),
-        "--prompt",
-        "x",
-        "--image",
-        "cat.png",
-    ]);
+    let image_on_gguf = generate_with(&model(), "x", &["--image", "cat.png"]);
     fails_with(&image_on_gguf, "Gemma 3n");
 }
 
@@ -157,63 +133,27 @@ fn adapter_unmerged_and_merged_generate_alike() {
         .join("../../reference/golden-peft/lora_gemma3_270m")
         .display()
         .to_string();
-    let args = |model: &str, extra: &[&str]| {
-        let mut v = vec![
-            "generate".to_string(),
-            "--model".into(),
-            model.into(),
-            "--prompt".into(),
-            "Photosynthesis is".into(),
-            "--max-new-tokens".into(),
-            "8".into(),
-        ];
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
-    let run = |v: Vec<String>| {
-        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
-        let out = cli(&refs);
+    let run = |model: &str, extra: &[&str]| {
+        let mut args = vec!["--max-new-tokens", "8"];
+        args.extend_from_slice(extra);
+        let out = generate_with(model, "Photosynthesis is", &args);
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stdout)
     };
-    let unmerged = run(args(&model(), &["--adapter", &adapter]));
+    let unmerged = run(&model(), &["--adapter", &adapter]);
     assert!(unmerged.starts_with("Photosynthesis is"), "{unmerged:?}");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("merged").display().to_string();
-    let merge = cli(&[
-        "merge-lora",
-        "--model",
-        &model(),
-        "--adapter",
-        &adapter,
-        "--out",
-        &out,
-    ]);
+    let merge = merge_lora(&model(), &adapter, &out);
     assert!(merge.status.success(), "{}", text(&merge.stderr));
     assert!(Path::new(&out).join("tokenizer.json").is_file());
-    assert_eq!(run(args(&out, &[])), unmerged);
+    assert_eq!(run(&out, &[]), unmerged);
     // a folder that is not an adapter is named in the error
     let elsewhere = dir.path().join("again").display().to_string();
-    let bad = cli(&[
-        "merge-lora",
-        "--model",
-        &model(),
-        "--adapter",
-        &out,
-        "--out",
-        &elsewhere,
-    ]);
+    let bad = merge_lora(&model(), &out, &elsewhere);
     fails_with(&bad, "adapter_config.json");
     // and an existing model is not overwritten
-    let again = cli(&[
-        "merge-lora",
-        "--model",
-        &model(),
-        "--adapter",
-        &adapter,
-        "--out",
-        &out,
-    ]);
+    let again = merge_lora(&model(), &adapter, &out);
     fails_with(&again, "already exists");
 }
 
@@ -322,15 +262,8 @@ fn hostile_inputs_give_one_clear_error() {
     let good = dir.path().join("tiny.gguf");
     tiny_gemma3_gguf().write(&good).unwrap();
     let good = good.display().to_string();
-    let ok = cli(&[
-        "generate",
-        "--model",
-        &good,
-        "--prompt",
-        "the water",
-        "--max-new-tokens",
-        "3",
-    ]);
+    let gen3 = |m: &str| generate_with(m, "the water", &["--max-new-tokens", "3"]);
+    let ok = gen3(&good);
     assert!(ok.status.success(), "{}", text(&ok.stderr));
 
     let bad = dir.path().join("bos.gguf");
@@ -339,17 +272,17 @@ fn hostile_inputs_give_one_clear_error() {
         .write(&bad)
         .unwrap();
     let bad = bad.display().to_string();
-    for args in [
-        vec!["generate", "--model", &bad, "--prompt", "x"],
-        vec![
+    for out in [
+        generate_with(&bad, "x", &[]),
+        cli(&[
             "convert",
             "--model",
             &bad,
             "--out",
             dir.path().to_str().unwrap(),
-        ],
+        ]),
     ] {
-        let err = clean(&cli(&args));
+        let err = clean(&out);
         assert!(
             err.contains("tokenizer.ggml.bos_token_id") && err.contains("bos.gguf"),
             "{err}"
@@ -362,13 +295,7 @@ fn hostile_inputs_give_one_clear_error() {
         .set("gemma3.block_count", GgufValue::U32(1000))
         .write(&tall)
         .unwrap();
-    let err = clean(&cli(&[
-        "generate",
-        "--model",
-        tall.to_str().unwrap(),
-        "--prompt",
-        "x",
-    ]));
+    let err = clean(&generate_with(tall.to_str().unwrap(), "x", &[]));
     assert!(
         err.contains("layers") && err.contains("999") && err.contains("layer count"),
         "{err}"
@@ -377,24 +304,13 @@ fn hostile_inputs_give_one_clear_error() {
 
     // a prompt longer than the model's context
     let long = "the water boils ".repeat(TINY_CONTEXT);
-    let err = clean(&cli(&["generate", "--model", &good, "--prompt", &long]));
+    let err = clean(&generate_with(&good, &long, &[]));
     assert!(err.contains(&format!("context is {TINY_CONTEXT}")), "{err}");
 
     // the format is told by the bytes, not the name: a GGUF file without `.gguf`, and a file
     // of a Hugging Face folder standing for the folder
     let renamed = dir.path().join("model.bin");
     std::fs::copy(&good, &renamed).unwrap();
-    let gen3 = |m: &str| {
-        cli(&[
-            "generate",
-            "--model",
-            m,
-            "--prompt",
-            "the water",
-            "--max-new-tokens",
-            "3",
-        ])
-    };
     let out = gen3(renamed.to_str().unwrap());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let hf = dir.path().join("hf");
@@ -420,15 +336,7 @@ fn hostile_inputs_give_one_clear_error() {
         "{err}"
     );
     fails_with(
-        &cli(&[
-            "generate",
-            "--model",
-            &good,
-            "--prompt",
-            "x",
-            "--max-new-tokens",
-            "-1",
-        ]),
+        &generate_with(&good, "x", &["--max-new-tokens", "-1"]),
         "`-1` is not a whole number",
     );
 
@@ -440,8 +348,8 @@ fn hostile_inputs_give_one_clear_error() {
         (vec!["--temperature", "-1"], "not a positive number"),
         (vec!["--temperature", "inf"], "not a positive number"),
     ] {
-        let mut args = vec!["generate", "--model", &good, "--prompt", "x", "--sample"];
+        let mut args = vec!["--sample"];
         args.extend(flags);
-        fails_with(&cli(&args), want);
+        fails_with(&generate_with(&good, "x", &args), want);
     }
 }
