@@ -170,3 +170,75 @@ fn an_interrupted_run_saves_its_step_and_resumes_exactly() {
     );
     same_steps(&steps(&run), &want);
 }
+
+/// `kill -9` at seeded random moments (a checkpoint after every step, so some land during a
+/// write): relaunching the same command with `--resume` until it succeeds, as a pre-emptible
+/// job does, always works and repeats the uninterrupted run.
+#[test]
+fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_run() {
+    assert!(
+        automodel_parity::gemma3_270m_path().is_file(),
+        "fetch the 270M first"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let every = ["--set", "step_scheduler.ckpt_every_steps=1"];
+    let full = dir.path().join("full");
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
+        .args(finetune(&full, &every))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let span = t.elapsed().as_secs_f64();
+    let want = steps(&full);
+    // a seeded linear congruential generator: the same moments on every run of the test
+    let mut state: u64 = 0x5eed;
+    let mut uniform = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for round in 0..3 {
+        let run = dir.path().join(format!("killed-{round}"));
+        let mut kills = 0;
+        loop {
+            let mut args = finetune(&run, &every);
+            args.push("--resume".into());
+            let mut child = spawn(&args);
+            let at = Duration::from_secs_f64(span * (0.2 + 0.8 * uniform()));
+            let t = Instant::now();
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break Some(s);
+                }
+                if t.elapsed() >= at && kills < 2 {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    kills += 1;
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if let Some(s) = status {
+                let out = child.wait_with_output().unwrap();
+                assert!(s.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                break;
+            }
+        }
+        let got = steps(&run);
+        same_steps(&got, &want);
+        let name = |r: &Path| r.join("epoch_0_step_6/model/adapter_model.safetensors");
+        assert_eq!(
+            std::fs::read(name(&run)).unwrap(),
+            std::fs::read(name(&full)).unwrap(),
+            "round {round}: the final adapter"
+        );
+        eprintln!("round {round}: killed {kills} time(s), resumed to the same run");
+    }
+}
