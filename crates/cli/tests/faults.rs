@@ -1,6 +1,7 @@
-//! Ctrl-C and SIGTERM during `finetune` (one process, and a launcher of two workers): the run
-//! finishes its step, saves a checkpoint, exits with status 130 saying how to resume, and
-//! `--resume` repeats the uninterrupted run.
+//! What happens when a fine-tune is interrupted: Ctrl-C and SIGTERM (one process, and a
+//! launcher of two workers) finish the step, save a checkpoint, exit with status 130 saying how
+//! to resume, and `--resume` repeats the uninterrupted run; `kill -9` at random moments; a disk
+//! that fills up during a checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -241,4 +242,94 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_run() {
         );
         eprintln!("round {round}: killed {kills} time(s), resumed to the same run");
     }
+}
+
+/// The disk fills up during a later checkpoint (modelled by a file-size limit, RLIMIT_FSIZE,
+/// on the resumed process): the run stops with an error naming the file it could not write;
+/// the earlier checkpoint and `LATEST` stay intact, and resuming once there is room again
+/// repeats the uninterrupted run.
+#[test]
+fn a_full_disk_during_a_checkpoint_stops_the_run_and_keeps_the_earlier_ones() {
+    use std::os::unix::process::CommandExt;
+    assert!(
+        automodel_parity::gemma3_270m_path().is_file(),
+        "fetch the 270M first"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let every2 = ["--set", "step_scheduler.ckpt_every_steps=2"];
+    let full = dir.path().join("full");
+    let run_cli = |args: Vec<String>, limit: Option<u64>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_automodel-cli"));
+        c.args(args).current_dir(root());
+        if let Some(bytes) = limit {
+            // SAFETY: only async-signal-safe calls between fork and exec
+            unsafe {
+                c.pre_exec(move || {
+                    // a write past the limit fails with EFBIG instead of killing the process
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let lim = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        c.output().unwrap()
+    };
+    let out = run_cli(finetune(&full, &every2), None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = steps(&full);
+
+    // steps 1–2 and their checkpoint with room to spare, then stop (as a run killed there)
+    let run = dir.path().join("run");
+    let mut first = finetune(&run, &every2);
+    first.extend(["--set".into(), "step_scheduler.max_steps=2".into()]);
+    let out = run_cli(first, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = std::fs::read(run.join("epoch_0_step_2/model/adapter_model.safetensors")).unwrap();
+
+    // resumed with no room for a checkpoint's files: steps 3–4 run, their checkpoint fails
+    let mut resumed = finetune(&run, &every2);
+    resumed.push("--resume".into());
+    let out = run_cli(resumed.clone(), Some(1 << 20));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("epoch_0_step_4") && err.contains("File too large"),
+        "the error names the file: {err}"
+    );
+    assert!(
+        !run.join("epoch_0_step_4").exists(),
+        "no half-written checkpoint under its name"
+    );
+    assert_eq!(
+        std::fs::read_link(run.join("LATEST")).unwrap(),
+        PathBuf::from("epoch_0_step_2")
+    );
+    assert_eq!(
+        std::fs::read(run.join("epoch_0_step_2/model/adapter_model.safetensors")).unwrap(),
+        before,
+        "the earlier checkpoint is untouched"
+    );
+
+    // with room again, the same command continues from step 2 and ends as the full run
+    let out = run_cli(resumed, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    same_steps(&steps(&run), &want);
 }
