@@ -154,6 +154,21 @@ impl<B: Backend> StepInputs<B> {
         })
     }
 
+    /// What the layer whose attention is `attn` works with: this step's inputs for its attention
+    /// type, the K/V the layers share, and the cache.
+    pub fn layer<'a>(
+        &'a self,
+        attn: &Attention<B>,
+        shared: &'a mut SharedKv<B>,
+        cache: Option<&'a mut KvCache<B>>,
+    ) -> LayerInputs<'a, B> {
+        LayerInputs {
+            attention: &self.by_type[&attn.layer_type()],
+            shared,
+            cache,
+        }
+    }
+
     /// Record the new tokens' mask and positions in `cache` once every layer has run.
     pub fn commit(self, cache: &mut KvCache<B>) {
         let t = self.positions.dims()[1];
@@ -167,6 +182,16 @@ impl<B: Backend> StepInputs<B> {
 
 /// K/V lent by `Store` layers to `Reuse` layers during one forward, by attention type.
 pub type SharedKv<B> = HashMap<LayerType, (Tensor<B, 4>, Tensor<B, 4>)>;
+
+/// What one layer's attention works with besides its hidden states ([`StepInputs::layer`]).
+pub struct LayerInputs<'a, B: Backend> {
+    /// The step's RoPE tables and mask for the layer's attention type.
+    pub attention: &'a AttentionInputs<B>,
+    /// The K/V `Store` layers lend to `Reuse` layers.
+    pub shared: &'a mut SharedKv<B>,
+    /// The decoding cache, when there is one.
+    pub cache: Option<&'a mut KvCache<B>>,
+}
 
 /// The shape and behaviour of one attention layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,13 +257,12 @@ impl<B: Backend> Attention<B> {
     }
 
     /// `x`: normed hidden states `[B, T, H]` → `[B, T, H]` (after `o_proj`).
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        inputs: &AttentionInputs<B>,
-        shared: &mut SharedKv<B>,
-        cache: Option<&mut KvCache<B>>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, layer: LayerInputs<'_, B>) -> Tensor<B, 3> {
+        let LayerInputs {
+            attention: inputs,
+            shared,
+            cache,
+        } = layer;
         let [b, t, _] = x.dims();
         let s = &self.spec;
         let (nh, nkv, d) = (s.num_heads, s.num_kv_heads, s.head_dim);

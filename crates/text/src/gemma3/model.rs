@@ -15,7 +15,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, Int};
 
 use super::config::Gemma3TextConfig;
-use crate::attention::{Attention, AttentionInputs, AttentionSpec, SharedKv, StepInputs};
+use crate::attention::{Attention, AttentionSpec, LayerInputs, SharedKv, StepInputs};
 use crate::cache::KvCache;
 use crate::config::{KvSharing, LayerType};
 use crate::error::TextError;
@@ -36,19 +36,10 @@ pub struct Gemma3DecoderLayer<B: Backend> {
 
 impl<B: Backend> Gemma3DecoderLayer<B> {
     /// `x + post_attn_norm(attn(in_norm(x)))`, then the same around the MLP.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        inputs: &AttentionInputs<B>,
-        shared: &mut SharedKv<B>,
-        cache: Option<&mut KvCache<B>>,
-    ) -> Tensor<B, 3> {
-        let attn = self.self_attn.forward(
-            self.input_layernorm.forward(x.clone()),
-            inputs,
-            shared,
-            cache,
-        );
+    pub fn forward(&self, x: Tensor<B, 3>, layer: LayerInputs<'_, B>) -> Tensor<B, 3> {
+        let attn = self
+            .self_attn
+            .forward(self.input_layernorm.forward(x.clone()), layer);
         let x = x + self.post_attention_layernorm.forward(attn);
         let m = self
             .mlp
@@ -218,8 +209,8 @@ impl<B: Backend> Gemma3ForCausalLM<B> {
         let mut shared = SharedKv::new();
         let mut layer_outputs = Vec::with_capacity(self.model.layers.len());
         for l in &self.model.layers {
-            let inputs = &step.by_type[&l.self_attn.layer_type()];
-            x = l.forward(x, inputs, &mut shared, cache.as_deref_mut());
+            let layer = step.layer(&l.self_attn, &mut shared, cache.as_deref_mut());
+            x = l.forward(x, layer);
             layer_outputs.push(x.clone());
         }
         if let Some(c) = cache {

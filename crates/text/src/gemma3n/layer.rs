@@ -10,8 +10,7 @@ use burn::prelude::*;
 use super::altup::{AltUp, stream};
 use super::config::Gemma3nTextConfig;
 use super::laurel::Laurel;
-use crate::attention::{Attention, AttentionInputs, AttentionSpec, SharedKv};
-use crate::cache::KvCache;
+use crate::attention::{Attention, AttentionSpec, LayerInputs};
 use crate::mlp::Mlp;
 
 /// HF `Gemma3nTextDecoderLayer`.
@@ -67,14 +66,11 @@ impl<B: Backend> DecoderLayer<B> {
     }
 
     /// `x`: streams `[K, B, T, H]`; `per_layer_input`: this layer's PLE slice `[B, T, P]`.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: Tensor<B, 4>,
         per_layer_input: Tensor<B, 3>,
-        inputs: &AttentionInputs<B>,
-        shared: &mut SharedKv<B>,
-        cache: Option<&mut KvCache<B>>,
+        layer: LayerInputs<'_, B>,
         training: bool,
         traces: Option<&mut Traces<B>>,
     ) -> Tensor<B, 4> {
@@ -82,7 +78,7 @@ impl<B: Backend> DecoderLayer<B> {
         let active = self.altup.active(&predictions);
         let normed = self.input_layernorm.forward(active.clone());
         let laurel = self.laurel.forward(normed.clone());
-        let attn = self.self_attn.forward(normed, inputs, shared, cache);
+        let attn = self.self_attn.forward(normed, layer);
         let attn_normed = self.post_attention_layernorm.forward(attn.clone());
         let attn_laurel = (active + attn_normed + laurel.clone()) / std::f64::consts::SQRT_2;
         let mlp = self

@@ -325,13 +325,11 @@ impl<B: Backend> Gemma3nTextModel<B> {
                 hidden_states.push(x.clone());
             }
             let pli = per_layer_inputs.clone().narrow(2, i, 1).reshape([b, t, p]);
-            let ty = layer.self_attn.layer_type();
+            let inputs = step.layer(&layer.self_attn, &mut shared, cache.as_deref_mut());
             x = layer.forward(
                 x,
                 pli,
-                &step.by_type[&ty],
-                &mut shared,
-                cache.as_deref_mut(),
+                inputs,
                 opts.training,
                 opts.trace.then_some(&mut traces),
             );
