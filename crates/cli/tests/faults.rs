@@ -98,69 +98,38 @@ fn an_interrupted_run_saves_its_step_and_resumes_exactly() {
     );
     let dir = tempfile::tempdir().unwrap();
     let full = dir.path().join("full");
-    let out = Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
-        .args(finetune(&full, &[]))
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(finetune(&full, &[]));
     let want = steps(&full);
     assert_eq!(want.len(), 6);
 
     // one process, Ctrl-C after step 2 has been logged
     let run = dir.path().join("one");
-    let (err, code) = interrupt_after(spawn(&finetune(&run, &[])), &run, 2, libc::SIGINT);
-    assert_eq!(code, Some(130), "{err}");
-    assert!(err.contains("interrupted: stopped after step"), "{err}");
-    assert!(err.contains("--resume --output-dir"), "{err}");
-    let done = steps(&run).len();
-    assert!((2..6).contains(&done), "{done} steps");
-    assert!(
-        run.join(format!("epoch_0_step_{done}/train_state.json"))
-            .is_file()
+    let stopped = interrupt_after(spawn(&finetune(&run, &[])), &run, 2, libc::SIGINT);
+    resumes_exactly(
+        &run,
+        stopped,
+        &["interrupted: stopped after step", "--resume --output-dir"],
+        &want,
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
-        .args(finetune(&run, &["--resume"]))
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    same_steps(&steps(&run), &want);
 
     // two workers: SIGTERM to the launcher reaches each worker once; all stop after the same
-    // step, rank 0 saves it
+    // step, rank 0 saves it; one process resumes it
     let run = dir.path().join("two");
-    let mut args = vec![
-        "launch".to_string(),
-        "--nproc-per-node".into(),
-        "2".into(),
-        "--master-port".into(),
-        automodel::distributed::free_port(3)
-            .expect("a free port")
-            .to_string(),
-        "--".into(),
-    ];
+    let port = automodel::distributed::free_port(3).expect("a free port");
+    let mut args: Vec<String> = ["launch", "--nproc-per-node", "2", "--master-port"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend([port.to_string(), "--".into()]);
     args.extend(finetune(&run, &[]));
-    let (err, code) = interrupt_after(spawn(&args), &run, 2, libc::SIGTERM);
-    assert_eq!(code, Some(130), "{err}");
-    assert!(err.contains("launch: interrupted"), "{err}");
-    let done = steps(&run).len();
-    assert!((2..6).contains(&done), "{done} steps");
-    assert!(
-        run.join(format!("epoch_0_step_{done}/train_state.json"))
-            .is_file()
-    );
-    // resumed by one process
+    let stopped = interrupt_after(spawn(&args), &run, 2, libc::SIGTERM);
+    resumes_exactly(&run, stopped, &["launch: interrupted"], &want);
+}
+
+/// Run the CLI to its end; it must succeed.
+fn run_ok(args: Vec<String>) {
     let out = Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
-        .args(finetune(&run, &["--resume"]))
+        .args(args)
         .current_dir(root())
         .output()
         .unwrap();
@@ -169,7 +138,26 @@ fn an_interrupted_run_saves_its_step_and_resumes_exactly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    same_steps(&steps(&run), &want);
+}
+
+/// A run stopped by a signal exited with 130 and `messages`, saved the step it stopped after,
+/// and `--resume` then gives the uninterrupted run's steps.
+fn resumes_exactly(
+    run: &Path,
+    (err, code): (String, Option<i32>),
+    messages: &[&str],
+    want: &[serde_json::Value],
+) {
+    assert_eq!(code, Some(130), "{err}");
+    for m in messages {
+        assert!(err.contains(m), "`{m}` in: {err}");
+    }
+    let done = steps(run).len();
+    assert!((2..6).contains(&done), "{done} steps");
+    let ckpt = run.join(format!("epoch_0_step_{done}/train_state.json"));
+    assert!(ckpt.is_file(), "{}", ckpt.display());
+    run_ok(finetune(run, &["--resume"]));
+    same_steps(&steps(run), want);
 }
 
 /// `kill -9` at seeded random moments (a checkpoint after every step, so some land during a
@@ -185,16 +173,7 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_run() {
     let every = ["--set", "step_scheduler.ckpt_every_steps=1"];
     let full = dir.path().join("full");
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_automodel-cli"))
-        .args(finetune(&full, &every))
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(finetune(&full, &every));
     let span = t.elapsed().as_secs_f64();
     let want = steps(&full);
     // a seeded linear congruential generator: the same moments on every run of the test
@@ -258,7 +237,7 @@ fn a_full_disk_during_a_checkpoint_stops_the_run_and_keeps_the_earlier_ones() {
     let dir = tempfile::tempdir().unwrap();
     let every2 = ["--set", "step_scheduler.ckpt_every_steps=2"];
     let full = dir.path().join("full");
-    let run_cli = |args: Vec<String>, limit: Option<u64>| {
+    let run_limited = |args: Vec<String>, limit: Option<u64>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_automodel-cli"));
         c.args(args).current_dir(root());
         if let Some(bytes) = limit {
@@ -280,30 +259,20 @@ fn a_full_disk_during_a_checkpoint_stops_the_run_and_keeps_the_earlier_ones() {
         }
         c.output().unwrap()
     };
-    let out = run_cli(finetune(&full, &every2), None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(finetune(&full, &every2));
     let want = steps(&full);
 
     // steps 1–2 and their checkpoint with room to spare, then stop (as a run killed there)
     let run = dir.path().join("run");
     let mut first = finetune(&run, &every2);
     first.extend(["--set".into(), "step_scheduler.max_steps=2".into()]);
-    let out = run_cli(first, None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(first);
     let before = std::fs::read(run.join("epoch_0_step_2/model/adapter_model.safetensors")).unwrap();
 
     // resumed with no room for a checkpoint's files: steps 3–4 run, their checkpoint fails
     let mut resumed = finetune(&run, &every2);
     resumed.push("--resume".into());
-    let out = run_cli(resumed.clone(), Some(1 << 20));
+    let out = run_limited(resumed.clone(), Some(1 << 20));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -325,11 +294,6 @@ fn a_full_disk_during_a_checkpoint_stops_the_run_and_keeps_the_earlier_ones() {
     );
 
     // with room again, the same command continues from step 2 and ends as the full run
-    let out = run_cli(resumed, None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(resumed);
     same_steps(&steps(&run), &want);
 }

@@ -189,7 +189,10 @@ fn default_recipe_learns_its_task_and_leaves_a_loadable_adapter() {
     let plain = logits(&base, &ids);
     let (unmerged, cfg, _, _) = automodel::peft::load_adapter(base, &adapter).unwrap();
     let a = logits(&unmerged, &ids);
-    assert!(max_abs_diff(&a, &plain) > 0.1, "the adapter changes the model");
+    assert!(
+        max_abs_diff(&a, &plain) > 0.1,
+        "the adapter changes the model"
+    );
     let b = logits(&automodel::peft::merge(unmerged, &cfg), &ids);
     let merged = dir.path().join("merged");
     ok(&cli(&[
@@ -307,9 +310,22 @@ fn a_resumed_run_continues_exactly_and_ignores_half_written_checkpoints() {
         let d = max_abs_diff(&a.to_f32_vec(n).unwrap(), &b.to_f32_vec(n).unwrap());
         assert!(d <= 1e-6, "{n}: {d}");
     }
-    // --resume on a folder with nothing to resume says so
+    // --resume on a folder with nothing to resume (a run killed before its first checkpoint)
+    // starts from the beginning, with a warning, and gives the uninterrupted run
     let empty = dir.path().join("empty");
-    fails_with(&short_run(&empty, &["--resume"]), "no complete checkpoint");
+    std::fs::create_dir_all(empty.join(".tmp-epoch_0_step_2")).unwrap();
+    let out = short_run(&empty, &["--resume"]);
+    ok(&out);
+    assert!(
+        text(&out.stderr).contains("holds no complete checkpoint; starting from the beginning"),
+        "{}",
+        text(&out.stderr)
+    );
+    let again = jsonl(&empty.join("training.jsonl"));
+    assert_eq!(again.len(), 4);
+    for (g, w) in again.iter().zip(&want) {
+        assert_eq!(g["loss"], w["loss"], "step {}", w["step"]);
+    }
 }
 
 #[test]
@@ -339,7 +355,14 @@ fn bad_recipes_name_the_key_and_the_nearest_valid_one() {
     );
     fails_with(&run(&["peft.dimm=4"]), "did you mean `dim`");
     fails_with(&run(&["model.torch_dtype=float16"]), "float16 is refused");
-    fails_with(&run(&["distributed.dp_size=2"]), "more than one device");
+    fails_with(
+        &run(&["distributed.tp_size=2"]),
+        "only data parallelism exists",
+    );
+    fails_with(
+        &run(&["distributed.dp_size=2"]),
+        "launch --nproc-per-node 2",
+    );
     // every key that is accepted acts; the ones that cannot act here are refused by name,
     // before anything is loaded (`--check` included)
     let check = |sets: &[&str]| {

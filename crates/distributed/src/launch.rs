@@ -258,16 +258,7 @@ mod signals {
     }
 
     pub fn install() {
-        for sig in [libc::SIGINT, libc::SIGTERM] {
-            // SAFETY: sigaction with a handler that only touches an atomic
-            unsafe {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-                action.sa_flags = libc::SA_RESTART;
-                libc::sigemptyset(&mut action.sa_mask);
-                libc::sigaction(sig, &action, std::ptr::null_mut());
-            }
-        }
+        super::on_stop_signals(on_signal);
     }
 
     pub fn received() -> usize {
@@ -354,6 +345,21 @@ pub fn free_port(ports_after: u16) -> Option<u16> {
     (0..400u16)
         .map(|i| base + i * 5)
         .find(|&p| (0..=ports_after).all(|k| TcpListener::bind(("0.0.0.0", p + k)).is_ok()))
+}
+
+/// Run `handler` on SIGINT and SIGTERM (restarting interrupted system calls). The handler must
+/// be async-signal-safe: atomics, `write(2)`, `_exit(2)`.
+pub fn on_stop_signals(handler: extern "C" fn(libc::c_int)) {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: sigaction with a handler the caller promises is async-signal-safe
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
 }
 
 /// Fail early, with the port named, when something already listens on `port`.

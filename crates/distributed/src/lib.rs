@@ -20,5 +20,5 @@ mod world;
 
 pub use collective::{BUCKET_ELEMENTS, Collective};
 pub use error::DistError;
-pub use launch::{LaunchError, LaunchOptions, free_port, launch};
+pub use launch::{LaunchError, LaunchOptions, free_port, launch, on_stop_signals};
 pub use world::World;

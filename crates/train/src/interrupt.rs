@@ -48,14 +48,5 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// Handle SIGINT and SIGTERM: the first asks the trainer to stop after its step, the second
 /// ends the process with status 130.
 pub fn install() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: sigaction with a handler that only touches atomics and calls write/_exit
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
-    }
+    automodel_distributed::on_stop_signals(on_signal);
 }
