@@ -550,6 +550,90 @@ fn bad_input_is_named_skipped_and_counted_or_refused() {
     );
 }
 
+/// Data going bad while a run reads it. Text records are read and encoded once, when the run
+/// starts: a JSONL file truncated (or a Parquet shard replaced) afterwards changes nothing. Media
+/// are read per batch: an image deleted or corrupted after the start is skipped and counted
+/// with its file and line (`skip`), or ends the run naming them (`fail`): no panic, no hang.
+#[test]
+fn data_going_bad_mid_run_follows_the_bad_samples_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    for p in [&a, &b] {
+        image::RgbImage::from_pixel(8, 8, image::Rgb([10, 200, 10]))
+            .save(p)
+            .unwrap();
+    }
+    let line = |img: &str| {
+        format!(
+            r#"{{"messages": [{{"role": "user", "content": [{{"type": "image", "path": "{img}"}}, {{"type": "text", "text": "Colour?"}}]}}, {{"role": "assistant", "content": "green"}}]}}"#
+        )
+    };
+    let file = dir.path().join("train.jsonl");
+    std::fs::write(&file, [line("a.png"), line("b.png")].join("\n")).unwrap();
+    let cfg = DataConfig {
+        path: Some(automodel_data::source::Paths::One(file.clone())),
+        max_length: Some(320),
+        ..Default::default()
+    };
+    let enc = Arc::new(encoder(cfg.encode_config()));
+    let records = cfg.read(Path::new("/")).unwrap();
+    let data = Arc::new(Dataset::prepare(records, &enc, BadSamples::Skip).unwrap());
+    let loader = |policy| {
+        Loader::new(
+            enc.clone(),
+            data.clone(),
+            LoaderConfig {
+                batch_size: 1,
+                shuffle: false,
+                workers: 1,
+                bad_samples: policy,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let skip = loader(BadSamples::Skip);
+    let mut it = skip.iter(Position::default());
+    // epoch 0: both images read
+    for _ in 0..2 {
+        assert!(it.next().unwrap().unwrap().1.pixels.is_some());
+    }
+    // the JSONL file is truncated, one image deleted, the other overwritten with junk
+    std::fs::write(&file, &line("a.png")[..20]).unwrap();
+    std::fs::remove_file(&a).unwrap();
+    std::fs::write(&b, b"\x89PNG junk").unwrap();
+    // epoch 1: both samples skipped and counted; a batch with nothing readable left is an
+    // error, not a hang
+    let next = it.next().unwrap();
+    let err = next.unwrap_err().to_string();
+    assert!(err.contains("no sample's media could be read"), "{err}");
+    let report = skip.report.lock().unwrap().clone();
+    let media = &report.skipped["unreadable media"];
+    assert!(
+        media
+            .iter()
+            .any(|(o, m)| o.ends_with("train.jsonl:1") && m.contains("a.png")),
+        "{media:?}"
+    );
+    assert!(
+        media.iter().any(|(o, _)| o.ends_with("train.jsonl:2")),
+        "{media:?}"
+    );
+    // the records read at the start are unchanged by the truncation
+    assert_eq!(data.len(), 2);
+    // `fail` names the file and line at once
+    let err = loader(BadSamples::Fail)
+        .iter(Position::default())
+        .next()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("train.jsonl:1") && err.contains("a.png"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_media_sample_needs_a_model_that_takes_media() {
     let tok = tokenizer();
