@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use automodel::core::device::DeviceSpec;
-use automodel::train::{Recipe, RunOptions, Summary};
+use automodel::train::{Recipe, RunOptions};
 
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
@@ -53,7 +53,7 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
             PathBuf::new()
         });
         let options = RunOptions::for_recipe(&recipe, a.output_dir, a.resume)?;
-        print_plan(&recipe, &model, &options);
+        print!("{}", recipe.describe(&model, &options.run_dir));
         return Ok(());
     }
     let options = RunOptions::for_recipe(&recipe, a.output_dir, a.resume)?;
@@ -61,67 +61,6 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     // Ctrl-C / SIGTERM: finish the step, save, exit 130; a second one quits at once
     automodel::train::interrupt::install();
     let summary = automodel::train::run_on(&recipe, &options, a.device)?;
-    print_summary(&summary);
+    print!("{summary}");
     Ok(())
-}
-
-/// What `--check` prints: the resolved run.
-fn print_plan(r: &Recipe, model: &Path, o: &RunOptions) {
-    let s = r.settings();
-    let ss = &s.step_scheduler;
-    println!("recipe          {} (checked)", r.path.display());
-    println!("model           {}", model.display());
-    println!(
-        "training        {}",
-        match &r.peft {
-            Some(l) => format!("LoRA r {} alpha {} (scale {})", l.r, l.alpha, l.scale()),
-            None => "full fine-tuning".to_string(),
-        }
-    );
-    println!(
-        "steps           {} of {} rows ({} per micro-batch, {} accumulated)",
-        ss.max_steps.map_or_else(
-            || format!("{} epoch(s)", ss.num_epochs.unwrap_or(1)),
-            |n| n.to_string()
-        ),
-        ss.global_batch_size,
-        ss.local_batch_size,
-        ss.global_batch_size / ss.local_batch_size.max(1)
-    );
-    println!(
-        "optimizer       AdamW lr {:e} betas {:?} eps {:e} weight_decay {}; schedule {:?}, warm-up {}",
-        s.optimizer.lr,
-        s.optimizer.betas,
-        s.optimizer.eps,
-        s.optimizer.weight_decay,
-        s.lr_scheduler.lr_decay_style,
-        s.lr_scheduler.lr_warmup_steps
-    );
-    println!(
-        "clip_grad_norm  {}",
-        s.max_grad_norm.map_or("off".into(), |m| m.to_string())
-    );
-    println!("run directory   {}", o.run_dir.display());
-}
-
-fn print_summary(s: &Summary) {
-    println!("run directory   {}", s.run_dir.display());
-    if let (Some(a), Some(b)) = (s.first_loss, s.last_loss) {
-        println!("loss            {a:.4} → {b:.4} over {} steps", s.steps);
-    }
-    if let Some(v) = s.val_loss {
-        println!("val_loss        {v:.4}");
-    }
-    if let Some(m) = &s.metric {
-        let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
-        println!(
-            "{m:<15} {} before → {} after",
-            f(s.metric_before),
-            f(s.metric_after)
-        );
-    }
-    if let Some(c) = &s.last_checkpoint {
-        println!("checkpoint      {}", c.display());
-        println!("model           {}", c.join("model").display());
-    }
 }

@@ -30,7 +30,7 @@ pub struct LaunchArgs {
     pub node_addr: Option<String>,
     /// Seconds the rendezvous and each exchange of gradients may take before the workers stop
     /// with an error (a worker died or hangs).
-    #[arg(long, default_value_t = 120.0, value_parser = seconds)]
+    #[arg(long, default_value_t = 120.0, value_parser = crate::positive)]
     pub timeout: f64,
     /// Threads of each worker (default: the cores shared equally, or RAYON_NUM_THREADS).
     #[arg(long)]
@@ -38,13 +38,6 @@ pub struct LaunchArgs {
     /// The command each worker runs, after `--`: `finetune ...`.
     #[arg(required = true, allow_hyphen_values = true, num_args = 1..)]
     pub command: Vec<OsString>,
-}
-
-fn seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        _ => Err(format!("`{s}` is not a positive number of seconds")),
-    }
 }
 
 pub fn launch(a: LaunchArgs) -> anyhow::Result<()> {

@@ -499,6 +499,48 @@ impl Recipe {
         Ok(())
     }
 
+    /// What the run would do, as `finetune --check` prints it: the model, LoRA or full
+    /// fine-tuning, steps and batches, the optimizer and schedule, clipping, the run folder.
+    pub fn describe(&self, model: &Path, run_dir: &Path) -> String {
+        let s = self.settings();
+        let ss = &s.step_scheduler;
+        let training = match &self.peft {
+            Some(l) => format!("LoRA r {} alpha {} (scale {})", l.r, l.alpha, l.scale()),
+            None => "full fine-tuning".to_string(),
+        };
+        let steps = ss.max_steps.map_or_else(
+            || format!("{} epoch(s)", ss.num_epochs.unwrap_or(1)),
+            |n| n.to_string(),
+        );
+        let o = &s.optimizer;
+        [
+            format!("recipe          {} (checked)", self.path.display()),
+            format!("model           {}", model.display()),
+            format!("training        {training}"),
+            format!(
+                "steps           {steps} of {} rows ({} per micro-batch, {} accumulated)",
+                ss.global_batch_size,
+                ss.local_batch_size,
+                ss.global_batch_size / ss.local_batch_size.max(1)
+            ),
+            format!(
+                "optimizer       AdamW lr {:e} betas {:?} eps {:e} weight_decay {}; schedule {:?}, warm-up {}",
+                o.lr,
+                o.betas,
+                o.eps,
+                o.weight_decay,
+                s.lr_scheduler.lr_decay_style,
+                s.lr_scheduler.lr_warmup_steps
+            ),
+            format!(
+                "clip_grad_norm  {}",
+                s.max_grad_norm.map_or("off".into(), |m| m.to_string())
+            ),
+            format!("run directory   {}\n", run_dir.display()),
+        ]
+        .join("\n")
+    }
+
     /// The trainer's settings.
     pub fn settings(&self) -> Settings {
         Settings {

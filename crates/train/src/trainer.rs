@@ -160,6 +160,33 @@ pub struct Summary {
     pub resumed_from: Option<PathBuf>,
 }
 
+/// The summary as `finetune` prints it: one `name  value` line per figure.
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "run directory   {}", self.run_dir.display())?;
+        if let (Some(a), Some(b)) = (self.first_loss, self.last_loss) {
+            writeln!(
+                f,
+                "loss            {a:.4} → {b:.4} over {} steps",
+                self.steps
+            )?;
+        }
+        if let Some(v) = self.val_loss {
+            writeln!(f, "val_loss        {v:.4}")?;
+        }
+        if let Some(m) = &self.metric {
+            let v = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+            let (b, a) = (v(self.metric_before), v(self.metric_after));
+            writeln!(f, "{m:<15} {b} before → {a} after")?;
+        }
+        if let Some(c) = &self.last_checkpoint {
+            writeln!(f, "checkpoint      {}", c.display())?;
+            writeln!(f, "model           {}", c.join("model").display())?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes the tokenizer (and other side) files into a checkpoint's `model/` folder.
 pub type SideFiles = Box<dyn Fn(&Path) -> Result<(), TrainError>>;
 
