@@ -15,6 +15,9 @@
 //!   [--only NAME]... [--json FILE] [--record]` — training-step and generation benchmarks, with
 //!   PyTorch's figures beside ours (`--baseline`); see `docs/benchmarks.md`. `--only dp`: tokens/s
 //!   of data-parallel training with 1 and 2 workers on the CPU and the scaling efficiency.
+//! * `fuzz [--minutes N] [--target NAME]... [--seed S]` — seeded mutation fuzzing of the
+//!   parsers of users' files (GGUF, safetensors, config, recipe, JSONL, WAV, PNG); a panic,
+//!   abort or hang fails it and keeps the input in `target/fuzz/crashes/`.
 //! * `gpu-check [--no-build]` — build what a run on the GPU machine needs into
 //!   `target/gpu-check/` (run there with `xtask/gpu-check.sh`).
 
@@ -30,6 +33,7 @@ use automodel_core::device::{DeviceSpec, OnDevice, run_on};
 
 mod bench;
 mod bench_dp;
+mod fuzz;
 mod gpu_check;
 
 fn main() -> ExitCode {
@@ -42,6 +46,8 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-one") => bench::bench_one(&args[1..]),
         Some("dp-worker") => bench_dp::dp_worker(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("fuzz-child") => fuzz::fuzz_child(&args[1..]),
         Some("gpu-check") => gpu_check::gpu_check(&args[1..]),
         Some("f16-smoke") => f16_smoke(&args[1..]),
         Some("fetch-model") => fetch_model(&args[1..]).map(|p| {
@@ -64,7 +70,7 @@ fn main() -> ExitCode {
     }
 }
 
-pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--rounds R] [--steps N] [--warmup N] [--threads N] [--only NAME | --only dp]... [--json FILE] [--record]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask f16-smoke [--device D]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda[:N]|wgpu[:N|:cpu]]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
+pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--rounds R] [--steps N] [--warmup N] [--threads N] [--only NAME | --only dp]... [--json FILE] [--record]\n       cargo xtask fuzz [--minutes N] [--target NAME]... [--seed S]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask f16-smoke [--device D]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda[:N]|wgpu[:N|:cpu]]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
 
 fn parity(args: &[String]) -> anyhow::Result<bool> {
     let mut dir: Option<PathBuf> = None;

@@ -50,7 +50,13 @@ pub fn decode_audio(
         name: name.to_string(),
         message,
     };
-    let decoded = decode_mono(bytes, ext).map_err(|e| match e {
+    // symphonia panics on some malformed headers (a u16 overflow in its WAV `fmt` chunk, found
+    // by `cargo xtask fuzz`): that is an unreadable file too, not the end of the program
+    let decoded = std::panic::catch_unwind(move || decode_mono(bytes, ext))
+        .unwrap_or(Err(Stop::Codec(SymphoniaError::DecodeError(
+            "the decoder stopped on malformed data",
+        ))))
+        .map_err(|e| match e {
         Stop::Codec(e) => err(format!(
             "cannot decode ({e}); expected WAV, FLAC, MP3 or OGG/Vorbis"
         )),

@@ -99,3 +99,13 @@ fn resampling_preserves_pitch() {
     assert!((y.len() as i64 - 16_000).abs() <= 2);
     assert!((frequency(&y[100..15_900], 16_000.0) - 1000.0).abs() < 5.0);
 }
+
+/// Inputs `cargo xtask fuzz` found to crash the decoder (kept in tests/fixtures/fuzz-*): each is
+/// an error naming the file.
+#[test]
+fn fuzz_found_inputs_are_errors() {
+    for name in ["fuzz-fmt-overflow.wav"] {
+        let e = load_audio(fixture(name), 16_000).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains("cannot decode"), "{e}");
+    }
+}
