@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// The targets: a name, the file name the parser reads, and the call.
-const TARGETS: &[(&str, &str, fn(&Path))] = &[
+/// A target: its name, the file name its parser reads, and the call.
+type Target = (&'static str, &'static str, fn(&Path));
+
+/// The targets.
+const TARGETS: &[Target] = &[
     ("gguf", "model.gguf", |p| {
         if let Ok(f) = automodel_gguf::GgufFile::open(p) {
             let names: Vec<String> = f.tensors.keys().cloned().collect();
@@ -338,11 +341,14 @@ pub fn fuzz(args: &[String]) -> anyhow::Result<bool> {
             let s = seed
                 .wrapping_mul(1_000_003)
                 .wrapping_add(k as u64 * 7919 + round);
+            // stderr into a file: a parser whose library catches its own panics still prints
+            // each one, and a full pipe would stall the child
+            let log = work.path().join("stderr");
             let mut child = Command::new(&exe)
                 .args(["fuzz-child", target, &s.to_string(), &left.to_string()])
                 .arg(work.path())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
+                .stderr(std::fs::File::create(&log)?)
                 .spawn()?;
             let deadline = Instant::now() + Duration::from_secs_f64(left + 20.0);
             let status = loop {
@@ -374,13 +380,13 @@ pub fn fuzz(args: &[String]) -> anyhow::Result<bool> {
                         None => "took over 20 s (a hang)".to_string(),
                         Some(s) => format!("{s}"),
                     };
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    let first = err
+                    let err = std::fs::read_to_string(&log).unwrap_or_default();
+                    let last = err
                         .lines()
-                        .find(|l| l.contains("panicked") || l.contains("memory"))
+                        .rfind(|l| l.contains("panicked") || l.contains("memory"))
                         .unwrap_or("");
                     eprintln!(
-                        "{target}: crash ({why}) {first}; input kept in {}",
+                        "{target}: crash ({why}) {last}; input kept in {}",
                         keep.display()
                     );
                 }
