@@ -420,13 +420,7 @@ fn bad_input_is_named_skipped_and_counted_or_refused() {
     ];
     let file = dir.path().join("train.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let cfg = DataConfig {
-        path: Some(automodel_data::source::Paths::One(file.clone())),
-        max_length: Some(320),
-        ..Default::default()
-    };
-    let enc = Arc::new(encoder(cfg.encode_config()));
-    let records = cfg.read(Path::new("/")).unwrap();
+    let (enc, records) = read_jsonl(&file);
     assert_eq!(records.len(), 9);
 
     // `fail`: the first bad record stops it, named by file and line
@@ -519,12 +513,7 @@ fn bad_input_is_named_skipped_and_counted_or_refused() {
         },
     )
     .unwrap();
-    let err = l
-        .iter(Position::default())
-        .next()
-        .unwrap()
-        .unwrap_err()
-        .to_string();
+    let err = first_error(&l);
     assert!(err.contains("no sample's media could be read"), "{err}");
     // `fail` stops at the missing image, naming it
     let strict = Loader::new(
@@ -539,15 +528,31 @@ fn bad_input_is_named_skipped_and_counted_or_refused() {
         },
     )
     .unwrap();
-    let err = strict
-        .iter(Position::default())
-        .find_map(Result::err)
-        .unwrap()
-        .to_string();
+    let err = first_error(&strict);
     assert!(
         err.contains("train.jsonl:3") && err.contains("missing.png"),
         "{err}"
     );
+}
+
+/// The records of a chat JSONL file (samples up to 320 tokens) and their encoder.
+fn read_jsonl(file: &Path) -> (Arc<Encoder>, Vec<automodel_data::Record>) {
+    let cfg = DataConfig {
+        path: Some(automodel_data::source::Paths::One(file.to_path_buf())),
+        max_length: Some(320),
+        ..Default::default()
+    };
+    let enc = Arc::new(encoder(cfg.encode_config()));
+    (enc, cfg.read(Path::new("/")).unwrap())
+}
+
+/// The first error a loader's batches end in, from the start.
+fn first_error(loader: &Loader) -> String {
+    loader
+        .iter(Position::default())
+        .find_map(Result::err)
+        .expect("an error")
+        .to_string()
 }
 
 /// Data going bad while a run reads it. Text records are read and encoded once, when the run
@@ -570,13 +575,7 @@ fn data_going_bad_mid_run_follows_the_bad_samples_policy() {
     };
     let file = dir.path().join("train.jsonl");
     std::fs::write(&file, [line("a.png"), line("b.png")].join("\n")).unwrap();
-    let cfg = DataConfig {
-        path: Some(automodel_data::source::Paths::One(file.clone())),
-        max_length: Some(320),
-        ..Default::default()
-    };
-    let enc = Arc::new(encoder(cfg.encode_config()));
-    let records = cfg.read(Path::new("/")).unwrap();
+    let (enc, records) = read_jsonl(&file);
     let data = Arc::new(Dataset::prepare(records, &enc, BadSamples::Skip).unwrap());
     let loader = |policy| {
         Loader::new(
@@ -585,7 +584,8 @@ fn data_going_bad_mid_run_follows_the_bad_samples_policy() {
             LoaderConfig {
                 batch_size: 1,
                 shuffle: false,
-                workers: 1,
+                // batches built when asked for: none read ahead of the files' change
+                workers: 0,
                 bad_samples: policy,
                 ..Default::default()
             },
@@ -622,12 +622,7 @@ fn data_going_bad_mid_run_follows_the_bad_samples_policy() {
     // the records read at the start are unchanged by the truncation
     assert_eq!(data.len(), 2);
     // `fail` names the file and line at once
-    let err = loader(BadSamples::Fail)
-        .iter(Position::default())
-        .next()
-        .unwrap()
-        .unwrap_err()
-        .to_string();
+    let err = first_error(&loader(BadSamples::Fail));
     assert!(
         err.contains("train.jsonl:1") && err.contains("a.png"),
         "{err}"
