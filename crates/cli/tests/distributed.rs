@@ -93,19 +93,6 @@ fn adapter(run: &Path, step: usize) -> automodel::core::weights::SafeTensorsFile
     .unwrap()
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
-
 #[test]
 fn two_workers_equal_one_process_accumulating_and_resume_in_one() {
     assert!(
@@ -145,7 +132,11 @@ fn two_workers_equal_one_process_accumulating_and_resume_in_one() {
 
     // the 2-worker run's step-2 checkpoint resumed by one process continues as one would
     let three = dir.path().join("three");
-    copy_dir(&two.join("epoch_0_step_2"), &three.join("epoch_0_step_2"));
+    automodel::core::weights::copy_recursively(
+        &two.join("epoch_0_step_2"),
+        &three.join("epoch_0_step_2"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("epoch_0_step_2", three.join("LATEST")).unwrap();
     run_ok(&finetune(&three, &["--resume"]));
     same_steps(&steps(&three), &a[2..]);
