@@ -9,6 +9,7 @@
 
 pub mod dequant;
 pub mod gemma3;
+pub mod quant;
 pub mod reader;
 pub mod writer;
 
