@@ -33,6 +33,7 @@ use automodel_core::device::{DeviceSpec, OnDevice, run_on};
 
 mod bench;
 mod bench_dp;
+mod check_gguf;
 mod fuzz;
 mod gpu_check;
 
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("fuzz-child") => fuzz::fuzz_child(&args[1..]),
         Some("gpu-check") => gpu_check::gpu_check(&args[1..]),
+        Some("check-gguf") => check_gguf::check_gguf(&args[1..]),
         Some("f16-smoke") => f16_smoke(&args[1..]),
         Some("fetch-model") => fetch_model(&args[1..]).map(|p| {
             println!("{}", p.display());
@@ -70,7 +72,7 @@ fn main() -> ExitCode {
     }
 }
 
-pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--rounds R] [--steps N] [--warmup N] [--threads N] [--only NAME | --only dp]... [--json FILE] [--record]\n       cargo xtask fuzz [--minutes N] [--target NAME]... [--seed S]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask f16-smoke [--device D]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda[:N]|wgpu[:N|:cpu]]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
+pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--rounds R] [--steps N] [--warmup N] [--threads N] [--only NAME | --only dp]... [--json FILE] [--record]\n       cargo xtask fuzz [--minutes N] [--target NAME]... [--seed S]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask check-gguf [--model M] [--adapter DIR] [--types f16,q8_0,q4_k_m] [--new-tokens N] [--python PY] [--out DIR]\n       cargo xtask f16-smoke [--device D]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda[:N]|wgpu[:N|:cpu]]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
 
 fn parity(args: &[String]) -> anyhow::Result<bool> {
     let mut dir: Option<PathBuf> = None;
@@ -214,7 +216,7 @@ impl OnDevice for Parity {
 
 /// `cargo xtask fetch-model gemma-3-270m`: the model's cached file, fetched first when missing
 /// (`automodel_models::fetch`).
-fn fetch_model(args: &[String]) -> anyhow::Result<PathBuf> {
+pub(crate) fn fetch_model(args: &[String]) -> anyhow::Result<PathBuf> {
     let name = args
         .first()
         .context("which model? available: gemma-3-270m")?;

@@ -60,3 +60,66 @@ pub fn finetune(
 ) -> Result<Summary, TrainError> {
     automodel_train::run_on(recipe, options, device)
 }
+
+/// Errors of [`export_gguf`].
+#[derive(Debug, thiserror::Error)]
+pub enum ExportGgufError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("the adapter {path}: {source}")]
+    Adapter {
+        path: std::path::PathBuf,
+        source: automodel_peft::PeftError,
+    },
+    #[error(transparent)]
+    Template(#[from] automodel_data::DataError),
+}
+
+/// Export a model as a GGUF file for llama.cpp, Ollama or LM Studio: `model` (a GGUF file or a
+/// Hugging Face folder) with the LoRA adapter in `adapter` merged first, written to `out` as
+/// `options` say (see [`models::export`]). The chat template stored is the source's own, else
+/// the folder's, else the built-in Gemma template. The destination is checked before anything is
+/// loaded; the file is written whole or not at all.
+pub fn export_gguf(
+    model: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    out: &std::path::Path,
+    options: &models::export::ExportOptions,
+) -> Result<models::export::ExportSummary, ExportGgufError> {
+    use automodel_core::CpuBackend;
+    models::export::check_destination(out, options.overwrite)?;
+    let source = ModelSource::detect(model)?;
+    models::export::check_exportable(&source)?;
+    let mut options = options.clone();
+    if options.chat_template.is_none() {
+        let template = match &source {
+            ModelSource::Folder(dir) => data::ChatTemplate::from_dir(dir)?,
+            ModelSource::Gguf(_) => data::ChatTemplate::gemma(),
+        };
+        options.chat_template = Some(template.jinja);
+    }
+    let device = Default::default();
+    let dtype = burn::tensor::DType::F32;
+    let loaded = AutoModel::<CpuBackend>::from_pretrained(model, &device, dtype)?;
+    let loaded = match (loaded, adapter) {
+        (m, None) => m,
+        (AutoModel::Gemma3(m, tok), Some(dir)) => AutoModel::Gemma3(merged(m, dir)?, tok),
+        (AutoModel::Gemma3nText(m, tok), Some(dir)) => AutoModel::Gemma3nText(merged(m, dir)?, tok),
+        (AutoModel::Gemma3n(m), Some(dir)) => AutoModel::Gemma3n(merged(m, dir)?),
+    };
+    Ok(models::export::export_gguf(
+        &loaded, &source, out, &options,
+    )?)
+}
+
+/// `model` with the adapter in `dir` merged into its weights.
+fn merged<B: Backend, M: PeftModel<B>>(
+    model: M,
+    dir: &std::path::Path,
+) -> Result<M, ExportGgufError> {
+    let (m, cfg, _, _) = load_adapter(model, dir).map_err(|source| ExportGgufError::Adapter {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(merge(m, &cfg))
+}

@@ -63,6 +63,10 @@ enum Command {
     /// Fine-tune (LoRA or full) from a YAML recipe; without --config, the built-in default
     /// (LoRA on Gemma 3 270M with the built-in instruction task, CPU, a few minutes).
     Finetune(finetune::FinetuneArgs),
+    /// Write a model (with a LoRA adapter merged) as a GGUF file for llama.cpp, Ollama and LM
+    /// Studio: llama.cpp's names, metadata and tokenizer, each tensor typed and quantized as
+    /// llama.cpp's converter and llama-quantize do.
+    ExportGguf(ExportArgs),
     /// Start a data-parallel fine-tune as torchrun does: `launch --nproc-per-node N [--nnodes M
     /// --node-rank R --master-addr A --master-port P] -- finetune ...` runs N workers here
     /// (rank 0 writes the logs and checkpoints) and stops them all if one fails.
@@ -79,6 +83,28 @@ struct MergeArgs {
     adapter: PathBuf,
     #[command(flatten)]
     output: OutputArgs,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// The base: a GGUF file (Gemma 3) or a Hugging Face folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// A LoRA adapter folder (PEFT's format) to merge first.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// The .gguf file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// f32, f16, bf16, q8_0 or q4_k_m.
+    #[arg(long = "type", default_value = "f16")]
+    file_type: automodel::gguf::export::FileType,
+    /// `general.name` (default: the adapter's or the model's file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(clap::Args)]
@@ -213,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => run_on(a.device, a)?,
         Command::Convert(a) => convert(a),
         Command::MergeLora(a) => merge_lora(a),
+        Command::ExportGguf(a) => export_gguf(a),
         Command::Data(a) => data::data(a),
         Command::Finetune(a) => finetune::finetune(a),
         Command::Launch(a) => launch::launch(a),
@@ -361,6 +388,35 @@ fn merged<B: Backend, M: PeftModel<B>>(model: M, dir: &Path) -> anyhow::Result<M
     let (m, cfg, _, _) = automodel::peft::load_adapter(model, dir)
         .with_context(|| format!("loading the adapter {}", dir.display()))?;
     Ok(automodel::peft::merge(m, &cfg))
+}
+
+fn export_gguf(a: ExportArgs) -> anyhow::Result<()> {
+    let stem = |p: &Path| p.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let name = a
+        .name
+        .clone()
+        .or_else(|| a.adapter.as_deref().and_then(stem));
+    let options = automodel::models::export::ExportOptions {
+        file_type: a.file_type,
+        name: name
+            .or_else(|| stem(&a.model))
+            .unwrap_or_else(|| "model".into()),
+        chat_template: None,
+        overwrite: a.overwrite,
+    };
+    let s = automodel::export_gguf(&a.model, a.adapter.as_deref(), &a.out, &options)?;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for (_, t) in &s.tensors {
+        *counts.entry(format!("{t:?}")).or_default() += 1;
+    }
+    println!(
+        "wrote {} ({:.1} MB, {}, {} tensors: {counts:?})",
+        s.path.display(),
+        s.bytes as f64 / 1e6,
+        a.file_type.name(),
+        s.tensors.len()
+    );
+    Ok(())
 }
 
 fn merge_lora(a: MergeArgs) -> anyhow::Result<()> {

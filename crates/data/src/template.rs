@@ -64,6 +64,8 @@ pub struct ChatTemplate {
     pub bos_token: String,
     /// Where it came from (a file, or `built-in Gemma`).
     pub source: String,
+    /// The template itself (Jinja), as written where it came from.
+    pub jinja: String,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -91,6 +93,7 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             source: origin.to_string(),
+            jinja: source.to_string(),
         })
     }
 

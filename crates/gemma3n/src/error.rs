@@ -16,6 +16,8 @@ pub enum ModelError {
     Gguf(#[from] automodel_gguf::GgufError),
     #[error(transparent)]
     Tokenizer(#[from] automodel_tokenizer::TokenizerError),
+    #[error(transparent)]
+    Export(#[from] automodel_gguf::export::ExportError),
     #[error("invalid input: {0}")]
     Input(String),
 }

@@ -10,6 +10,32 @@ use burn::tensor::TensorData;
 
 use crate::reader::{GgufError, GgufFile, GgufValue};
 
+/// A decoder layer's tensors: llama.cpp's name, Hugging Face's, and whether the converter
+/// stores the weight as `1 + w` (Gemma 3 norms compute `x · (1 + w)`; HF keeps `w`).
+const LAYER_TENSORS: [(&str, &str, bool); 13] = [
+    ("attn_q.weight", "self_attn.q_proj.weight", false),
+    ("attn_k.weight", "self_attn.k_proj.weight", false),
+    ("attn_v.weight", "self_attn.v_proj.weight", false),
+    ("attn_output.weight", "self_attn.o_proj.weight", false),
+    ("attn_q_norm.weight", "self_attn.q_norm.weight", true),
+    ("attn_k_norm.weight", "self_attn.k_norm.weight", true),
+    ("attn_norm.weight", "input_layernorm.weight", true),
+    (
+        "post_attention_norm.weight",
+        "post_attention_layernorm.weight",
+        true,
+    ),
+    ("ffn_norm.weight", "pre_feedforward_layernorm.weight", true),
+    (
+        "post_ffw_norm.weight",
+        "post_feedforward_layernorm.weight",
+        true,
+    ),
+    ("ffn_gate.weight", "mlp.gate_proj.weight", false),
+    ("ffn_up.weight", "mlp.up_proj.weight", false),
+    ("ffn_down.weight", "mlp.down_proj.weight", false),
+];
+
 /// The HF name of a llama.cpp Gemma tensor, and whether it is a norm weight that the converter
 /// stored as `1 + w` (HF keeps `w`; Gemma 3 norms compute `x · (1 + w)`).
 pub fn hf_name(gguf: &str) -> Option<(String, bool)> {
@@ -22,23 +48,116 @@ pub fn hf_name(gguf: &str) -> Option<(String, bool)> {
     let rest = gguf.strip_prefix("blk.")?;
     let (idx, tail) = rest.split_once('.')?;
     idx.parse::<usize>().ok()?;
-    let (name, norm) = match tail {
-        "attn_q.weight" => ("self_attn.q_proj.weight", false),
-        "attn_k.weight" => ("self_attn.k_proj.weight", false),
-        "attn_v.weight" => ("self_attn.v_proj.weight", false),
-        "attn_output.weight" => ("self_attn.o_proj.weight", false),
-        "attn_q_norm.weight" => ("self_attn.q_norm.weight", true),
-        "attn_k_norm.weight" => ("self_attn.k_norm.weight", true),
-        "attn_norm.weight" => ("input_layernorm.weight", true),
-        "post_attention_norm.weight" => ("post_attention_layernorm.weight", true),
-        "ffn_norm.weight" => ("pre_feedforward_layernorm.weight", true),
-        "post_ffw_norm.weight" => ("post_feedforward_layernorm.weight", true),
-        "ffn_gate.weight" => ("mlp.gate_proj.weight", false),
-        "ffn_up.weight" => ("mlp.up_proj.weight", false),
-        "ffn_down.weight" => ("mlp.down_proj.weight", false),
-        _ => return None,
-    };
-    Some((format!("model.layers.{idx}.{name}"), norm))
+    let (_, name, norm) = LAYER_TENSORS.iter().find(|(g, _, _)| *g == tail)?;
+    Some((format!("model.layers.{idx}.{name}"), *norm))
+}
+
+/// The llama.cpp name of an HF Gemma 3 tensor (the inverse of [`hf_name`]), and whether the
+/// converter stores it as `1 + w`.
+pub fn gguf_name(hf: &str) -> Option<(String, bool)> {
+    let rest = hf.strip_prefix("model.")?;
+    if rest == "embed_tokens.weight" {
+        return Some(("token_embd.weight".into(), false));
+    }
+    if rest == "norm.weight" {
+        return Some(("output_norm.weight".into(), true));
+    }
+    let (idx, tail) = rest.strip_prefix("layers.")?.split_once('.')?;
+    idx.parse::<usize>().ok()?;
+    let (g, _, norm) = LAYER_TENSORS.iter().find(|(_, h, _)| *h == tail)?;
+    Some((format!("blk.{idx}.{g}"), *norm))
+}
+
+/// What llama.cpp's `gemma3` architecture reads from a file, from the HF config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gemma3Hparams {
+    pub context_length: usize,
+    pub embedding_length: usize,
+    pub block_count: usize,
+    pub feed_forward_length: usize,
+    pub head_count: usize,
+    pub head_count_kv: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    /// RoPE base of the global (full-attention) layers.
+    pub rope_theta: f64,
+    /// RoPE base of the sliding-window layers.
+    pub rope_local_theta: f64,
+    pub sliding_window: usize,
+    /// Per layer: sliding-window attention.
+    pub sliding: Vec<bool>,
+    pub final_logit_softcapping: Option<f64>,
+    pub attn_logit_softcapping: Option<f64>,
+    pub query_pre_attn_scalar: f64,
+}
+
+impl Gemma3Hparams {
+    /// The `gemma3.*` metadata as llama.cpp's converter writes it, plus what llama.cpp would
+    /// otherwise assume wrongly: the per-layer sliding pattern when it is not every sixth layer
+    /// global, and the local RoPE base when it is not 10,000. A model llama.cpp would run
+    /// differently is refused, naming the field.
+    pub fn metadata(&self) -> Result<Vec<(String, GgufValue)>, String> {
+        if let Some(c) = self.attn_logit_softcapping {
+            return Err(format!(
+                "attn_logit_softcapping is {c}; llama.cpp's gemma3 has no attention soft-capping"
+            ));
+        }
+        // llama.cpp scales queries by 1/√head_dim, except for the 62-layer 27B: 1/√(hidden/heads)
+        let scalar = if self.block_count == 62 {
+            (self.embedding_length / self.head_count.max(1)) as f64
+        } else {
+            self.head_dim as f64
+        };
+        if self.query_pre_attn_scalar != scalar {
+            return Err(format!(
+                "query_pre_attn_scalar is {}; llama.cpp's gemma3 uses {scalar} for a model of {} layers",
+                self.query_pre_attn_scalar, self.block_count
+            ));
+        }
+        if self.sliding.len() != self.block_count {
+            return Err(format!(
+                "layer_types has {} entries for {} layers",
+                self.sliding.len(),
+                self.block_count
+            ));
+        }
+        let u = |v: usize| GgufValue::U32(v as u32);
+        let f = |v: f64| GgufValue::F32(v as f32);
+        let mut md = vec![
+            ("gemma3.context_length", u(self.context_length)),
+            ("gemma3.embedding_length", u(self.embedding_length)),
+            ("gemma3.block_count", u(self.block_count)),
+            ("gemma3.feed_forward_length", u(self.feed_forward_length)),
+            ("gemma3.attention.head_count", u(self.head_count)),
+            (
+                "gemma3.attention.layer_norm_rms_epsilon",
+                f(self.rms_norm_eps),
+            ),
+            ("gemma3.attention.key_length", u(self.head_dim)),
+            ("gemma3.attention.value_length", u(self.head_dim)),
+            ("gemma3.rope.freq_base", f(self.rope_theta)),
+        ];
+        if let Some(c) = self.final_logit_softcapping {
+            md.push(("gemma3.final_logit_softcapping", f(c)));
+        }
+        md.push(("gemma3.attention.sliding_window", u(self.sliding_window)));
+        md.push(("gemma3.attention.head_count_kv", u(self.head_count_kv)));
+        let every_sixth = self
+            .sliding
+            .iter()
+            .enumerate()
+            .all(|(i, s)| *s == ((i + 1) % 6 != 0));
+        if !every_sixth {
+            md.push((
+                "gemma3.attention.sliding_window_pattern",
+                GgufValue::Array(self.sliding.iter().map(|s| GgufValue::Bool(*s)).collect()),
+            ));
+        }
+        if self.rope_local_theta != 10_000.0 {
+            md.push(("gemma3.rope.freq_base_swa", f(self.rope_local_theta)));
+        }
+        Ok(md.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
 }
 
 /// The GGUF metadata key an HF config field of [`Gemma3Gguf::hf_config`] comes from.

@@ -8,6 +8,7 @@
 //! * [`writer`]: GGUF files with F32 tensors (small exact files for tests and tools).
 
 pub mod dequant;
+pub mod export;
 pub mod gemma3;
 pub mod quant;
 pub mod reader;

@@ -51,7 +51,7 @@ impl GgmlType {
 }
 
 impl GgufValue {
-    fn type_id(&self) -> u32 {
+    pub(crate) fn type_id(&self) -> u32 {
         match self {
             GgufValue::U8(_) => 0,
             GgufValue::I8(_) => 1,
@@ -69,7 +69,7 @@ impl GgufValue {
         }
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
         match self {
             GgufValue::U8(v) => out.push(*v),
             GgufValue::I8(v) => out.push(*v as u8),

@@ -9,6 +9,7 @@
 
 pub mod auto;
 pub mod convert;
+pub mod export;
 pub mod fetch;
 pub mod hub;
 

@@ -31,6 +31,22 @@ fn tk(e: impl std::fmt::Display) -> TokenizerError {
     TokenizerError::Tokenizer(e.to_string())
 }
 
+/// A vocabulary in llama.cpp's terms (`tokenizer.ggml.tokens`, `.scores`, `.token_type`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LlamaVocab {
+    pub tokens: Vec<String>,
+    pub scores: Vec<f32>,
+    pub types: Vec<i32>,
+}
+
+/// SentencePiece's byte-fallback pieces: `<0x00>` … `<0xFF>`.
+fn is_byte_piece(p: &str) -> bool {
+    p.len() == 6
+        && p.starts_with("<0x")
+        && p.ends_with('>')
+        && p[3..5].chars().all(|c| c.is_ascii_hexdigit())
+}
+
 /// The Gemma tokenizer.
 #[derive(Clone)]
 pub struct GemmaTokenizer {
@@ -309,6 +325,34 @@ impl GemmaTokenizer {
     /// Text of `ids` (special tokens dropped when `skip_special`).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
         self.inner.decode(ids, skip_special).map_err(tk)
+    }
+
+    /// The vocabulary as llama.cpp's `llama` (SentencePiece) tokenizer stores it: pieces by id,
+    /// scores and token types (1 normal, 3 control, 4 user-defined, 6 byte). Control tokens are
+    /// the special added tokens, user-defined ones the other added tokens (a run of `▁` among
+    /// them is a run of spaces again, as SentencePiece spells it); byte pieces are `<0xXX>`.
+    /// Scores keep the vocabulary's merge order: a normal piece scores `-id` (SentencePiece
+    /// writes `c - id`, an order-preserving shift), control and user-defined pieces -1000, bytes 0.
+    pub fn llama_vocab(&self) -> LlamaVocab {
+        let added = self.inner.get_added_tokens_decoder();
+        let n = self.vocab_size();
+        let mut v = LlamaVocab::default();
+        for id in 0..n as u32 {
+            let piece = self.inner.id_to_token(id).unwrap_or_default();
+            let (piece, ty, score) = match added.get(&id) {
+                Some(t) if t.special => (piece, 3, -1000.0),
+                Some(_) if !piece.is_empty() && piece.chars().all(|c| c == '\u{2581}') => {
+                    (" ".repeat(piece.chars().count()), 4, -1000.0)
+                }
+                Some(_) => (piece, 4, -1000.0),
+                None if is_byte_piece(&piece) => (piece, 6, 0.0),
+                None => (piece, 1, -(id as f32)),
+            };
+            v.tokens.push(piece);
+            v.types.push(ty);
+            v.scores.push(score);
+        }
+        v
     }
 
     /// Number of ids (base vocabulary plus added tokens).
