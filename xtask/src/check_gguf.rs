@@ -3,8 +3,10 @@
 //!
 //! Per type it checks that llama.cpp tokenizes each prompt as we do, that its greedy
 //! continuation of each prompt equals ours on the same file (F32, F16, BF16, Q8_0: the same
-//! weights in both engines), and how often its top-1 token agrees with our full-precision model
-//! at every position of our reference continuation (at least 95 % for Q4_K_M).
+//! weights in both engines), and how often its top-1 token agrees with ours on the same file at
+//! every position of the prompt and our full-precision model's continuation (at least 95 % for
+//! Q4_K_M). How often it agrees with the full-precision model itself is reported: that measures
+//! the type's loss, not the file's correctness.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,12 +22,15 @@ use burn::tensor::{DType, Int, Tensor};
 const USAGE: &str = "usage: cargo xtask check-gguf [--model M] [--adapter DIR] \
 [--types f16,q8_0,q4_k_m] [--new-tokens N] [--python PY] [--out DIR]";
 
-/// The prompts: plain text, code, and a chat turn through the Gemma template.
-const PROMPTS: [&str; 4] = [
+/// The prompts: plain text, code, a chat turn through the Gemma template, and two turns of the
+/// default recipe's task.
+const PROMPTS: [&str; 6] = [
     "The capital of France is",
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "Once upon a time, in a small village by the sea,",
     "<start_of_turn>user\nName three primary colours.<end_of_turn>\n<start_of_turn>model\n",
+    "<start_of_turn>user\nReply with the last word of: orange river under quiet stone<end_of_turn>\n<start_of_turn>model\n",
+    "<start_of_turn>user\nWhich word comes first in \"paper lamps drift north\"? Answer with that word only.<end_of_turn>\n<start_of_turn>model\n",
 ];
 
 type B = CpuBackend;
@@ -61,11 +66,28 @@ fn next_logits(model: &Gemma3ForCausalLM<B>, seq: &[i64]) -> anyhow::Result<Vec<
 
 /// The top-1 token at every position of `seq`.
 fn argmax(model: &Gemma3ForCausalLM<B>, seq: &[i64]) -> anyhow::Result<Vec<i64>> {
+    Ok(top1_and_logits(model, seq)?.0)
+}
+
+/// The top-1 token at every position of `seq`, and the logits `[T·V]`.
+fn top1_and_logits(
+    model: &Gemma3ForCausalLM<B>,
+    seq: &[i64],
+) -> anyhow::Result<(Vec<i64>, Vec<f32>)> {
     let device = Default::default();
     let ids = Tensor::<B, 1, Int>::from_ints(seq, &device).reshape([1, seq.len()]);
     let out = model.forward(ids, None, None, None, None)?;
-    let top = out.logits.argmax(2).reshape([seq.len()]);
-    Ok(top.into_data().convert::<i64>().to_vec::<i64>().unwrap())
+    let top = out.logits.clone().argmax(2).reshape([seq.len()]);
+    let logits = out
+        .logits
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap();
+    Ok((
+        top.into_data().convert::<i64>().to_vec::<i64>().unwrap(),
+        logits,
+    ))
 }
 
 fn load_gemma3(path: &Path) -> anyhow::Result<(Gemma3ForCausalLM<B>, GemmaTokenizer)> {
@@ -170,8 +192,8 @@ pub fn check_gguf(args: &[String]) -> anyhow::Result<bool> {
 
     let mut ok = true;
     let mut table = vec![
-        "| type | size (MB) | tokenization = ours | greedy continuation = ours on the same file | top-1 agreement with our f32 model |".to_string(),
-        "|---|---|---|---|---|".to_string(),
+        "| type | size (MB) | tokenization = ours | greedy continuation = ours on the same file | top-1 = ours on the same file | top-1 = our f32 model |".to_string(),
+        "|---|---|---|---|---|---|".to_string(),
     ];
     for ty in &a.types {
         let path = a.out.join(format!("model-{}.gguf", ty.name()));
@@ -204,6 +226,8 @@ pub fn check_gguf(args: &[String]) -> anyhow::Result<bool> {
         let res: serde_json::Value = serde_json::from_slice(&std::fs::read(&res_path)?)?;
         let (mut tok_ok, mut greedy_ok, mut agree, mut total) = (0, 0, 0usize, 0usize);
         let mut worst_margin = 0f32;
+        let mut agree_f32 = 0usize;
+        let mut clear_disagreements = 0usize;
         for (r, l) in refs
             .iter()
             .zip(res["prompts"].as_array().context("prompts")?)
@@ -247,12 +271,37 @@ pub fn check_gguf(args: &[String]) -> anyhow::Result<bool> {
                     text(&mine[i..])?
                 );
             }
-            // positions from the prompt's last token on: what the model predicts next
-            let start = r.ids.len() - 1;
+            // every position of the prompt and the continuation: the next token predicted, by
+            // llama.cpp and by us on this file, and by our full-precision model
             let la = ids("argmax");
-            for p in start..r.sequence.len() {
+            let (on_file, logits) = top1_and_logits(&ours, &r.sequence)?;
+            let v = logits.len() / r.sequence.len();
+            let here = (0..r.sequence.len())
+                .filter(|p| la.get(*p) == on_file.get(*p))
+                .count();
+            println!(
+                "  {}: {:?}: top-1 equal at {here}/{} positions",
+                ty.name(),
+                r.text.chars().take(40).collect::<String>(),
+                r.sequence.len()
+            );
+            for p in 0..r.sequence.len() {
                 total += 1;
-                agree += usize::from(la.get(p) == r.argmax.get(p));
+                agree += usize::from(la.get(p) == on_file.get(p));
+                if let (Some(&l), Some(&o)) = (la.get(p), on_file.get(p))
+                    && l != o
+                {
+                    let gap = logits[p * v + o as usize] - logits[p * v + l as usize];
+                    if gap >= NEAR_TIE {
+                        clear_disagreements += 1;
+                        println!(
+                            "  {}: position {p} of {:?}: llama.cpp's top-1 is {gap:.3} below ours in our logits",
+                            ty.name(),
+                            r.text
+                        );
+                    }
+                }
+                agree_f32 += usize::from(la.get(p) == r.argmax.get(p));
             }
         }
         let n = refs.len();
@@ -269,7 +318,7 @@ pub fn check_gguf(args: &[String]) -> anyhow::Result<bool> {
             tok_ok == n && (!exact_expected || greedy_pass) && (exact_expected || rate >= 0.95);
         ok &= pass;
         table.push(format!(
-            "| {} | {:.1} | {tok_ok}/{n} equal | {greedy_ok}/{n} equal{} | {:.1} % ({agree}/{total}) |",
+            "| {} | {:.1} | {tok_ok}/{n} equal | {greedy_ok}/{n} equal{} | {:.1} % ({agree}/{total}; {clear_disagreements} beyond a near-tie) | {:.1} % |",
             ty.name(),
             summary.bytes as f64 / 1e6,
             if greedy_ok < n {
@@ -277,7 +326,8 @@ pub fn check_gguf(args: &[String]) -> anyhow::Result<bool> {
             } else {
                 String::new()
             },
-            100.0 * rate
+            100.0 * rate,
+            100.0 * agree_f32 as f64 / total.max(1) as f64
         ));
         println!("{}: {}", ty.name(), if pass { "passed" } else { "FAILED" });
     }

@@ -186,16 +186,34 @@ fn bad_destinations_and_models_are_refused_before_writing() {
         "no such folder",
     );
     fails(run(&out, &["--type", "q3_k", "--overwrite"]), "q4_k_m");
-    // Gemma 3n is refused by name before its weights are read
-    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reference/golden/text");
-    let o = cli(&[
-        "export-gguf",
-        "--model",
-        text.to_str().unwrap(),
-        "--out",
-        dir.path().join("n.gguf").to_str().unwrap(),
-    ]);
-    fails(o, "`gemma3n` models to GGUF is not supported yet");
+    // a model class without a llama.cpp architecture is refused by name before loading
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    let n = dir.path().join("n.gguf");
+    fails(
+        cli(&[
+            "export-gguf",
+            "--model",
+            other.to_str().unwrap(),
+            "--out",
+            n.to_str().unwrap(),
+        ]),
+        "model_type `llama` is not supported",
+    );
+    std::fs::remove_dir_all(&other).unwrap();
+    // a full Gemma 3n folder without its tokenizer: named
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reference/golden/text");
+    fails(
+        cli(&[
+            "export-gguf",
+            "--model",
+            full.to_str().unwrap(),
+            "--out",
+            n.to_str().unwrap(),
+        ]),
+        "tokenizer.json",
+    );
     // nothing but the user's file is left
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -209,4 +227,147 @@ fn bad_destinations_and_models_are_refused_before_writing() {
             .success()
     );
     assert_eq!(&std::fs::read(&out).unwrap()[..4], b"GGUF");
+}
+
+/// A random Gemma 3n text model at tiny shapes with the real Gemma 3n vocabulary, saved as a
+/// Hugging Face folder, goes out as llama.cpp's converter writes it: the AltUp projections
+/// stacked, the embeddings padded to the 262,400-token vocabulary, norms unshifted, the
+/// `gemma3n.*` metadata; every tensor's values are the folder's.
+#[test]
+fn gemma3n_text_goes_out_as_the_converter_writes_it() {
+    use automodel::Gemma3nForCausalLM;
+    use automodel::text::Gemma3nTextConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("tiny");
+    let tok =
+        automodel::GemmaTokenizer::gemma3n_from_gguf(&GgufFile::open(model()).unwrap()).unwrap();
+    let mut cfg = Gemma3nTextConfig::tiny();
+    cfg.vocab_size = 262_400;
+    cfg.vocab_size_per_layer_input = 262_144;
+    let m = Gemma3nForCausalLM::<B>::init(&cfg, &Default::default(), DType::F32).unwrap();
+    m.save_pretrained(&folder, None).unwrap();
+    tok.save(folder.join("tokenizer.json")).unwrap();
+    let out = dir.path().join("n.gguf");
+    let o = cli(&[
+        "export-gguf",
+        "--model",
+        folder.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--type",
+        "f32",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = GgufFile::open(&out).unwrap();
+    let u = |k: &str| f.get(k).and_then(|v| v.as_u64());
+    assert_eq!(
+        f.get("general.architecture").and_then(|v| v.as_str()),
+        Some("gemma3n")
+    );
+    assert_eq!(u("gemma3n.block_count"), Some(6));
+    assert_eq!(u("gemma3n.attention.shared_kv_layers"), Some(2));
+    assert_eq!(u("gemma3n.altup.num_inputs"), Some(4));
+    assert_eq!(u("gemma3n.embedding_length_per_layer_input"), Some(16));
+    let arr = |k: &str| {
+        f.get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| a.to_vec())
+            .unwrap()
+    };
+    let pattern: Vec<bool> = cfg
+        .layer_types()
+        .iter()
+        .map(|t| *t == automodel::text::LayerType::Sliding)
+        .collect();
+    assert_eq!(
+        arr("gemma3n.attention.sliding_window_pattern"),
+        pattern
+            .iter()
+            .map(|b| automodel::gguf::GgufValue::Bool(*b))
+            .collect::<Vec<_>>()
+    );
+    let scales: Vec<f64> = arr("gemma3n.activation_sparsity_scale")
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for (s, p) in scales.iter().zip(cfg.activation_sparsity()) {
+        let want = if p == 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            automodel::core::nn::normal_icdf(p)
+        };
+        assert!(
+            *s == want || (s - want).abs() < 1e-6,
+            "{s} vs {want} for {p}"
+        );
+    }
+    assert_eq!(arr("tokenizer.ggml.tokens").len(), 262_400);
+    // the values, tensor by tensor, against the folder
+    let hf = automodel::core::weights::SafeTensorsFiles::open(&folder).unwrap();
+    use automodel::core::weights::TensorSource;
+    let get = |k: &str| -> Vec<f32> { hf.tensor_data(k).unwrap().to_vec::<f32>().unwrap() };
+    let p = "model.language_model.";
+    let embd = f.dequantize("token_embd.weight").unwrap();
+    assert_eq!(embd, get(&format!("{p}embed_tokens.weight")));
+    let ple = f.dequantize("per_layer_token_embd.weight").unwrap();
+    let src = get(&format!("{p}embed_tokens_per_layer.weight"));
+    assert_eq!(
+        f.tensors["per_layer_token_embd.weight"].shape(),
+        vec![262_400, 96]
+    );
+    assert_eq!(&ple[..src.len()], &src[..]);
+    assert!(
+        ple[src.len()..].iter().all(|x| *x == 0.0),
+        "padding rows are zeros"
+    );
+    let stacked = f.dequantize("altup_proj.weight").unwrap();
+    assert_eq!(f.tensors["altup_proj.weight"].shape(), vec![3, 64, 64]);
+    let parts: Vec<f32> = (0..3)
+        .flat_map(|i| get(&format!("{p}altup_projections.{i}.weight")))
+        .collect();
+    assert_eq!(stacked, parts);
+    assert_eq!(
+        f.dequantize("blk.1.attn_norm.weight").unwrap(),
+        get(&format!("{p}layers.1.input_layernorm.weight")),
+        "no 1 + w"
+    );
+    assert_eq!(
+        f.dequantize("blk.2.altup_correct_scale.weight").unwrap(),
+        get(&format!("{p}layers.2.altup.correct_output_scale"))
+    );
+    assert_eq!(
+        f.dequantize("blk.0.laurel_r.weight").unwrap(),
+        get(&format!("{p}layers.0.laurel.linear_right.weight"))
+    );
+    // every HF tensor is in the file (altup parts as their stacks)
+    let n_hf = hf.tensor_names().len();
+    assert_eq!(f.tensors.len(), n_hf - 4, "6 altup parts become 2 stacks");
+    // Q4_K_M: altup, laurel and the per-layer projection stay as the converter stored them
+    let q = dir.path().join("q.gguf");
+    let o = cli(&[
+        "export-gguf",
+        "--model",
+        folder.to_str().unwrap(),
+        "--out",
+        q.to_str().unwrap(),
+        "--type",
+        "q4_k_m",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let g = GgufFile::open(&q).unwrap();
+    use automodel::gguf::GgmlType;
+    assert_eq!(g.tensors["altup_proj.weight"].ggml_type, GgmlType::F16);
+    assert_eq!(g.tensors["blk.0.laurel_l.weight"].ggml_type, GgmlType::F16);
+    assert_eq!(
+        g.tensors["per_layer_model_proj.weight"].ggml_type,
+        GgmlType::F16
+    );
+    assert_eq!(
+        g.tensors["blk.0.altup_predict_coef.weight"].ggml_type,
+        GgmlType::F32
+    );
+    assert_eq!(
+        g.tensors["blk.0.altup_correct_scale.weight"].ggml_type,
+        GgmlType::F32
+    );
 }

@@ -102,7 +102,7 @@ fn converter_type(ft: FileType, t: &TensorSpec) -> GgmlType {
         FileType::F16 => GgmlType::F16,
         FileType::Bf16 => GgmlType::Bf16,
         // gguf's Q8_0 needs whole blocks per row; the converter falls back to F16
-        FileType::Q8_0 if row % 32 == 0 => GgmlType::Q8_0,
+        FileType::Q8_0 if row.is_multiple_of(32) => GgmlType::Q8_0,
         FileType::Q8_0 => GgmlType::F16,
         FileType::Q4KM => GgmlType::F16,
     }
@@ -141,7 +141,7 @@ fn use_more_bits(i: usize, n: usize) -> bool {
 fn fallback(t: &TensorSpec, ty: GgmlType) -> GgmlType {
     let row = *t.shape.last().unwrap_or(&0);
     let per = ty.block().map_or(1, |b| b.0);
-    if row % per == 0 {
+    if row.is_multiple_of(per) {
         return ty;
     }
     let back = match ty {
@@ -150,7 +150,7 @@ fn fallback(t: &TensorSpec, ty: GgmlType) -> GgmlType {
         GgmlType::Q6K => GgmlType::Q8_0,
         other => other,
     };
-    if row % back.block().map_or(1, |b| b.0) == 0 {
+    if row.is_multiple_of(back.block().map_or(1, |b| b.0)) {
         back
     } else {
         GgmlType::F16
@@ -169,7 +169,7 @@ impl MixState {
         let token_embd = n == "token_embd.weight" || n == "per_layer_token_embd.weight";
         let mut ty = GgmlType::Q4K;
         if n == "output.weight" || (self.tied && token_embd) {
-            ty = if row % 256 != 0 {
+            ty = if !row.is_multiple_of(256) {
                 GgmlType::Q8_0
             } else {
                 GgmlType::Q6K
@@ -223,7 +223,7 @@ fn byte_len(t: &TensorSpec, ty: GgmlType) -> Result<usize, ExportError> {
         message: format!("type {ty:?} cannot be written"),
     })?;
     let n: usize = t.shape.iter().product();
-    if n % per != 0 || t.shape.last().is_some_and(|r| r % per != 0) {
+    if !n.is_multiple_of(per) || t.shape.last().is_some_and(|r| !r.is_multiple_of(per)) {
         return Err(ExportError::Tensor {
             name: t.name.clone(),
             message: format!("rows of {:?} are not whole {ty:?} blocks", t.shape),

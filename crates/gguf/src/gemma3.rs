@@ -12,7 +12,7 @@ use crate::reader::{GgufError, GgufFile, GgufValue};
 
 /// A decoder layer's tensors: llama.cpp's name, Hugging Face's, and whether the converter
 /// stores the weight as `1 + w` (Gemma 3 norms compute `x · (1 + w)`; HF keeps `w`).
-const LAYER_TENSORS: [(&str, &str, bool); 13] = [
+pub(crate) const LAYER_TENSORS: [(&str, &str, bool); 13] = [
     ("attn_q.weight", "self_attn.q_proj.weight", false),
     ("attn_k.weight", "self_attn.k_proj.weight", false),
     ("attn_v.weight", "self_attn.v_proj.weight", false),

@@ -10,6 +10,7 @@
 pub mod dequant;
 pub mod export;
 pub mod gemma3;
+pub mod gemma3n;
 pub mod quant;
 pub mod reader;
 pub mod writer;

@@ -10,9 +10,11 @@ use automodel_core::Backend;
 use automodel_core::tree::hf_tensors;
 use automodel_gguf::export::{ExportError, FileType, TensorSpec, tensor_types, write_gguf};
 use automodel_gguf::gemma3::{Gemma3Hparams, gguf_name};
+use automodel_gguf::gemma3n::{Gemma3nHparams, Placement, placement};
 use automodel_gguf::{GgmlType, GgufFile, GgufValue};
-use automodel_text::LayerType;
 use automodel_text::gemma3::Gemma3ForCausalLM;
+use automodel_text::gemma3n::Gemma3nTextModel;
+use automodel_text::{LayerType, OneOrMany};
 use automodel_tokenizer::GemmaTokenizer;
 
 use crate::{AutoModel, ModelError, ModelSource};
@@ -88,7 +90,7 @@ pub fn check_destination(out: &Path, overwrite: bool) -> Result<(), ModelError> 
 pub fn check_exportable(source: &ModelSource) -> Result<(), ModelError> {
     if let ModelSource::Folder(dir) = source {
         let (model_type, _) = crate::auto::model_type(&dir.join("config.json"))?;
-        if model_type != "gemma3_text" {
+        if !["gemma3_text", "gemma3n_text", "gemma3n"].contains(&model_type) {
             return Err(ExportError::Unsupported(format!(
                 "{}: exporting `{model_type}` models to GGUF is not supported yet (Gemma 3, `gemma3_text`, is); see docs/export.md",
                 dir.display()
@@ -110,16 +112,22 @@ pub fn export_gguf<B: Backend>(
     check_destination(out, opts.overwrite)?;
     match model {
         AutoModel::Gemma3(m, tok) => gemma3(m, tok, source, out, opts),
-        AutoModel::Gemma3nText(..) => Err(ExportError::Unsupported(
-            "exporting the Gemma 3n text model to GGUF is not supported yet (Gemma 3 is); see docs/export.md"
-                .into(),
-        )
-        .into()),
-        AutoModel::Gemma3n(_) => Err(ExportError::Unsupported(
-            "exporting the full Gemma 3n (text, vision, audio) to GGUF is not supported yet; see docs/export.md"
-                .into(),
-        )
-        .into()),
+        AutoModel::Gemma3nText(m, tok) => gemma3n(&m.model, &m.prefix, tok, out, opts),
+        AutoModel::Gemma3n(m) => {
+            // the text model, as llama.cpp's converter writes it; the towers would go to an
+            // mmproj file, which is not written here
+            let ModelSource::Folder(dir) = source else {
+                return Err(ModelError::Input(
+                    "a full Gemma 3n comes from a folder".into(),
+                ));
+            };
+            let tok = GemmaTokenizer::from_file(dir.join("tokenizer.json"))?;
+            tracing::warn!(
+                "exporting the text model of the full Gemma 3n; its vision and audio towers are not exported"
+            );
+            let prefix = automodel_text::gemma3n::model::CONDITIONAL_PREFIX;
+            gemma3n(&m.model.language_model, prefix, &tok, out, opts)
+        }
     }
 }
 
@@ -128,11 +136,11 @@ pub fn export_gguf<B: Backend>(
 /// source's, else `chat_template`.
 fn tokenizer_metadata(
     tok: &GemmaTokenizer,
-    source: &ModelSource,
+    gguf_source: Option<&Path>,
     chat_template: Option<&str>,
 ) -> Result<Vec<(String, GgufValue)>, ModelError> {
     let mut md: Vec<(String, GgufValue)> = Vec::new();
-    if let ModelSource::Gguf(path) = source {
+    if let Some(path) = gguf_source {
         let f = GgufFile::open(path)?;
         for k in TOKENIZER_KEYS {
             if let Some(v) = f.get(k) {
@@ -254,7 +262,11 @@ fn gemma3<B: Backend>(
             "this Gemma 3 cannot run in llama.cpp as it is: {e}"
         ))
     })?;
-    let tok_md = tokenizer_metadata(tok, source, opts.chat_template.as_deref())?;
+    let gguf_source = match source {
+        ModelSource::Gguf(p) => Some(p.as_path()),
+        ModelSource::Folder(_) => None,
+    };
+    let tok_md = tokenizer_metadata(tok, gguf_source, opts.chat_template.as_deref())?;
     let n_tokens = tok_md
         .iter()
         .find(|(k, _)| k == "tokenizer.ggml.tokens")
@@ -263,31 +275,208 @@ fn gemma3<B: Backend>(
 
     // the weights, HF-named, in module order (layers ascending, as llama-quantize counts them)
     let weights = hf_tensors(m, "");
-    let mut specs = Vec::new();
-    let mut plan = Vec::new();
+    let mut items = Vec::new();
     for key in weights.keys() {
-        let (name, norm) = gguf_name(key).ok_or_else(|| {
+        let (name, shift) = gguf_name(key).ok_or_else(|| {
             unsupported(format!(
                 "tensor `{key}` has no llama.cpp name (merge adapters before exporting)"
             ))
         })?;
-        let data = weights.get(key).expect("listed");
-        let mut shape = data.shape.to_vec();
+        let mut shape = weights.get(key).expect("listed").shape.to_vec();
         // as the converter: the embedding keeps the rows the vocabulary names
         let rows = (name == "token_embd.weight" && n_tokens > 0 && shape[0] > n_tokens)
             .then_some(n_tokens);
         if let Some(r) = rows {
             shape[0] = r;
         }
-        specs.push(TensorSpec { name, shape });
-        plan.push((key.to_string(), norm, rows));
+        items.push(Item {
+            spec: TensorSpec { name, shape },
+            from: Origin::One {
+                key: key.to_string(),
+                shift,
+                rows,
+            },
+        });
     }
-    let types = tensor_types(opts.file_type, &specs, c.num_hidden_layers);
+    write_model(
+        out,
+        opts,
+        "gemma3",
+        arch_md,
+        tok_md,
+        c.num_hidden_layers,
+        &weights,
+        items,
+    )
+}
 
+fn gemma3n<B: Backend>(
+    text: &Gemma3nTextModel<B>,
+    prefix: &str,
+    tok: &GemmaTokenizer,
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<ExportSummary, ModelError> {
+    let c = &text.config;
+    let unsupported = |e: String| ModelError::from(ExportError::Unsupported(e));
+    if c.hidden_activation != "gelu_pytorch_tanh" {
+        return Err(unsupported(format!(
+            "hidden_activation is `{}`; llama.cpp's gemma3n computes gelu_pytorch_tanh",
+            c.hidden_activation
+        )));
+    }
+    let (local, global) = c.rope_thetas()?;
+    let n_layer = c.num_hidden_layers;
+    let hp = Gemma3nHparams {
+        context_length: c.max_position_embeddings,
+        embedding_length: c.hidden_size,
+        block_count: n_layer,
+        feed_forward_length: c.intermediate_sizes(),
+        feed_forward_is_list: matches!(c.intermediate_size, OneOrMany::Many(_)),
+        head_count: c.num_attention_heads,
+        head_count_kv: c.num_key_value_heads,
+        head_dim: c.head_dim,
+        rms_norm_eps: c.rms_norm_eps,
+        rope_theta: global,
+        rope_local_theta: local,
+        sliding_window: c.sliding_window,
+        sliding: c
+            .layer_types()
+            .iter()
+            .map(|t| *t == LayerType::Sliding)
+            .collect(),
+        final_logit_softcapping: c.final_logit_softcapping,
+        altup_active_idx: c.altup_active_idx,
+        altup_num_inputs: c.altup_num_inputs,
+        embedding_length_per_layer_input: c.hidden_size_per_layer_input,
+        shared_kv_layers: c.num_kv_shared_layers,
+        // the converter: torch's Normal(0, 1).icdf(p) in float32 (−∞ at 0)
+        activation_sparsity_scale: c
+            .activation_sparsity()
+            .iter()
+            .map(|&p| match p {
+                p if p <= 0.0 => f64::NEG_INFINITY,
+                p if p >= 1.0 => f64::INFINITY,
+                p => automodel_core::nn::normal_icdf(p),
+            })
+            .collect(),
+    };
+    let arch_md = hp.metadata().map_err(|e| {
+        unsupported(format!(
+            "this Gemma 3n cannot run in llama.cpp as it is: {e}"
+        ))
+    })?;
+    if n_layer.checked_sub(c.num_kv_shared_layers) != Some(20) {
+        tracing::warn!(
+            layers = n_layer,
+            shared_kv_layers = c.num_kv_shared_layers,
+            "llama.cpp's gemma3n assumes the first 20 layers own a KV cache (E2B, E4B); this model differs, so llama.cpp will not run it as we do"
+        );
+    }
+    // no GGUF source: a Gemma 3n vocabulary differs from Gemma 3's (ids 256,000 and ≥ 262,144)
+    let tok_md = tokenizer_metadata(tok, None, opts.chat_template.as_deref())?;
+    let n_tokens = tok.vocab_size();
+    if n_tokens != c.vocab_size {
+        return Err(unsupported(format!(
+            "the tokenizer has {n_tokens} tokens and the model's vocab_size is {}; llama.cpp needs one embedding row per token",
+            c.vocab_size
+        )));
+    }
+
+    let weights = hf_tensors(text, prefix);
+    let mut items = Vec::new();
+    let mut stacks: std::collections::BTreeMap<String, Vec<(usize, String)>> = Default::default();
+    let stacked = c.altup_num_inputs - 1;
+    for key in weights.keys() {
+        let tail = key.strip_prefix(prefix).unwrap_or(key);
+        let place = placement(tail).ok_or_else(|| {
+            unsupported(format!(
+                "tensor `{key}` has no llama.cpp name (merge adapters before exporting)"
+            ))
+        })?;
+        let shape = weights.get(key).expect("listed").shape.to_vec();
+        match place {
+            Placement::Tensor(name) => {
+                // as the converter: the embeddings padded with zero rows to the whole vocabulary
+                let embd = name == "token_embd.weight" || name == "per_layer_token_embd.weight";
+                let rows = (embd && shape[0] < c.vocab_size).then_some(c.vocab_size);
+                let mut shape = shape;
+                if let Some(r) = rows {
+                    shape[0] = r;
+                }
+                items.push(Item {
+                    spec: TensorSpec { name, shape },
+                    from: Origin::One {
+                        key: key.to_string(),
+                        shift: false,
+                        rows,
+                    },
+                });
+            }
+            Placement::Stacked { name, index } => {
+                let parts = stacks.entry(name.clone()).or_default();
+                parts.push((index, key.to_string()));
+                if parts.len() == stacked {
+                    parts.sort();
+                    if parts.iter().enumerate().any(|(i, (j, _))| i != *j) {
+                        return Err(unsupported(format!("`{name}`: unexpected parts {parts:?}")));
+                    }
+                    let mut full = vec![stacked];
+                    full.extend(shape);
+                    items.push(Item {
+                        spec: TensorSpec { name, shape: full },
+                        from: Origin::Stack(parts.iter().map(|(_, k)| k.clone()).collect()),
+                    });
+                }
+            }
+        }
+    }
+    write_model(
+        out, opts, "gemma3n", arch_md, tok_md, n_layer, &weights, items,
+    )
+}
+
+/// Where a tensor of the file comes from.
+enum Origin {
+    /// One HF tensor; `1 + w` when `shift`; its rows cut or zero-padded to `rows`.
+    One {
+        key: String,
+        shift: bool,
+        rows: Option<usize>,
+    },
+    /// HF tensors stacked along a new first dimension.
+    Stack(Vec<String>),
+}
+
+struct Item {
+    spec: TensorSpec,
+    from: Origin,
+}
+
+fn f32_values(data: &burn::tensor::TensorData) -> Result<Vec<f32>, String> {
+    data.to_vec::<f32>()
+        .or_else(|_| data.clone().convert::<f32>().to_vec::<f32>())
+        .map_err(|e| format!("cannot read as f32: {e:?}"))
+}
+
+/// The general metadata around `arch_md` and `tok_md`, the types of `items`, and the file.
+#[allow(clippy::too_many_arguments)]
+fn write_model(
+    out: &Path,
+    opts: &ExportOptions,
+    arch: &str,
+    arch_md: Vec<(String, GgufValue)>,
+    tok_md: Vec<(String, GgufValue)>,
+    n_layer: usize,
+    weights: &automodel_core::weights::TensorMap,
+    items: Vec<Item>,
+) -> Result<ExportSummary, ModelError> {
+    let specs: Vec<TensorSpec> = items.iter().map(|i| i.spec.clone()).collect();
+    let types = tensor_types(opts.file_type, &specs, n_layer);
     let mut md: Vec<(String, GgufValue)> = vec![
         (
             "general.architecture".into(),
-            GgufValue::String("gemma3".into()),
+            GgufValue::String(arch.into()),
         ),
         ("general.type".into(), GgufValue::String("model".into())),
         ("general.name".into(), GgufValue::String(opts.name.clone())),
@@ -299,21 +488,26 @@ fn gemma3<B: Backend>(
         "general.file_type".into(),
         GgufValue::U32(opts.file_type.llama_ftype()),
     ));
-
-    write_gguf(out, &md, &specs, &types, |i| {
-        let (key, norm, rows) = &plan[i];
-        let data = weights.get(key).expect("listed");
-        let mut v = data
-            .to_vec::<f32>()
-            .or_else(|_| data.clone().convert::<f32>().to_vec::<f32>())
-            .map_err(|e| format!("cannot read as f32: {e:?}"))?;
-        if let Some(r) = rows {
-            v.truncate(r * data.shape[1]);
+    write_gguf(out, &md, &specs, &types, |i| match &items[i].from {
+        Origin::One { key, shift, rows } => {
+            let data = weights.get(key).expect("listed");
+            let mut v = f32_values(data)?;
+            if let Some(r) = rows {
+                let width: usize = data.shape[1..].iter().product();
+                v.resize(r * width, 0.0);
+            }
+            if *shift {
+                v.iter_mut().for_each(|x| *x += 1.0);
+            }
+            Ok(v)
         }
-        if *norm {
-            v.iter_mut().for_each(|x| *x += 1.0);
+        Origin::Stack(keys) => {
+            let mut v = Vec::new();
+            for k in keys {
+                v.extend(f32_values(weights.get(k).expect("listed"))?);
+            }
+            Ok(v)
         }
-        Ok(v)
     })?;
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     Ok(ExportSummary {
