@@ -3,7 +3,8 @@
 //! stable Rust here: cargo-fuzz needs nightly, afl.rs an AFL++ toolchain).
 //!
 //! Each target starts from valid files made in code (a GGUF, a safetensors file, a Gemma 3n
-//! config, the default recipe, chat JSONL, a WAV clip, a PNG), mutates them (bit flips,
+//! config, the default recipe, chat JSONL, Parquet files as Hugging Face's datasets write them,
+//! a `tokenizer.json`, a WAV clip, a PNG), mutates them (bit flips,
 //! interesting integers over 1–8 bytes, inserted, deleted, duplicated and truncated ranges,
 //! splices; for the text formats also numbers, lines and tokens), and runs the parser on each
 //! in a child process with a 4 GiB address-space limit. A panic, an abort (an allocation the
@@ -54,6 +55,26 @@ const TARGETS: &[Target] = &[
     ("jsonl", "train.jsonl", |p| {
         let _ = automodel_data::format::read_json_file(p, &Default::default());
     }),
+    ("parquet", "train.parquet", |p| {
+        let _ = automodel_data::parquet::read_parquet_file(p, &Default::default());
+        let qa = automodel_data::format::Columns {
+            prompt: "question".into(),
+            completion: "answer".into(),
+            ..Default::default()
+        };
+        let _ = automodel_data::parquet::read_parquet_file(p, &qa);
+    }),
+    ("tokenizer", "tokenizer.json", |p| {
+        if let Ok(t) = automodel_tokenizer::GemmaTokenizer::from_file(p) {
+            if let Ok(ids) = t.encode("Hello <bos> wörld ▁ 12\n", true) {
+                let _ = t.decode(&ids, false);
+                let _ = t.decode(&ids, true);
+            }
+            let _ = t.decode(&[0, 1, 2, 3, 4, 5, 6, 7, 1_000_000], false);
+            let _ = t.llama_vocab();
+            let _ = t.stop_ids();
+        }
+    }),
     ("wav", "clip.wav", |p| {
         let _ = automodel_audio::decode::load_audio(p, 16_000);
     }),
@@ -61,6 +82,54 @@ const TARGETS: &[Target] = &[
         let _ = automodel_vision::processor::load_image(p);
     }),
 ];
+
+/// A small Parquet file with two string columns named `cols` and an image struct column
+/// (`{bytes, path}`), as Hugging Face's datasets write them.
+fn parquet_seed(
+    cols: &[&str; 2],
+    compression: parquet::basic::Compression,
+) -> anyhow::Result<Vec<u8>> {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+    let schema = Arc::new(parquet::schema::parser::parse_message_type(&format!(
+        "message schema {{ required binary {} (UTF8); required binary {} (UTF8); \
+         required group image {{ required binary bytes; optional binary path (UTF8); }} }}",
+        cols[0], cols[1]
+    ))?);
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(compression)
+            .build(),
+    );
+    let mut out = Vec::new();
+    let mut w = SerializedFileWriter::new(&mut out, schema, props)?;
+    let mut rg = w.next_row_group()?;
+    let rows: [(&str, &str, &[u8]); 3] = [
+        ("What is it?", "A cat.", b"\x89PNG\r\n"),
+        ("2+2?", "4", b""),
+        ("Colour?", "red", b"GIF89a"),
+    ];
+    let columns: [Vec<ByteArray>; 3] = [
+        rows.iter().map(|r| ByteArray::from(r.0)).collect(),
+        rows.iter().map(|r| ByteArray::from(r.1)).collect(),
+        rows.iter().map(|r| ByteArray::from(r.2.to_vec())).collect(),
+    ];
+    for values in &columns {
+        let mut c = rg.next_column()?.context("a column")?;
+        c.typed::<ByteArrayType>().write_batch(values, None, None)?;
+        c.close()?;
+    }
+    let mut c = rg.next_column()?.context("the path column")?;
+    let paths = [ByteArray::from("a.png")];
+    c.typed::<ByteArrayType>()
+        .write_batch(&paths, Some(&[1, 0, 0]), None)?;
+    c.close()?;
+    rg.close()?;
+    w.close()?;
+    Ok(out)
+}
 
 /// Valid inputs of a target.
 fn seeds(target: &str) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -113,6 +182,20 @@ fn seeds(target: &str) -> anyhow::Result<Vec<Vec<u8>>> {
             .as_bytes()
             .to_vec(),
         ],
+        "parquet" => vec![
+            parquet_seed(&["question", "answer"], parquet::basic::Compression::SNAPPY)?,
+            parquet_seed(&["prompt", "completion"], parquet::basic::Compression::UNCOMPRESSED)?,
+        ],
+        "tokenizer" => {
+            // the tokenizer of the GGUF seed, as tokenizer.json
+            let dir = tempfile::tempdir()?;
+            let gguf = dir.path().join("m.gguf");
+            std::fs::write(&gguf, &seeds("gguf")?[0])?;
+            let tok = automodel_tokenizer::GemmaTokenizer::from_gguf(&automodel_gguf::GgufFile::open(&gguf)?)?;
+            let json = dir.path().join("tokenizer.json");
+            tok.save(&json)?;
+            vec![std::fs::read(json)?]
+        }
         "wav" => {
             let samples: Vec<i16> = (0..1600).map(|i| ((i as f32 * 0.3).sin() * 8000.0) as i16).collect();
             let data = samples.len() as u32 * 2;
@@ -283,7 +366,7 @@ pub fn fuzz_child(args: &[String]) -> anyhow::Result<bool> {
     let dir = PathBuf::from(dir);
     let path = dir.join(file);
     let corpus = seeds(name)?;
-    let text = matches!(name, "config" | "recipe" | "jsonl");
+    let text = matches!(name, "config" | "recipe" | "jsonl" | "tokenizer");
     let mut rng = Rng(seed.parse::<u64>()? | 1);
     let end = Instant::now() + Duration::from_secs_f64(seconds.parse()?);
     let mut runs = 0u64;

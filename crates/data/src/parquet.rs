@@ -63,6 +63,24 @@ fn to_json(f: &Field) -> Value {
 
 /// Read every row of a Parquet file as a record (`record N` = 0-based row).
 pub fn read_parquet_file(path: &Path, cols: &Columns) -> Result<Vec<Record>, DataError> {
+    // the parquet crate asserts on some malformed metadata (a negative column offset, found by
+    // `cargo xtask fuzz`): that is an unreadable file too, not the end of the program
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_rows(path, cols))).unwrap_or_else(
+        |panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "malformed data".into());
+            Err(DataError::File {
+                path: path.to_path_buf(),
+                message: format!("not a readable Parquet file: the reader stopped on {why}"),
+            })
+        },
+    )
+}
+
+fn read_rows(path: &Path, cols: &Columns) -> Result<Vec<Record>, DataError> {
     let file_err = |message: String| DataError::File {
         path: path.to_path_buf(),
         message,
@@ -193,5 +211,18 @@ mod tests {
             err.contains("Parquet") && err.contains("train-00000"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_file_the_parquet_crate_panics_on_is_an_error() {
+        // found by `cargo xtask fuzz`: a column chunk whose offset is negative makes the parquet
+        // crate assert
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/fuzz-negative-offset.parquet");
+        let e = read_parquet_file(&path, &Columns::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the reader stopped on"), "{e}");
+        assert!(e.contains("fuzz-negative-offset.parquet"), "{e}");
     }
 }

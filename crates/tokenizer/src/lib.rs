@@ -259,10 +259,38 @@ impl GemmaTokenizer {
     /// Load a Hugging Face `tokenizer.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let p = path.as_ref();
-        let inner = Tokenizer::from_file(p).map_err(|e| TokenizerError::File {
+        let file_err = |message: String| TokenizerError::File {
             path: p.display().to_string(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        // the tokenizers crate panics on some malformed files (an `expect` in its decoder's
+        // deserializer, found by `cargo xtask fuzz`): that is an unreadable file, not the end
+        // of the program
+        let inner = std::panic::catch_unwind(|| Tokenizer::from_file(p))
+            .map_err(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                file_err(format!(
+                    "not a readable tokenizer.json (the parser stopped: {why})"
+                ))
+            })?
+            .map_err(|e| file_err(e.to_string()))?;
+        // it also trusts the file at use: a post-processor naming a special token the file does
+        // not define panics in `encode`; try the file once here, so that such a file is refused
+        // when it is loaded
+        let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner
+                .encode("a b", true)
+                .map(|e| inner.decode(e.get_ids(), false))
+        }));
+        if !matches!(probe, Ok(Ok(Ok(_)))) {
+            return Err(file_err(
+                "not a usable tokenizer.json: encoding a test string with it fails (its post-processor or decoder does not match its vocabulary)".into(),
+            ));
+        }
         let id = |t: &str, d: u32| inner.token_to_id(t).unwrap_or(d);
         let (bos_id, eos_id, pad_id) = (id("<bos>", 2), id("<eos>", 1), id("<pad>", 0));
         Ok(Self {
@@ -427,5 +455,53 @@ mod tests {
         );
         assert_eq!(respell("   "), "▁▁▁");
         assert_eq!(respell("a b"), "a b");
+    }
+
+    /// A small valid tokenizer.json, as a JSON value.
+    fn small() -> serde_json::Value {
+        serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [{"id": 0, "content": "<bos>", "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null,
+            "pre_tokenizer": null,
+            "post_processor": null,
+            "decoder": null,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": {"<bos>": 0, "a": 1, "b": 2, " ": 3, "ab": 4}, "merges": [["a", "b"]]}
+        })
+    }
+
+    fn load(v: &serde_json::Value) -> Result<GemmaTokenizer, TokenizerError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokenizer.json");
+        std::fs::write(&p, v.to_string()).unwrap();
+        GemmaTokenizer::from_file(&p)
+    }
+
+    #[test]
+    fn malformed_tokenizer_files_are_errors_not_panics() {
+        // found by `cargo xtask fuzz`: the tokenizers crate panics on both
+        let ok = small();
+        assert!(load(&ok).is_ok());
+        // a decoder that is not an object: an `expect` in the crate's deserializer
+        let mut bad = ok.clone();
+        bad["decoder"] = serde_json::json!(5);
+        let e = load(&bad).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.json"), "{e}");
+        // a template naming a special token the file does not define: a panic in `encode`
+        let mut bad = ok.clone();
+        bad["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<x>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {}
+        });
+        let e = load(&bad).unwrap_err().to_string();
+        assert!(e.contains("not a usable tokenizer.json"), "{e}");
     }
 }
