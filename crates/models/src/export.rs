@@ -220,6 +220,17 @@ fn tokenizer_metadata(
     Ok(md)
 }
 
+/// llama.cpp's Gemma architectures compute GELU with the tanh approximation only.
+fn check_activation(activation: &str, arch: &str) -> Result<(), ModelError> {
+    if activation == "gelu_pytorch_tanh" {
+        return Ok(());
+    }
+    Err(ExportError::Unsupported(format!(
+        "hidden_activation is `{activation}`; llama.cpp's {arch} computes gelu_pytorch_tanh"
+    ))
+    .into())
+}
+
 fn gemma3<B: Backend>(
     m: &Gemma3ForCausalLM<B>,
     tok: &GemmaTokenizer,
@@ -229,12 +240,7 @@ fn gemma3<B: Backend>(
 ) -> Result<ExportSummary, ModelError> {
     let c = &m.config;
     let unsupported = |e: String| ModelError::from(ExportError::Unsupported(e));
-    if c.hidden_activation != "gelu_pytorch_tanh" {
-        return Err(unsupported(format!(
-            "hidden_activation is `{}`; llama.cpp's gemma3 computes gelu_pytorch_tanh",
-            c.hidden_activation
-        )));
-    }
+    check_activation(&c.hidden_activation, "gemma3")?;
     let (local, global) = c.rope_thetas();
     let hp = Gemma3Hparams {
         context_length: c.max_position_embeddings,
@@ -319,12 +325,7 @@ fn gemma3n<B: Backend>(
 ) -> Result<ExportSummary, ModelError> {
     let c = &text.config;
     let unsupported = |e: String| ModelError::from(ExportError::Unsupported(e));
-    if c.hidden_activation != "gelu_pytorch_tanh" {
-        return Err(unsupported(format!(
-            "hidden_activation is `{}`; llama.cpp's gemma3n computes gelu_pytorch_tanh",
-            c.hidden_activation
-        )));
-    }
+    check_activation(&c.hidden_activation, "gemma3n")?;
     let (local, global) = c.rope_thetas()?;
     let n_layer = c.num_hidden_layers;
     let hp = Gemma3nHparams {
@@ -430,6 +431,13 @@ fn gemma3n<B: Backend>(
                 }
             }
         }
+    }
+    // a stack with a part missing would leave llama.cpp's tensor out of the file
+    if let Some((name, parts)) = stacks.iter().find(|(_, p)| p.len() != stacked) {
+        return Err(unsupported(format!(
+            "`{name}` needs {stacked} AltUp projections, the model has {}",
+            parts.len()
+        )));
     }
     write_model(
         out, opts, "gemma3n", arch_md, tok_md, n_layer, &weights, items,
