@@ -27,6 +27,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::path::{Path, PathBuf};
+
 pub use automodel_audio as audio;
 pub use automodel_core as core;
 pub use automodel_data as data;
@@ -61,18 +63,74 @@ pub fn finetune(
     automodel_train::run_on(recipe, options, device)
 }
 
-/// Errors of [`export_gguf`].
+/// Errors of [`export_gguf`], [`merge_lora`] and [`merge_adapter`].
 #[derive(Debug, thiserror::Error)]
-pub enum ExportGgufError {
+pub enum Error {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("the adapter {path}: {source}")]
     Adapter {
-        path: std::path::PathBuf,
+        path: PathBuf,
         source: automodel_peft::PeftError,
     },
     #[error(transparent)]
     Template(#[from] automodel_data::DataError),
+    #[error(transparent)]
+    Weights(#[from] automodel_core::WeightError),
+}
+
+/// `model` (any class) with the LoRA adapter in `dir` (PEFT's files) merged into its weights.
+pub fn merge_adapter<B: Backend>(model: AutoModel<B>, dir: &Path) -> Result<AutoModel<B>, Error> {
+    fn merged<B: Backend, M: PeftModel<B>>(model: M, dir: &Path) -> Result<M, Error> {
+        let (m, cfg, _, _) = load_adapter(model, dir).map_err(|source| Error::Adapter {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(merge(m, &cfg))
+    }
+    Ok(match model {
+        AutoModel::Gemma3(m, tok) => AutoModel::Gemma3(merged(m, dir)?, tok),
+        AutoModel::Gemma3nText(m, tok) => AutoModel::Gemma3nText(merged(m, dir)?, tok),
+        AutoModel::Gemma3n(m) => AutoModel::Gemma3n(merged(m, dir)?),
+    })
+}
+
+/// Merge the LoRA adapter in `adapter` into `model` (a GGUF file or a Hugging Face folder) and
+/// write a plain Hugging Face folder `out` that transformers loads without PEFT: the weights
+/// (in shards of at most `max_shard_bytes`), `config.json`, and the base's tokenizer files (a
+/// GGUF file's vocabulary written as Hugging Face's files). Existing model files in `out` are
+/// kept unless `overwrite`; the folder is written whole or not at all. Returns the files written.
+pub fn merge_lora(
+    model: &Path,
+    adapter: &Path,
+    out: &Path,
+    max_shard_bytes: Option<usize>,
+    overwrite: bool,
+) -> Result<Vec<PathBuf>, Error> {
+    models::convert::check_overwrite(out, overwrite)?;
+    let source = ModelSource::detect(model)?;
+    let device = Default::default();
+    let loaded = AutoModel::<automodel_core::CpuBackend>::from_pretrained(
+        model,
+        &device,
+        burn::tensor::DType::F32,
+    )?;
+    let merged = merge_adapter(loaded, adapter)?;
+    // merged in memory first; then the weights and config, then the tokenizer files
+    automodel_core::weights::write_folder(out, |dir| -> Result<Vec<PathBuf>, Error> {
+        let mut written = merged.save_pretrained(dir, max_shard_bytes)?;
+        match (&source, &merged) {
+            (ModelSource::Gguf(_), AutoModel::Gemma3(m, tok)) => {
+                let n = m.config.max_position_embeddings;
+                written.extend(models::convert::write_tokenizer_files(tok, n, dir)?);
+            }
+            (source, _) => written.extend(automodel_core::weights::copy_side_files(
+                source.path(),
+                dir,
+            )?),
+        }
+        Ok(written)
+    })
 }
 
 /// Export a model as a GGUF file for llama.cpp, Ollama or LM Studio: `model` (a GGUF file or a
@@ -81,11 +139,11 @@ pub enum ExportGgufError {
 /// the folder's, else the built-in Gemma template. The destination is checked before anything is
 /// loaded; the file is written whole or not at all.
 pub fn export_gguf(
-    model: &std::path::Path,
-    adapter: Option<&std::path::Path>,
-    out: &std::path::Path,
+    model: &Path,
+    adapter: Option<&Path>,
+    out: &Path,
     options: &models::export::ExportOptions,
-) -> Result<models::export::ExportSummary, ExportGgufError> {
+) -> Result<models::export::ExportSummary, Error> {
     use automodel_core::CpuBackend;
     models::export::check_destination(out, options.overwrite)?;
     let source = ModelSource::detect(model)?;
@@ -100,26 +158,11 @@ pub fn export_gguf(
     }
     let device = Default::default();
     let dtype = burn::tensor::DType::F32;
-    let loaded = AutoModel::<CpuBackend>::from_pretrained(model, &device, dtype)?;
-    let loaded = match (loaded, adapter) {
-        (m, None) => m,
-        (AutoModel::Gemma3(m, tok), Some(dir)) => AutoModel::Gemma3(merged(m, dir)?, tok),
-        (AutoModel::Gemma3nText(m, tok), Some(dir)) => AutoModel::Gemma3nText(merged(m, dir)?, tok),
-        (AutoModel::Gemma3n(m), Some(dir)) => AutoModel::Gemma3n(merged(m, dir)?),
-    };
+    let mut loaded = AutoModel::<CpuBackend>::from_pretrained(model, &device, dtype)?;
+    if let Some(dir) = adapter {
+        loaded = merge_adapter(loaded, dir)?;
+    }
     Ok(models::export::export_gguf(
         &loaded, &source, out, &options,
     )?)
-}
-
-/// `model` with the adapter in `dir` merged into its weights.
-fn merged<B: Backend, M: PeftModel<B>>(
-    model: M,
-    dir: &std::path::Path,
-) -> Result<M, ExportGgufError> {
-    let (m, cfg, _, _) = load_adapter(model, dir).map_err(|source| ExportGgufError::Adapter {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    Ok(merge(m, &cfg))
 }

@@ -24,7 +24,6 @@ use anyhow::{Context, bail};
 use automodel::core::AutodiffBackend;
 use automodel::core::Backend;
 use automodel::core::device::{DeviceSpec, OnDevice, run_on};
-use automodel::core::weights::write_folder;
 use automodel::gemma3n::Gemma3nForConditionalGeneration;
 use automodel::gemma3n::processor::{AUDIO_TOKEN, Gemma3nProcessor, IMAGE_TOKEN, Padding, Prompt};
 use automodel::models::{AutoModel, ModelSource};
@@ -383,13 +382,6 @@ fn with_adapter<B: Backend, M: PeftModel<B>>(model: M, dir: Option<&Path>) -> an
     }
 }
 
-/// `model` with the adapter in `dir` merged into its weights.
-fn merged<B: Backend, M: PeftModel<B>>(model: M, dir: &Path) -> anyhow::Result<M> {
-    let (m, cfg, _, _) = automodel::peft::load_adapter(model, dir)
-        .with_context(|| format!("loading the adapter {}", dir.display()))?;
-    Ok(automodel::peft::merge(m, &cfg))
-}
-
 fn export_gguf(a: ExportArgs) -> anyhow::Result<()> {
     let stem = |p: &Path| p.file_stem().map(|s| s.to_string_lossy().into_owned());
     let name = a
@@ -420,50 +412,9 @@ fn export_gguf(a: ExportArgs) -> anyhow::Result<()> {
 }
 
 fn merge_lora(a: MergeArgs) -> anyhow::Result<()> {
-    let (out, shard) = (&a.output.out, a.output.shard_bytes());
-    automodel::models::convert::check_overwrite(out, a.output.overwrite)?;
-    let device = Default::default();
-    // merged in memory first; the folder is then written whole or not at all: the weights and
-    // config (`save`), then the base's tokenizer files
-    let source = ModelSource::detect(&a.model)?;
-    let write = |save: &dyn Fn(&Path) -> anyhow::Result<Vec<PathBuf>>| {
-        write_folder(out, |dir| -> anyhow::Result<Vec<PathBuf>> {
-            let mut w = save(dir)?;
-            w.extend(automodel::core::weights::copy_side_files(
-                source.path(),
-                dir,
-            )?);
-            Ok(w)
-        })
-    };
-    let gguf = matches!(source, ModelSource::Gguf(_));
+    let o = &a.output;
     let written =
-        match AutoModel::<burn::backend::Flex>::from_pretrained(&a.model, &device, DType::F32)? {
-            AutoModel::Gemma3(m, tok) if gguf => {
-                // from a GGUF: the tokenizer files come from its vocabulary
-                let m = merged(m, &a.adapter)?;
-                write(&|dir| {
-                    let mut w = m.save_pretrained(dir, shard)?;
-                    let n = m.config.max_position_embeddings;
-                    w.extend(automodel::models::convert::write_tokenizer_files(
-                        &tok, n, dir,
-                    )?);
-                    Ok(w)
-                })?
-            }
-            AutoModel::Gemma3(m, tok) => {
-                let m = AutoModel::Gemma3(merged(m, &a.adapter)?, tok);
-                write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
-            }
-            AutoModel::Gemma3nText(m, tok) => {
-                let m = AutoModel::Gemma3nText(merged(m, &a.adapter)?, tok);
-                write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
-            }
-            AutoModel::Gemma3n(m) => {
-                let m = AutoModel::Gemma3n(merged(m, &a.adapter)?);
-                write(&|dir| Ok(m.save_pretrained(dir, shard)?))?
-            }
-        };
+        automodel::merge_lora(&a.model, &a.adapter, &o.out, o.shard_bytes(), o.overwrite)?;
     for f in written {
         println!("wrote {}", f.display());
     }

@@ -493,6 +493,11 @@ impl<B: Backend> Generate<B> for Gemma3nForConditionalGeneration<B> {
 impl<B: Backend> CausalLm<B> for Gemma3nForConditionalGeneration<B> {
     type Error = ModelError;
 
+    fn after_optimizer_step(mut self) -> Self {
+        self.model.language_model = self.model.language_model.after_optimizer_step();
+        self
+    }
+
     fn forward_train(
         &self,
         batch: &TrainBatch<B>,

@@ -123,4 +123,13 @@ pub trait CausalLm<B: Backend> {
         batch: &TrainBatch<B>,
         opts: TrainOptions,
     ) -> Result<TrainOutput<B>, Self::Error>;
+
+    /// What the model does after each applied optimizer step (Gemma 3n clamps its AltUp
+    /// prediction coefficients, as HF's training forward does); by default nothing.
+    fn after_optimizer_step(self) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
 }

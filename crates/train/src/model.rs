@@ -1,6 +1,7 @@
-//! What the trainer needs of a model beyond [`CausalLm`]: saving it whole, what follows each
-//! optimizer step, and greedy answers for the generation metrics. Implemented for Gemma 3, the
-//! Gemma 3n causal LM and the full (multimodal) Gemma 3n.
+//! What the trainer needs of a model beyond [`CausalLm`] (the training forward and what follows
+//! each optimizer step, both implemented beside each model): saving it whole, and greedy answers
+//! for the generation metrics. Implemented for Gemma 3, the Gemma 3n causal LM and the full
+//! (multimodal) Gemma 3n.
 
 use std::path::Path;
 
@@ -32,12 +33,6 @@ pub trait TrainModel<B: AutodiffBackend>:
     /// Write `config.json` and the weights as a Hugging Face folder.
     fn save_model(&self, dir: &Path, max_shard_bytes: Option<usize>) -> Result<(), TrainError>;
 
-    /// What the model does after each applied optimizer step (Gemma 3n clamps its AltUp
-    /// prediction coefficients, as HF's training forward does); by default nothing.
-    fn after_optimizer_step(self) -> Self {
-        self
-    }
-
     /// Greedy continuation of a one-row prompt batch: the new ids (stop token excluded).
     fn greedy(
         model: &Self::InnerModule,
@@ -60,7 +55,7 @@ fn until_stop(ids: &[i64], stop: &[i64]) -> Vec<i64> {
 }
 
 macro_rules! text_model {
-    ($model:ident, $after:expr) => {
+    ($model:ident) => {
         impl<B: AutodiffBackend> TrainModel<B> for $model<B> {
             type ModelError = <$model<B> as CausalLm<B>>::Error;
 
@@ -68,11 +63,6 @@ macro_rules! text_model {
                 self.save_pretrained(dir, shard)
                     .map(|_| ())
                     .map_err(model_err)
-            }
-
-            fn after_optimizer_step(self) -> Self {
-                #[allow(clippy::redundant_closure_call)]
-                ($after)(self)
             }
 
             fn greedy(
@@ -94,13 +84,8 @@ macro_rules! text_model {
     };
 }
 
-text_model!(Gemma3ForCausalLM, |m: Gemma3ForCausalLM<B>| m);
-text_model!(Gemma3nForCausalLM, |m: Gemma3nForCausalLM<B>| {
-    Gemma3nForCausalLM {
-        model: m.model.after_optimizer_step(),
-        prefix: m.prefix,
-    }
-});
+text_model!(Gemma3ForCausalLM);
+text_model!(Gemma3nForCausalLM);
 
 impl<B: AutodiffBackend> TrainModel<B> for Gemma3nForConditionalGeneration<B> {
     type ModelError = automodel_gemma3n::ModelError;
@@ -109,11 +94,6 @@ impl<B: AutodiffBackend> TrainModel<B> for Gemma3nForConditionalGeneration<B> {
         self.save_pretrained(dir, shard)
             .map(|_| ())
             .map_err(model_err)
-    }
-
-    fn after_optimizer_step(mut self) -> Self {
-        self.model.language_model = self.model.language_model.after_optimizer_step();
-        self
     }
 
     fn greedy(

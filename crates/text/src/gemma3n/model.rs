@@ -512,6 +512,13 @@ impl<B: Backend> TextDecoder<B> for Gemma3nForCausalLM<B> {
 impl<B: Backend> CausalLm<B> for Gemma3nForCausalLM<B> {
     type Error = TextError;
 
+    fn after_optimizer_step(self) -> Self {
+        Self {
+            model: self.model.after_optimizer_step(),
+            prefix: self.prefix,
+        }
+    }
+
     fn forward_train(
         &self,
         batch: &TrainBatch<B>,
@@ -571,4 +578,37 @@ pub fn ignored_key(rel: &str, reuse: &[usize]) -> bool {
             );
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automodel_core::CpuAutodiff as A;
+
+    /// The trainer calls the hook through `CausalLm`: every layer's AltUp prediction
+    /// coefficients end within ±`altup_coef_clip`.
+    #[test]
+    fn the_after_step_hook_clamps_every_layers_altup_coefficients() {
+        let mut cfg = Gemma3nTextConfig::tiny();
+        cfg.altup_coef_clip = Some(0.25);
+        let mut m = Gemma3nForCausalLM::<A>::init(&cfg, &Default::default(), DType::F32).unwrap();
+        for l in &mut m.model.layers {
+            let w = &mut l.altup.prediction_coefs.weight;
+            let big = Tensor::full(w.shape(), 2.0, &Default::default());
+            *w = burn::module::Param::from_tensor(big.require_grad());
+        }
+        let m = CausalLm::after_optimizer_step(m);
+        assert!(m.model.layers.len() > 1);
+        for l in &m.model.layers {
+            let v: Vec<f32> = l
+                .altup
+                .prediction_coefs
+                .weight
+                .val()
+                .into_data()
+                .to_vec()
+                .unwrap();
+            assert!(v.iter().all(|&x| x == 0.25), "{v:?}");
+        }
+    }
 }
