@@ -433,3 +433,71 @@ mod tests {
         assert!(err.to_string().contains("whole"), "{err}");
     }
 }
+
+/// The hyper-parameters Gemma 3 and Gemma 3n write under the same GGUF keys (with their own
+/// architecture prefix): sizes, attention, RoPE bases, the sliding-window layers, soft-capping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderHparams {
+    pub context_length: usize,
+    pub embedding_length: usize,
+    pub block_count: usize,
+    pub head_count: usize,
+    pub head_count_kv: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    /// RoPE base of the global (full-attention) layers.
+    pub rope_theta: f64,
+    /// RoPE base of the sliding-window layers.
+    pub rope_local_theta: f64,
+    pub sliding_window: usize,
+    /// Per layer: sliding-window attention.
+    pub sliding: Vec<bool>,
+    pub final_logit_softcapping: Option<f64>,
+}
+
+impl DecoderHparams {
+    /// The keys under `arch.` in the order llama.cpp's converter writes them: the shared ones
+    /// with `feed_forward_length` as the architecture gives it, then the architecture's `extra`
+    /// keys, then the local RoPE base when it is not llama.cpp's 10,000. Refuses a `sliding`
+    /// list of another length than `block_count`.
+    pub fn metadata(
+        &self,
+        arch: &str,
+        feed_forward_length: GgufValue,
+        extra: Vec<(&str, GgufValue)>,
+    ) -> Result<Vec<(String, GgufValue)>, String> {
+        if self.sliding.len() != self.block_count {
+            return Err(format!(
+                "layer_types has {} entries for {} layers",
+                self.sliding.len(),
+                self.block_count
+            ));
+        }
+        let u = |v: usize| GgufValue::U32(v as u32);
+        let f = |v: f64| GgufValue::F32(v as f32);
+        let mut md = vec![
+            ("context_length", u(self.context_length)),
+            ("embedding_length", u(self.embedding_length)),
+            ("block_count", u(self.block_count)),
+            ("feed_forward_length", feed_forward_length),
+            ("attention.head_count", u(self.head_count)),
+            ("attention.layer_norm_rms_epsilon", f(self.rms_norm_eps)),
+            ("attention.key_length", u(self.head_dim)),
+            ("attention.value_length", u(self.head_dim)),
+            ("rope.freq_base", f(self.rope_theta)),
+        ];
+        if let Some(c) = self.final_logit_softcapping {
+            md.push(("final_logit_softcapping", f(c)));
+        }
+        md.push(("attention.sliding_window", u(self.sliding_window)));
+        md.push(("attention.head_count_kv", u(self.head_count_kv)));
+        md.extend(extra);
+        if self.rope_local_theta != 10_000.0 {
+            md.push(("rope.freq_base_swa", f(self.rope_local_theta)));
+        }
+        Ok(md
+            .into_iter()
+            .map(|(k, v)| (format!("{arch}.{k}"), v))
+            .collect())
+    }
+}

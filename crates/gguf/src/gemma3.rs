@@ -8,6 +8,7 @@ use automodel_core::error::KeyProblem;
 use automodel_core::weights::TensorSource;
 use burn::tensor::TensorData;
 
+use crate::export::DecoderHparams;
 use crate::reader::{GgufError, GgufFile, GgufValue};
 
 /// A decoder layer's tensors: llama.cpp's name, Hugging Face's, and whether the converter
@@ -71,22 +72,8 @@ pub fn gguf_name(hf: &str) -> Option<(String, bool)> {
 /// What llama.cpp's `gemma3` architecture reads from a file, from the HF config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gemma3Hparams {
-    pub context_length: usize,
-    pub embedding_length: usize,
-    pub block_count: usize,
+    pub decoder: DecoderHparams,
     pub feed_forward_length: usize,
-    pub head_count: usize,
-    pub head_count_kv: usize,
-    pub head_dim: usize,
-    pub rms_norm_eps: f64,
-    /// RoPE base of the global (full-attention) layers.
-    pub rope_theta: f64,
-    /// RoPE base of the sliding-window layers.
-    pub rope_local_theta: f64,
-    pub sliding_window: usize,
-    /// Per layer: sliding-window attention.
-    pub sliding: Vec<bool>,
-    pub final_logit_softcapping: Option<f64>,
     pub attn_logit_softcapping: Option<f64>,
     pub query_pre_attn_scalar: f64,
 }
@@ -97,67 +84,45 @@ impl Gemma3Hparams {
     /// global, and the local RoPE base when it is not 10,000. A model llama.cpp would run
     /// differently is refused, naming the field.
     pub fn metadata(&self) -> Result<Vec<(String, GgufValue)>, String> {
+        let d = &self.decoder;
         if let Some(c) = self.attn_logit_softcapping {
             return Err(format!(
                 "attn_logit_softcapping is {c}; llama.cpp's gemma3 has no attention soft-capping"
             ));
         }
         // llama.cpp scales queries by 1/√head_dim, except for the 62-layer 27B: 1/√(hidden/heads)
-        let scalar = if self.block_count == 62 {
-            (self.embedding_length / self.head_count.max(1)) as f64
+        let scalar = if d.block_count == 62 {
+            (d.embedding_length / d.head_count.max(1)) as f64
         } else {
-            self.head_dim as f64
+            d.head_dim as f64
         };
         if self.query_pre_attn_scalar != scalar {
             return Err(format!(
                 "query_pre_attn_scalar is {}; llama.cpp's gemma3 uses {scalar} for a model of {} layers",
-                self.query_pre_attn_scalar, self.block_count
+                self.query_pre_attn_scalar, d.block_count
             ));
         }
-        if self.sliding.len() != self.block_count {
-            return Err(format!(
-                "layer_types has {} entries for {} layers",
-                self.sliding.len(),
-                self.block_count
-            ));
-        }
-        let u = |v: usize| GgufValue::U32(v as u32);
-        let f = |v: f64| GgufValue::F32(v as f32);
-        let mut md = vec![
-            ("gemma3.context_length", u(self.context_length)),
-            ("gemma3.embedding_length", u(self.embedding_length)),
-            ("gemma3.block_count", u(self.block_count)),
-            ("gemma3.feed_forward_length", u(self.feed_forward_length)),
-            ("gemma3.attention.head_count", u(self.head_count)),
-            (
-                "gemma3.attention.layer_norm_rms_epsilon",
-                f(self.rms_norm_eps),
-            ),
-            ("gemma3.attention.key_length", u(self.head_dim)),
-            ("gemma3.attention.value_length", u(self.head_dim)),
-            ("gemma3.rope.freq_base", f(self.rope_theta)),
-        ];
-        if let Some(c) = self.final_logit_softcapping {
-            md.push(("gemma3.final_logit_softcapping", f(c)));
-        }
-        md.push(("gemma3.attention.sliding_window", u(self.sliding_window)));
-        md.push(("gemma3.attention.head_count_kv", u(self.head_count_kv)));
-        let every_sixth = self
+        let ff = GgufValue::U32(self.feed_forward_length as u32);
+        let every_sixth = d
             .sliding
             .iter()
             .enumerate()
             .all(|(i, s)| *s == ((i + 1) % 6 != 0));
-        if !every_sixth {
-            md.push((
-                "gemma3.attention.sliding_window_pattern",
-                GgufValue::Array(self.sliding.iter().map(|s| GgufValue::Bool(*s)).collect()),
-            ));
-        }
-        if self.rope_local_theta != 10_000.0 {
-            md.push(("gemma3.rope.freq_base_swa", f(self.rope_local_theta)));
-        }
-        Ok(md.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        let pattern = (
+            "attention.sliding_window_pattern",
+            sliding_pattern(&d.sliding),
+        );
+        d.metadata(
+            "gemma3",
+            ff,
+            if every_sixth { vec![] } else { vec![pattern] },
+        )
     }
+}
+
+/// `…attention.sliding_window_pattern`: per layer, whether it attends in a sliding window.
+pub(crate) fn sliding_pattern(sliding: &[bool]) -> GgufValue {
+    GgufValue::Array(sliding.iter().map(|s| GgufValue::Bool(*s)).collect())
 }
 
 /// The GGUF metadata key an HF config field of [`Gemma3Gguf::hf_config`] comes from.

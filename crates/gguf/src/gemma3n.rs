@@ -3,7 +3,8 @@
 //! `gemma3n.*` metadata. Norms are stored as they are (Gemma 3n's RMSNorm scales by `w`, not
 //! `1 + w`).
 
-use crate::gemma3::LAYER_TENSORS;
+use crate::export::DecoderHparams;
+use crate::gemma3::{LAYER_TENSORS, sliding_pattern};
 use crate::reader::GgufValue;
 
 /// Gemma 3n's own per-layer tensors: Hugging Face's name after `layers.N.`, llama.cpp's after
@@ -72,22 +73,11 @@ pub fn placement(key: &str) -> Option<Placement> {
 /// What llama.cpp's `gemma3n` architecture reads from a file, from the HF text config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gemma3nHparams {
-    pub context_length: usize,
-    pub embedding_length: usize,
-    pub block_count: usize,
+    pub decoder: DecoderHparams,
     /// Per layer (MatFormer widths).
     pub feed_forward_length: Vec<usize>,
     /// Whether the config gave a list (else one width for every layer).
     pub feed_forward_is_list: bool,
-    pub head_count: usize,
-    pub head_count_kv: usize,
-    pub head_dim: usize,
-    pub rms_norm_eps: f64,
-    pub rope_theta: f64,
-    pub rope_local_theta: f64,
-    pub sliding_window: usize,
-    pub sliding: Vec<bool>,
-    pub final_logit_softcapping: Option<f64>,
     pub altup_active_idx: usize,
     pub altup_num_inputs: usize,
     pub embedding_length_per_layer_input: usize,
@@ -106,10 +96,9 @@ impl Gemma3nHparams {
                 self.altup_num_inputs
             ));
         }
-        let n = self.block_count;
+        let n = self.decoder.block_count;
         for (what, len) in [
             ("intermediate_size", self.feed_forward_length.len()),
-            ("layer_types", self.sliding.len()),
             (
                 "activation_sparsity_pattern",
                 self.activation_sparsity_scale.len(),
@@ -120,7 +109,6 @@ impl Gemma3nHparams {
             }
         }
         let u = |v: usize| GgufValue::U32(v as u32);
-        let f = |v: f64| GgufValue::F32(v as f32);
         // the converter writes HF's `intermediate_size` as it finds it: one width or a list
         let ff = if self.feed_forward_is_list {
             GgufValue::Array(
@@ -132,54 +120,25 @@ impl Gemma3nHparams {
         } else {
             u(self.feed_forward_length.first().copied().unwrap_or(0))
         };
-        let mut md = vec![
-            ("gemma3n.context_length", u(self.context_length)),
-            ("gemma3n.embedding_length", u(self.embedding_length)),
-            ("gemma3n.block_count", u(n)),
-            ("gemma3n.feed_forward_length", ff),
-            ("gemma3n.attention.head_count", u(self.head_count)),
+        let scales = self.activation_sparsity_scale.iter();
+        let extra = vec![
+            ("altup.active_idx", u(self.altup_active_idx)),
+            ("altup.num_inputs", u(self.altup_num_inputs)),
             (
-                "gemma3n.attention.layer_norm_rms_epsilon",
-                f(self.rms_norm_eps),
-            ),
-            ("gemma3n.attention.key_length", u(self.head_dim)),
-            ("gemma3n.attention.value_length", u(self.head_dim)),
-            ("gemma3n.rope.freq_base", f(self.rope_theta)),
-        ];
-        if let Some(c) = self.final_logit_softcapping {
-            md.push(("gemma3n.final_logit_softcapping", f(c)));
-        }
-        md.extend([
-            ("gemma3n.attention.sliding_window", u(self.sliding_window)),
-            ("gemma3n.attention.head_count_kv", u(self.head_count_kv)),
-            ("gemma3n.altup.active_idx", u(self.altup_active_idx)),
-            ("gemma3n.altup.num_inputs", u(self.altup_num_inputs)),
-            (
-                "gemma3n.embedding_length_per_layer_input",
+                "embedding_length_per_layer_input",
                 u(self.embedding_length_per_layer_input),
             ),
+            ("attention.shared_kv_layers", u(self.shared_kv_layers)),
             (
-                "gemma3n.attention.shared_kv_layers",
-                u(self.shared_kv_layers),
+                "activation_sparsity_scale",
+                GgufValue::Array(scales.map(|s| GgufValue::F32(*s as f32)).collect()),
             ),
             (
-                "gemma3n.activation_sparsity_scale",
-                GgufValue::Array(
-                    self.activation_sparsity_scale
-                        .iter()
-                        .map(|s| f(*s))
-                        .collect(),
-                ),
+                "attention.sliding_window_pattern",
+                sliding_pattern(&self.decoder.sliding),
             ),
-            (
-                "gemma3n.attention.sliding_window_pattern",
-                GgufValue::Array(self.sliding.iter().map(|s| GgufValue::Bool(*s)).collect()),
-            ),
-        ]);
-        if self.rope_local_theta != 10_000.0 {
-            md.push(("gemma3n.rope.freq_base_swa", f(self.rope_local_theta)));
-        }
-        Ok(md.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        ];
+        self.decoder.metadata("gemma3n", ff, extra)
     }
 }
 

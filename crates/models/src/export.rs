@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use automodel_core::Backend;
 use automodel_core::tree::hf_tensors;
+use automodel_gguf::export::DecoderHparams;
 use automodel_gguf::export::{ExportError, FileType, TensorSpec, tensor_types, write_gguf};
 use automodel_gguf::gemma3::{Gemma3Hparams, gguf_name};
 use automodel_gguf::gemma3n::{Gemma3nHparams, Placement, placement};
@@ -231,6 +232,31 @@ fn check_activation(activation: &str, arch: &str) -> Result<(), ModelError> {
     .into())
 }
 
+/// The hyper-parameters both text configs (Gemma 3's, Gemma 3n's) hold under the same names,
+/// with their RoPE bases.
+macro_rules! decoder_hparams {
+    ($c:expr, $local:expr, $global:expr) => {
+        DecoderHparams {
+            context_length: $c.max_position_embeddings,
+            embedding_length: $c.hidden_size,
+            block_count: $c.num_hidden_layers,
+            head_count: $c.num_attention_heads,
+            head_count_kv: $c.num_key_value_heads,
+            head_dim: $c.head_dim,
+            rms_norm_eps: $c.rms_norm_eps,
+            rope_theta: $global,
+            rope_local_theta: $local,
+            sliding_window: $c.sliding_window,
+            sliding: $c
+                .layer_types()
+                .iter()
+                .map(|t| *t == LayerType::Sliding)
+                .collect(),
+            final_logit_softcapping: $c.final_logit_softcapping,
+        }
+    };
+}
+
 fn gemma3<B: Backend>(
     m: &Gemma3ForCausalLM<B>,
     tok: &GemmaTokenizer,
@@ -243,23 +269,8 @@ fn gemma3<B: Backend>(
     check_activation(&c.hidden_activation, "gemma3")?;
     let (local, global) = c.rope_thetas();
     let hp = Gemma3Hparams {
-        context_length: c.max_position_embeddings,
-        embedding_length: c.hidden_size,
-        block_count: c.num_hidden_layers,
+        decoder: decoder_hparams!(c, local, global),
         feed_forward_length: c.intermediate_size,
-        head_count: c.num_attention_heads,
-        head_count_kv: c.num_key_value_heads,
-        head_dim: c.head_dim,
-        rms_norm_eps: c.rms_norm_eps,
-        rope_theta: global,
-        rope_local_theta: local,
-        sliding_window: c.sliding_window,
-        sliding: c
-            .layer_types()
-            .iter()
-            .map(|t| *t == LayerType::Sliding)
-            .collect(),
-        final_logit_softcapping: c.final_logit_softcapping,
         attn_logit_softcapping: c.attn_logit_softcapping,
         query_pre_attn_scalar: c.query_pre_attn_scalar,
     };
@@ -329,24 +340,9 @@ fn gemma3n<B: Backend>(
     let (local, global) = c.rope_thetas()?;
     let n_layer = c.num_hidden_layers;
     let hp = Gemma3nHparams {
-        context_length: c.max_position_embeddings,
-        embedding_length: c.hidden_size,
-        block_count: n_layer,
+        decoder: decoder_hparams!(c, local, global),
         feed_forward_length: c.intermediate_sizes(),
         feed_forward_is_list: matches!(c.intermediate_size, OneOrMany::Many(_)),
-        head_count: c.num_attention_heads,
-        head_count_kv: c.num_key_value_heads,
-        head_dim: c.head_dim,
-        rms_norm_eps: c.rms_norm_eps,
-        rope_theta: global,
-        rope_local_theta: local,
-        sliding_window: c.sliding_window,
-        sliding: c
-            .layer_types()
-            .iter()
-            .map(|t| *t == LayerType::Sliding)
-            .collect(),
-        final_logit_softcapping: c.final_logit_softcapping,
         altup_active_idx: c.altup_active_idx,
         altup_num_inputs: c.altup_num_inputs,
         embedding_length_per_layer_input: c.hidden_size_per_layer_input,
