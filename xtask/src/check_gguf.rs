@@ -23,14 +23,22 @@ const USAGE: &str = "usage: cargo xtask check-gguf [--model M] [--adapter DIR] \
 [--types f16,q8_0,q4_k_m] [--new-tokens N] [--python PY] [--out DIR]";
 
 /// The prompts: plain text, code, a chat turn through the Gemma template, and two turns of the
-/// default recipe's task.
-const PROMPTS: [&str; 6] = [
+/// default recipe's task; then four longer passages (prose, a list, arithmetic, a dialogue), so
+/// that a model that answers in a few tokens still gives a few hundred positions to compare
+/// (each position is about 0.4 % of the Q4_K_M rate, not 1 %).
+const PROMPTS: [&str; 10] = [
     "The capital of France is",
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "Once upon a time, in a small village by the sea,",
     "<start_of_turn>user\nName three primary colours.<end_of_turn>\n<start_of_turn>model\n",
     "<start_of_turn>user\nReply with the last word of: orange river under quiet stone<end_of_turn>\n<start_of_turn>model\n",
     "<start_of_turn>user\nWhich word comes first in \"paper lamps drift north\"? Answer with that word only.<end_of_turn>\n<start_of_turn>model\n",
+    "The river rises in the hills to the north of the town and runs south through farmland, \
+     woods and two small villages before it reaches the sea. In spring the water is high and fast;",
+    "Shopping list for the week:\n1. bread\n2. milk\n3. eggs\n4. apples\n5.",
+    "If a train leaves at 9:15 and the journey takes 2 hours and 50 minutes, it arrives at",
+    "A: Did you finish the report yesterday?\nB: Almost. I still need to check the figures.\nA: \
+     Can you send it to me before lunch?\nB:",
 ];
 
 type B = CpuBackend;
