@@ -339,9 +339,28 @@ fn gemma3n_text_goes_out_as_the_converter_writes_it() {
         f.dequantize("blk.0.laurel_r.weight").unwrap(),
         get(&format!("{p}layers.0.laurel.linear_right.weight"))
     );
-    // every HF tensor is in the file (altup parts as their stacks)
+    // the layers that reuse another layer's K/V: zero K/V projections and K norms, as released
+    // checkpoints hold them (llama.cpp refuses a file without them)
+    for i in 4..6 {
+        for (t, len) in [
+            ("attn_k", 64 * 64),
+            ("attn_v", 64 * 64),
+            ("attn_k_norm", 32),
+        ] {
+            let name = format!("blk.{i}.{t}.weight");
+            let v = f.dequantize(&name).unwrap();
+            assert_eq!(v.len(), len, "{name}");
+            assert!(v.iter().all(|x| *x == 0.0), "{name}");
+        }
+    }
+    assert!(f.tensors.contains_key("blk.3.attn_k.weight"));
+    // every HF tensor is in the file (altup parts as their stacks), and those placeholders
     let n_hf = hf.tensor_names().len();
-    assert_eq!(f.tensors.len(), n_hf - 4, "6 altup parts become 2 stacks");
+    assert_eq!(
+        f.tensors.len(),
+        n_hf - 4 + 2 * 3,
+        "6 altup parts become 2 stacks"
+    );
     // Q4_K_M: altup, laurel and the per-layer projection stay as the converter stored them
     let q = dir.path().join("q.gguf");
     let o = cli(&[

@@ -14,7 +14,7 @@ use automodel_gguf::gemma3::{Gemma3Hparams, gguf_name};
 use automodel_gguf::gemma3n::{Gemma3nHparams, Placement, placement};
 use automodel_gguf::{GgmlType, GgufFile, GgufValue};
 use automodel_text::gemma3::Gemma3ForCausalLM;
-use automodel_text::gemma3n::Gemma3nTextModel;
+use automodel_text::gemma3n::{Gemma3nTextConfig, Gemma3nTextModel};
 use automodel_text::{LayerType, OneOrMany};
 use automodel_tokenizer::GemmaTokenizer;
 
@@ -363,11 +363,24 @@ fn gemma3n<B: Backend>(
             "this Gemma 3n cannot run in llama.cpp as it is: {e}"
         ))
     })?;
-    if n_layer.checked_sub(c.num_kv_shared_layers) != Some(20) {
+    // what llama.cpp's gemma3n fixes instead of reading (the E2B and E4B shapes)
+    let fixed = [
+        (
+            "layers that own a KV cache",
+            n_layer.checked_sub(c.num_kv_shared_layers),
+            20,
+        ),
+        ("laurel_rank", Some(c.laurel_rank), 64),
+        (
+            "hidden_size_per_layer_input",
+            Some(c.hidden_size_per_layer_input),
+            256,
+        ),
+    ];
+    for (what, ours, llama) in fixed.iter().filter(|(_, o, l)| *o != Some(*l)) {
         tracing::warn!(
-            layers = n_layer,
-            shared_kv_layers = c.num_kv_shared_layers,
-            "llama.cpp's gemma3n assumes the first 20 layers own a KV cache (E2B, E4B); this model differs, so llama.cpp will not run it as we do"
+            "llama.cpp's gemma3n takes {llama} {what} (the E2B and E4B shapes); this model has {}, so llama.cpp will not load or run it as we do",
+            ours.map_or("fewer".into(), |o| o.to_string())
         );
     }
     // no GGUF source: a Gemma 3n vocabulary differs from Gemma 3's (ids 256,000 and ≥ 262,144)
@@ -435,13 +448,59 @@ fn gemma3n<B: Backend>(
             parts.len()
         )));
     }
+    let items = with_shared_kv_placeholders(items, c);
     write_model(
         out, opts, "gemma3n", arch_md, tok_md, n_layer, &weights, items,
     )
 }
 
+/// `items` with zero K and V projections and K norms for the layers that reuse another layer's
+/// K/V: released checkpoints keep such (zero) tensors, so the converter writes them and
+/// llama.cpp's `gemma3n` requires them (it never reads them); our model does not hold them.
+/// Each goes right after its layer's query projection or query norm.
+fn with_shared_kv_placeholders(items: Vec<Item>, c: &Gemma3nTextConfig) -> Vec<Item> {
+    let first_shared = c.num_hidden_layers - c.num_kv_shared_layers;
+    let kv = c.num_key_value_heads * c.head_dim;
+    let zeros = |name: String, shape: Vec<usize>| Item {
+        spec: TensorSpec { name, shape },
+        from: Origin::Zeros,
+    };
+    let mut out = Vec::with_capacity(items.len() + 3 * c.num_kv_shared_layers);
+    for item in items {
+        let layer = item
+            .spec
+            .name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(i, tail)| Some((i.parse::<usize>().ok()?, tail.to_string())));
+        out.push(item);
+        match layer {
+            Some((i, tail)) if i >= first_shared && tail == "attn_q.weight" => {
+                out.push(zeros(
+                    format!("blk.{i}.attn_k.weight"),
+                    vec![kv, c.hidden_size],
+                ));
+                out.push(zeros(
+                    format!("blk.{i}.attn_v.weight"),
+                    vec![kv, c.hidden_size],
+                ));
+            }
+            Some((i, tail)) if i >= first_shared && tail == "attn_q_norm.weight" => {
+                out.push(zeros(
+                    format!("blk.{i}.attn_k_norm.weight"),
+                    vec![c.head_dim],
+                ));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Where a tensor of the file comes from.
 enum Origin {
+    /// Zeros (a tensor llama.cpp requires but never reads).
+    Zeros,
     /// One HF tensor; `1 + w` when `shift`; its rows cut or zero-padded to `rows`.
     One {
         key: String,
@@ -505,6 +564,7 @@ fn write_model(
             }
             Ok(v)
         }
+        Origin::Zeros => Ok(vec![0.0; items[i].spec.shape.iter().product()]),
         Origin::Stack(keys) => {
             let mut v = Vec::new();
             for k in keys {
