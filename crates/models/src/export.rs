@@ -383,6 +383,16 @@ fn gemma3n<B: Backend>(
             ours.map_or("fewer".into(), |o| o.to_string())
         );
     }
+    let sparse = |i: usize| if i < 10 { 0.95 } else { 0.0 };
+    if c.activation_sparsity()
+        .iter()
+        .enumerate()
+        .any(|(i, p)| *p != sparse(i))
+    {
+        tracing::warn!(
+            "llama.cpp's gemma3n applies activation sparsity 0.95 to the first 10 layers and none to the others (E2B, E4B) whatever the file says; this model's activation_sparsity_pattern differs, so llama.cpp will not run it as we do"
+        );
+    }
     // no GGUF source: a Gemma 3n vocabulary differs from Gemma 3's (ids 256,000 and ≥ 262,144)
     let tok_md = tokenizer_metadata(tok, None, opts.chat_template.as_deref())?;
     let n_tokens = tok.vocab_size();
