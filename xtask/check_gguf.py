@@ -1,7 +1,8 @@
 """llama.cpp's side of `cargo xtask check-gguf`: load a GGUF file with llama-cpp-python (which
 builds llama.cpp from source: `pip install llama-cpp-python==0.3.36`), and for each prompt of
 the job report llama.cpp's tokenization of its text, its greedy continuation of our prompt ids,
-and its top-1 token at every position of a given sequence.
+and its top-1 token at every position of a given sequence (with its 20 highest logits there, for
+`xtask/check_gguf_rounding.py`).
 
     python xtask/check_gguf.py JOB.json OUT.json
 
@@ -39,8 +40,11 @@ def main(job_path: str, out_path: str) -> None:
         llm.reset()
         seq = list(p["sequence"])
         llm.eval(seq)
-        argmax = [int(i) for i in np.argmax(llm.scores[: len(seq)], axis=1)]
-        out["prompts"].append({"tokenized": toks, "greedy": greedy, "argmax": argmax})
+        scores = np.asarray(llm.scores[: len(seq)])
+        argmax = [int(i) for i in np.argmax(scores, axis=1)]
+        top = np.argsort(-scores, axis=1)[:, :20]
+        top = [[[int(i), float(row[i])] for i in ids] for row, ids in zip(scores, top)]
+        out["prompts"].append({"tokenized": toks, "greedy": greedy, "argmax": argmax, "top": top})
     json.dump(out, open(out_path, "w"))
 
 
