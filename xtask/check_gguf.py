@@ -6,8 +6,14 @@ and its top-1 token at every position of a given sequence (with its 20 highest l
 
     python xtask/check_gguf.py JOB.json OUT.json
 
-JOB: {"model": path, "n_ctx": int, "prompts": [{"text", "ids", "new_tokens", "sequence"}]}.
-The KV cache is kept in F32 so that only the weights and ggml's arithmetic differ from ours."""
+JOB: {"model": path, "n_ctx": int, "prompts": [{"text", "ids", "new_tokens", "sequence"}],
+"reference_model": optional path}. The KV cache is kept in F32 so that only the weights and ggml's
+arithmetic differ from ours.
+
+With "reference_model" (the F16 export of the same model) it also measures the file as
+`llama-perplexity --kl-divergence` does: at every position of each sequence, the KL divergence
+of this file's next-token distribution from the reference's, KL(P_ref || P_file), and whether
+both pick the same top token. Non-finite logits are counted (they must be none)."""
 import json
 import sys
 
@@ -18,10 +24,19 @@ except ImportError as e:  # the caller names the missing package
     sys.exit(f"check_gguf.py needs llama-cpp-python and numpy ({e}); pip install llama-cpp-python==0.3.36")
 
 
+def log_softmax(x):
+    m = np.max(x, axis=1, keepdims=True)
+    return x - m - np.log(np.sum(np.exp(x - m), axis=1, keepdims=True))
+
+
 def main(job_path: str, out_path: str) -> None:
     job = json.load(open(job_path))
     llm = Llama(model_path=job["model"], n_ctx=job["n_ctx"], n_batch=job["n_ctx"], n_threads=2,
                 logits_all=True, verbose=False, type_k=0, type_v=0)
+    ref = None
+    if job.get("reference_model"):
+        ref = Llama(model_path=job["reference_model"], n_ctx=job["n_ctx"], n_batch=job["n_ctx"],
+                    n_threads=2, logits_all=True, verbose=False, type_k=0, type_v=0)
     out = {"n_vocab": llm.n_vocab(), "prompts": []}
     for p in job["prompts"]:
         toks = llm.tokenize(p["text"].encode("utf-8"), add_bos=True, special=True)
@@ -40,11 +55,24 @@ def main(job_path: str, out_path: str) -> None:
         llm.reset()
         seq = list(p["sequence"])
         llm.eval(seq)
-        scores = np.asarray(llm.scores[: len(seq)])
+        scores = np.array(llm.scores[: len(seq)], dtype=np.float32)
+        nonfinite = int(np.count_nonzero(~np.isfinite(scores)))
         argmax = [int(i) for i in np.argmax(scores, axis=1)]
         top = np.argsort(-scores, axis=1)[:, :20]
         top = [[[int(i), float(row[i])] for i in ids] for row, ids in zip(scores, top)]
-        out["prompts"].append({"tokenized": toks, "greedy": greedy, "argmax": argmax, "top": top})
+        entry = {"tokenized": toks, "greedy": greedy, "argmax": argmax, "top": top,
+                 "nonfinite": nonfinite}
+        if ref is not None:
+            ref.reset()
+            ref.eval(seq)
+            base = np.array(ref.scores[: len(seq)], dtype=np.float64)
+            entry["nonfinite"] += int(np.count_nonzero(~np.isfinite(base)))
+            lp = log_softmax(scores.astype(np.float64))
+            lb = log_softmax(base)
+            kld = np.sum(np.exp(lb) * (lb - lp), axis=1)
+            entry["kld"] = [float(x) for x in kld]
+            entry["same_top"] = [bool(a == b) for a, b in zip(np.argmax(base, axis=1), argmax)]
+        out["prompts"].append(entry)
     json.dump(out, open(out_path, "w"))
 
 

@@ -21,16 +21,5 @@ while kill -0 $pid 2>/dev/null; do
   sleep 5
 done
 wait $pid
-python3 - "$work" <<'PY'
-import json, statistics, sys
-work = sys.argv[1]
-rows = [tuple(map(int, l.split())) for l in open(f"{work}/rss")]
-warm = [r for r in rows if r[1] >= 100]
-first = statistics.median(r[2] for r in warm[:12])
-last = statistics.median(r[2] for r in warm[-12:])
-top = max(r[2] for r in warm)
-steps = [json.loads(l) for l in open(f"{work}/run/training.jsonl")]
-print(f"{len(steps)} steps in {rows[-1][0]} s; resident memory after the warm-up {first/1024:.0f} MiB, "
-      f"at the end {last/1024:.0f} MiB ({100*(last-first)/first:+.2f} %), highest {top/1024:.0f} MiB "
-      f"({100*(top-first)/first:+.2f} %); loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}")
-PY
+# fails (exit 1) when the resident memory after the warm-up grows past the bound (2 %)
+cargo xtask soak-check "$work/rss" "$work/run/training.jsonl"

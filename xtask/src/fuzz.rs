@@ -8,17 +8,33 @@
 //! interesting integers over 1–8 bytes, inserted, deleted, duplicated and truncated ranges,
 //! splices; for the text formats also numbers, lines and tokens), and runs the parser on each
 //! in a child process with a 4 GiB address-space limit. A panic, an abort (an allocation the
-//! input asked for), a signal or an input that takes over 20 s is a crash: the input is kept in
+//! input asked for), a signal or one input that takes over [`PER_INPUT_LIMIT_S`] (20 s, timed by
+//! a watchdog thread in the child) is a crash: the input is kept in
 //! `target/fuzz/crashes/<target>-<n>` and the run fails. Errors are the expected outcome.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 /// A target: its name, the file name its parser reads, and the call.
 type Target = (&'static str, &'static str, fn(&Path));
+
+/// The longest one input may take before it counts as a hang (seconds).
+pub const PER_INPUT_LIMIT_S: f64 = 20.0;
+
+/// The exit code of a child whose watchdog saw one input run past its limit.
+const HANG_EXIT: i32 = 4;
+
+/// Targets only `fuzz-child` knows (never part of `fuzz`): they check the harness itself.
+const SELF_TEST_TARGETS: &[Target] = &[
+    // every input takes 5 s: with a limit under that, the watchdog must report a hang
+    ("self-test-slow", "input", |_| {
+        std::thread::sleep(Duration::from_secs(5))
+    }),
+];
 
 /// The targets.
 const TARGETS: &[Target] = &[
@@ -220,6 +236,7 @@ fn seeds(target: &str) -> anyhow::Result<Vec<Vec<u8>>> {
             img.write_to(&mut png, image::ImageFormat::Png)?;
             vec![png.into_inner()]
         }
+        "self-test-slow" => vec![b"any".to_vec()],
         other => bail!("no target `{other}`"),
     })
 }
@@ -343,14 +360,19 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>], text: bool) {
     }
 }
 
-/// `cargo xtask fuzz-child TARGET SEED SECONDS DIR`: the mutation loop of one target, in a
-/// process of its own (a crash ends it; the input is in `DIR/current`). Prints the count.
+/// `cargo xtask fuzz-child TARGET SEED SECONDS DIR [LIMIT_S]`: the mutation loop of one
+/// target, in a process of its own (a crash ends it; the input is in `DIR/current`). Prints the
+/// count. A watchdog thread ends the process with exit code 4 when one input runs past
+/// `LIMIT_S` seconds (default [`PER_INPUT_LIMIT_S`]).
 pub fn fuzz_child(args: &[String]) -> anyhow::Result<bool> {
-    let [target, seed, seconds, dir] = args else {
-        bail!("usage: cargo xtask fuzz-child TARGET SEED SECONDS DIR");
+    let (target, seed, seconds, dir, limit) = match args {
+        [t, s, sec, d] => (t, s, sec, d, PER_INPUT_LIMIT_S),
+        [t, s, sec, d, l] => (t, s, sec, d, l.parse().context("LIMIT_S: a number")?),
+        _ => bail!("usage: cargo xtask fuzz-child TARGET SEED SECONDS DIR [LIMIT_S]"),
     };
     let (name, file, call) = *TARGETS
         .iter()
+        .chain(SELF_TEST_TARGETS)
         .find(|t| t.0 == target)
         .with_context(|| format!("no target `{target}`"))?;
     // an input asking for a huge allocation makes it fail (an abort, a crash) instead of
@@ -369,15 +391,34 @@ pub fn fuzz_child(args: &[String]) -> anyhow::Result<bool> {
     let text = matches!(name, "config" | "recipe" | "jsonl" | "tokenizer");
     let mut rng = Rng(seed.parse::<u64>()? | 1);
     let end = Instant::now() + Duration::from_secs_f64(seconds.parse()?);
+    // when the current input started, in milliseconds since `t0` (u64::MAX: between inputs)
+    static STARTED_MS: AtomicU64 = AtomicU64::new(u64::MAX);
+    let t0 = Instant::now();
+    let limit_ms = (limit * 1000.0) as u64;
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let started = STARTED_MS.load(Ordering::Acquire);
+            let now = t0.elapsed().as_millis() as u64;
+            if started != u64::MAX && now.saturating_sub(started) > limit_ms {
+                eprintln!("an input took over {limit} s (a hang)");
+                // SAFETY: ends the process at once, without running anything of the stuck
+                // thread's (no destructors, no atexit handlers that could wait on it)
+                unsafe { libc::_exit(HANG_EXIT) };
+            }
+        }
+    });
     let mut runs = 0u64;
     while Instant::now() < end {
         let mut input = corpus[rng.below(corpus.len())].clone();
         mutate(&mut rng, &mut input, &corpus, text);
         std::fs::write(dir.join("current"), &input)?;
         std::fs::write(&path, &input)?;
+        STARTED_MS.store(t0.elapsed().as_millis() as u64, Ordering::Release);
         if std::panic::catch_unwind(|| call(&path)).is_err() {
             std::process::exit(3);
         }
+        STARTED_MS.store(u64::MAX, Ordering::Release);
         runs += 1;
     }
     println!("runs {runs}");
@@ -433,7 +474,9 @@ pub fn fuzz(args: &[String]) -> anyhow::Result<bool> {
                 .stdout(Stdio::piped())
                 .stderr(std::fs::File::create(&log)?)
                 .spawn()?;
-            let deadline = Instant::now() + Duration::from_secs_f64(left + 20.0);
+            // the child's watchdog times each input; this only bounds a child that could not
+            // even run it (the last input may start just before `left` runs out)
+            let deadline = Instant::now() + Duration::from_secs_f64(left + 2.0 * PER_INPUT_LIMIT_S);
             let status = loop {
                 if let Some(s) = child.try_wait()? {
                     break Some(s);
@@ -460,7 +503,10 @@ pub fn fuzz(args: &[String]) -> anyhow::Result<bool> {
                     let keep = crashes_dir.join(format!("{target}-{s}"));
                     std::fs::copy(work.path().join("current"), &keep)?;
                     let why = match other {
-                        None => "took over 20 s (a hang)".to_string(),
+                        Some(s) if s.code() == Some(HANG_EXIT) => {
+                            format!("one input took over {PER_INPUT_LIMIT_S} s (a hang)")
+                        }
+                        None => "the child stopped answering (a hang)".to_string(),
                         Some(s) => format!("{s}"),
                     };
                     let err = std::fs::read_to_string(&log).unwrap_or_default();

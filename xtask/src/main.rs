@@ -32,10 +32,11 @@ use automodel_core::AutodiffBackend;
 use automodel_core::device::{DeviceSpec, OnDevice, run_on};
 
 mod bench;
-mod bench_dp;
 mod check_gguf;
+mod docs;
 mod fuzz;
 mod gpu_check;
+mod soak;
 
 fn main() -> ExitCode {
     jemalloc_setup();
@@ -46,7 +47,9 @@ fn main() -> ExitCode {
         Some("parity") => parity(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-one") => bench::bench_one(&args[1..]),
-        Some("dp-worker") => bench_dp::dp_worker(&args[1..]),
+        Some("dp-worker") => bench::dp::dp_worker(&args[1..]),
+        Some("docs") => docs::docs(&args[1..]),
+        Some("soak-check") => soak::soak_check(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("fuzz-child") => fuzz::fuzz_child(&args[1..]),
         Some("gpu-check") => gpu_check::gpu_check(&args[1..]),
@@ -72,7 +75,7 @@ fn main() -> ExitCode {
     }
 }
 
-pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--rounds R] [--steps N] [--warmup N] [--threads N] [--only NAME | --only dp]... [--json FILE] [--record]\n       cargo xtask fuzz [--minutes N] [--target NAME]... [--seed S]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask check-gguf [--model M] [--adapter DIR] [--types f16,q8_0,q4_k_m] [--new-tokens N] [--python PY] [--out DIR]\n       cargo xtask f16-smoke [--device D]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda[:N]|wgpu[:N|:cpu]]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
+pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--rounds R] [--steps N] [--warmup N] [--threads N] [--only NAME | --only dp]... [--json FILE] [--record]\n       cargo xtask docs [--check]\n       cargo xtask soak-check RSS_LOG TRAINING_JSONL [--bound PERCENT]\n       cargo xtask fuzz [--minutes N] [--target NAME]... [--seed S]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask check-gguf [--model M] [--adapter DIR] [--types f16,q8_0,q4_k_m] [--new-tokens N] [--python PY] [--out DIR]\n       cargo xtask f16-smoke [--device D]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda[:N]|wgpu[:N|:cpu]]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
 
 fn parity(args: &[String]) -> anyhow::Result<bool> {
     let mut dir: Option<PathBuf> = None;

@@ -184,6 +184,9 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_run() {
             .wrapping_add(1442695040888963407);
         (state >> 11) as f64 / (1u64 << 53) as f64
     };
+    // kills that landed while the run was between checkpoints (one was written, the run had
+    // not finished): what the test is about, so at least one must happen
+    let mut mid_run = 0;
     for round in 0..3 {
         let run = dir.path().join(format!("killed-{round}"));
         let mut kills = 0;
@@ -191,7 +194,14 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_run() {
             let mut args = finetune(&run, &every);
             args.push("--resume".into());
             let mut child = spawn(&args);
-            let at = Duration::from_secs_f64(span * (0.2 + 0.8 * uniform()));
+            // the first attempt runs the whole job: its moment falls well inside it, so the
+            // kill happens even when this run is faster than the measured one
+            let frac = if kills == 0 {
+                0.15 + 0.6 * uniform()
+            } else {
+                0.2 + 0.8 * uniform()
+            };
+            let at = Duration::from_secs_f64(span * frac);
             let t = Instant::now();
             let status = loop {
                 if let Some(s) = child.try_wait().unwrap() {
@@ -201,6 +211,9 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_run() {
                     child.kill().unwrap();
                     child.wait().unwrap();
                     kills += 1;
+                    if run.join("LATEST").exists() {
+                        mid_run += 1;
+                    }
                     break None;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -211,6 +224,10 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_run() {
                 break;
             }
         }
+        assert!(
+            kills >= 1,
+            "round {round}: the run ended before its kill moment: nothing was killed"
+        );
         let got = steps(&run);
         same_steps(&got, &want);
         let name = |r: &Path| r.join("epoch_0_step_6/model/adapter_model.safetensors");
@@ -221,6 +238,10 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_run() {
         );
         eprintln!("round {round}: killed {kills} time(s), resumed to the same run");
     }
+    assert!(
+        mid_run >= 1,
+        "no kill landed after the first checkpoint: resuming from one was never tested"
+    );
 }
 
 /// The disk fills up during a later checkpoint (modelled by a file-size limit, RLIMIT_FSIZE,

@@ -186,22 +186,51 @@ pub fn tanh(x: f32) -> f32 {
 mod tests {
     use super::{Simd, exp, fold_lanes, tanh, vectorized_with};
 
-    /// The function `gemm` runs float32 matmuls with on this machine, by its symbol's name
-    /// (`gemm_f32::gemm::f32::<kernel>::gemm_basic`).
+    /// The function `gemm` runs float32 matmuls with on this machine, by its symbol's full
+    /// path (`gemm_f32::gemm::f32::<kernel>::gemm_basic`), read from this test binary's ELF
+    /// symbol table. The symbol table holds every function's mangled path under every debug
+    /// setting, where debug info (which a backtrace prefers) may name only `gemm_basic`.
+    #[cfg(target_os = "linux")]
     fn gemm_kernel_symbol() -> String {
-        let f = gemm_f32::gemm::f32::get_gemm_fn();
-        let mut name = String::new();
-        // `resolve` reads an address as a return address and looks one byte before it: point
-        // one byte into the function
-        let inside = (f as usize + 1) as *mut std::ffi::c_void;
-        backtrace::resolve(inside, |sym| {
-            if let Some(n) = sym.name() {
-                name = n.to_string();
-            }
-        });
-        name
+        use object::{Object, ObjectSymbol};
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let bytes = std::fs::read(&exe).expect("reading the test binary");
+        let file = object::File::parse(&*bytes).expect("the test binary is an ELF file");
+        let symbols: Vec<(u64, u64, String)> = file
+            .symbols()
+            .filter(|s| s.size() > 0)
+            .filter_map(|s| {
+                let name = rustc_demangle::demangle(s.name().ok()?).to_string();
+                Some((s.address(), s.size(), name))
+            })
+            .collect();
+        assert!(
+            !symbols.is_empty(),
+            "{} has no symbol table (built with `strip`?): this test names gemm's kernel by it",
+            exe.display()
+        );
+        // where the binary was loaded: this function's address against its symbol's
+        let anchor = gemm_kernel_symbol as fn() -> String as usize as u64;
+        let own = symbols
+            .iter()
+            .find(|(_, _, n)| n.contains("host::tests::gemm_kernel_symbol"))
+            .expect("this function in the symbol table");
+        let bias = anchor.wrapping_sub(own.0);
+        let f = gemm_f32::gemm::f32::get_gemm_fn() as usize as u64;
+        let at = f.wrapping_sub(bias);
+        let found = symbols
+            .iter()
+            .find(|(a, size, _)| (*a..a + size).contains(&at))
+            .unwrap_or_else(|| panic!("no symbol holds gemm's function at {at:#x}"));
+        // the name without its hash (`::h0123…`)
+        let name = &found.2;
+        match name.rfind("::h") {
+            Some(i) if name[i + 3..].chars().all(|c| c.is_ascii_hexdigit()) => name[..i].into(),
+            _ => name.clone(),
+        }
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn gemm_runs_the_widest_kernel_this_cpu_has() {
         let symbol = gemm_kernel_symbol();

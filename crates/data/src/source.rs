@@ -179,9 +179,21 @@ impl DataConfig {
         }
     }
 
-    /// Check what can be checked before reading.
+    /// Check what can be checked before reading. Every key acts or is refused: `num_samples`
+    /// sizes a built-in dataset (files are sliced by `split`), `columns` names the fields of
+    /// files (a built-in dataset makes its records itself).
     pub fn validate(&self) -> Result<(), DataError> {
         parse_split(&self.split)?;
+        if self.path.is_some() && self.num_samples.is_some() {
+            return Err(DataError::Invalid(
+                "num_samples sizes a built-in dataset; to take part of files, slice the split (e.g. `split: train[:1000]`)".into(),
+            ));
+        }
+        if self.builtin.is_some() && self.columns != Columns::default() {
+            return Err(DataError::Invalid(
+                "columns maps the field names of files; a built-in dataset's records have no columns to map (remove the key)".into(),
+            ));
+        }
         if let (Some(p), Some(m)) = (&self.packing, self.max_length)
             && m > p.max_tokens
         {

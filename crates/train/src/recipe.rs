@@ -769,6 +769,26 @@ mod tests {
                 "clip_grad_norm.max_norm: 0",
             ),
             ("", &["model.config=c"], "model: give either"),
+            // keys that would be ignored are refused, naming the section
+            (
+                "",
+                &["dataset.columns.prompt=question"],
+                "dataset: columns maps the field names of files",
+            ),
+            (
+                "validation_dataset:\n  builtin: instruct\n  columns:\n    completion: answer\n",
+                &[],
+                "validation_dataset: columns maps",
+            ),
+            (
+                "",
+                &[
+                    "dataset.builtin=null",
+                    "dataset.path=data.jsonl",
+                    "dataset.num_samples=8",
+                ],
+                "dataset: num_samples sizes a built-in dataset",
+            ),
         ];
         for (extra, o, want) in cases {
             let e = parse(extra, o)
@@ -779,6 +799,7 @@ mod tests {
         }
         // what is accepted
         for o in [
+            "dataset.num_samples=8",
             "distributed.strategy=ddp",
             "distributed.dp_size=1",
             "peft.dim=8",

@@ -116,7 +116,7 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
         other => bail!("mode `{other}`: expected lora, full or generate"),
     };
     let spec = batch_spec(wl)?;
-    let n_labels = spec.labels.iter().flatten().filter(|&&l| l != -100).count();
+    let n_labels = spec.label_tokens();
     // PyTorch's AdamW defaults, a learning rate small enough to stay finite on random weights
     let cfg = OptimizerConfig {
         lr: 1e-5,
@@ -129,8 +129,11 @@ fn train<B: AutodiffBackend, M: TrainModel<B>>(
         if i == opts.warmup {
             automodel_core::memory::reset_peak_resident();
         }
-        let t0 = Instant::now();
+        // the batch is built before the clock starts, as the PyTorch side builds its tensors
+        // once before its loop: both sides time the step alone
         let batch = train_batch::<B>(&spec, device);
+        B::sync(device)?;
+        let t0 = Instant::now();
         let (m, out) = train_step(model, &mut optim, [batch], n_labels, 1e-5, Some(1.0))?;
         model = m;
         B::sync(device)?;

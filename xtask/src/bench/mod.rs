@@ -20,8 +20,9 @@ use anyhow::{Context, bail};
 use automodel_core::device::DeviceSpec;
 
 mod baseline;
+pub(crate) mod dp;
 mod measure;
-mod report;
+pub(crate) mod report;
 mod workload;
 
 use baseline::{python_with_torch, run_baseline};
@@ -120,7 +121,7 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
         if device != "cpu" {
             bail!("--only dp measures workers on the CPU");
         }
-        return crate::bench_dp::bench_dp(rounds, opts.steps, opts.warmup);
+        return dp::bench_dp(rounds, opts.steps, opts.warmup, record);
     }
     let list: Vec<Workload> = workloads(&device, quick)
         .into_iter()
@@ -160,6 +161,12 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
         );
         let spec = serde_json::to_string(wl)?;
         let o = serde_json::to_string(&opts)?;
+        // what to give a profiler to look at our side alone
+        eprintln!(
+            "   our side: RAYON_NUM_THREADS={} {} bench-one '{spec}' '{o}'",
+            opts.threads,
+            exe.display()
+        );
         let run_ours = || -> anyhow::Result<Measure> {
             let out = Command::new(&exe)
                 .args(["bench-one", &spec, &o])

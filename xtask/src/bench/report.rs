@@ -3,7 +3,6 @@
 
 use std::process::Command;
 
-use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use super::measure::{Measure, stats};
@@ -27,7 +26,7 @@ pub struct Row {
     pub flops_per_token: Option<f64>,
 }
 
-pub(super) fn chrono_date() -> String {
+pub(crate) fn chrono_date() -> String {
     chrono::Utc::now().format("%Y-%m-%d").to_string()
 }
 
@@ -138,42 +137,116 @@ pub fn markdown_table(rows: &[Row]) -> String {
     s
 }
 
-const BEGIN: &str = "<!-- bench:begin (written by `cargo xtask bench --record`) -->";
-const END: &str = "<!-- bench:end -->";
+/// The README's speed lines: for each headline workload and each CPU it was recorded on, the
+/// latest record whose sides alternated over at least three rounds (a single pair can be off by
+/// 20 % on a noisy machine, so none is quoted), with its date, CPU and the rounds' spread.
+pub fn summary_lines(rows: &[Row]) -> String {
+    const HEADLINES: &[(&str, &str)] = &[
+        (
+            "gemma3-270m-lora-b1-s256",
+            "Gemma 3 270M LoRA step (1 × 256 tokens, float32)",
+        ),
+        (
+            "gemma3-270m-full-b1-s256",
+            "Gemma 3 270M full fine-tuning step (1 × 256, float32)",
+        ),
+        (
+            "gemma3-270m-generate-p32-n64",
+            "Gemma 3 270M greedy decoding (64 new tokens)",
+        ),
+        (
+            "gemma3-270m-lora-bf16-b1-s256",
+            "Gemma 3 270M LoRA step in bfloat16 (1 × 256)",
+        ),
+        (
+            "gemma3n-tiny-full-b1-s256",
+            "tiny Gemma 3n full step (text, 1 × 256)",
+        ),
+        (
+            "gemma3n-tiny-full-image-b1-s256",
+            "tiny Gemma 3n full step (image + text, 1 × 256)",
+        ),
+    ];
+    let mut s = String::new();
+    for (name, what) in HEADLINES {
+        let mut recs: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.workload.name == *name && r.pytorch.is_some() && r.ratios.len() >= 3)
+            .collect();
+        if recs.is_empty() {
+            s.push_str(&format!(
+                "  * {what}: no record with PyTorch over 3 or more rounds yet\n"
+            ));
+            continue;
+        }
+        recs.sort_by(|a, b| (&a.device_name, &a.date).cmp(&(&b.device_name, &b.date)));
+        // the latest record of each CPU
+        let mut latest: Vec<&Row> = Vec::new();
+        for r in recs {
+            match latest.last_mut() {
+                Some(l) if l.device_name == r.device_name => *l = r,
+                _ => latest.push(r),
+            }
+        }
+        for r in latest {
+            let p = r.pytorch.as_ref().expect("filtered on a baseline");
+            let speed = if r.workload.mode == "generate" {
+                format!(
+                    "{:.1} vs {:.1} tokens/s",
+                    r.ours.tokens_per_s, p.tokens_per_s
+                )
+            } else {
+                format!("{:.2} vs {:.2} s/step", r.ours.median_s, p.median_s)
+            };
+            let mem = match (r.ours.peak_mem_mib, p.peak_mem_mib) {
+                (Some(o), Some(t)) => format!(", peak memory {o:.0} vs {t:.0} MiB"),
+                _ => String::new(),
+            };
+            s.push_str(&format!(
+                "  * {what}: {} PyTorch's speed ({speed}{mem}); {}, {} thread(s) each side, {}\n",
+                ratio_cell(r),
+                r.device_name,
+                r.ours.threads,
+                r.date
+            ));
+        }
+    }
+    s
+}
 
-/// Merge `rows` into `docs/benchmarks.json` (by workload name and device) and rewrite the
-/// table between the markers of `docs/benchmarks.md`.
+/// Merge `rows` into `docs/benchmarks.json` (one row per workload, device and CPU: another
+/// CPU's rows are kept with their dates) and rewrite the blocks the records feed
+/// (`cargo xtask docs`).
 pub(super) fn record_rows(rows: &[Row]) -> anyhow::Result<()> {
     let json = root().join("docs/benchmarks.json");
-    let mut all: Vec<Row> = match std::fs::read_to_string(&json) {
-        Ok(s) => serde_json::from_str(&s).with_context(|| format!("{}", json.display()))?,
-        Err(_) => Vec::new(),
-    };
+    let mut all = crate::docs::bench_rows()?;
     for r in rows {
         all.retain(|x| {
-            !(x.workload.name == r.workload.name && x.workload.device == r.workload.device)
+            !(x.workload.name == r.workload.name
+                && x.workload.device == r.workload.device
+                && x.device_name == r.device_name)
         });
         all.push(r.clone());
     }
     all.sort_by(|a, b| {
-        (&a.workload.device, &a.workload.name).cmp(&(&b.workload.device, &b.workload.name))
+        (
+            &a.workload.device,
+            &a.workload.name,
+            &a.date,
+            &a.device_name,
+        )
+            .cmp(&(
+                &b.workload.device,
+                &b.workload.name,
+                &b.date,
+                &b.device_name,
+            ))
     });
-    std::fs::write(&json, serde_json::to_string_pretty(&all)? + "\n")?;
-    let md = root().join("docs/benchmarks.md");
-    let text = std::fs::read_to_string(&md).with_context(|| format!("{}", md.display()))?;
-    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
-        bail!(
-            "{}: the markers {BEGIN} and {END} are missing",
-            md.display()
-        );
-    };
-    let new = format!(
-        "{}{BEGIN}\n{}{}",
-        &text[..a],
-        markdown_table(&all),
-        &text[b..]
-    );
-    std::fs::write(&md, new)?;
-    eprintln!("recorded into {} and {}", json.display(), md.display());
+    automodel_core::weights::write_atomic(
+        &json,
+        (serde_json::to_string_pretty(&all)? + "\n").as_bytes(),
+    )?;
+    crate::docs::write_all(false)?;
+    eprintln!("recorded into {} and the blocks it feeds", json.display());
     Ok(())
 }

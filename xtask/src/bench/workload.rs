@@ -201,6 +201,20 @@ pub struct BatchSpec {
     pub image_side: Option<usize>,
 }
 
+impl BatchSpec {
+    /// The tokens the loss is taken over, as Hugging Face counts them: labels are shifted by
+    /// one inside the loss (position `t` predicts token `t + 1`), so a row's first label is
+    /// never predicted, and `-100` is no label. A `1 × 256` text batch has 255. The trainer's
+    /// data path counts the same way (`automodel_data::batch`: each sample's first label is
+    /// `-100`).
+    pub fn label_tokens(&self) -> usize {
+        self.labels
+            .iter()
+            .map(|row| row.iter().skip(1).filter(|&&l| l != -100).count())
+            .sum()
+    }
+}
+
 pub fn batch_spec(wl: &Workload) -> anyhow::Result<BatchSpec> {
     let mut ids = token_ids(wl.batch, wl.seq_len, 20_000, 1);
     let mut labels = ids.clone();
@@ -249,12 +263,21 @@ pub fn bench_lora() -> LoraConfig {
     serde_json::from_value(bench_lora_json()).expect("a valid LoRA config")
 }
 
-/// Analytic model FLOPs per token of a training step (forward + backward = 3 × forward, for
-/// LoRA too, as model-FLOP utilisation is usually counted) or of a forward pass (generation):
-/// the matmuls of every linear layer (attention projections, MLP, AltUp, LAuReL, per-layer
-/// inputs, the LM head) plus attention scores and values over the causal context (capped by
-/// the sliding window). Norms, activations and embeddings lookups are not counted; nor are the
-/// towers.
+/// Analytic model FLOPs per token of one workload: the one count behind the GFLOP/s column and
+/// the MFU. What is counted: the matmuls of every linear layer (attention projections, MLP,
+/// AltUp, LAuReL, per-layer inputs, the LM head), attention scores and values over the causal
+/// context (capped by the sliding window) and, for LoRA, the adapters' two small matmuls on each
+/// targeted projection. Norms, activations and embedding lookups are not counted; nor are the
+/// towers (so an image workload's figure is a lower bound).
+///
+/// Only FLOPs actually done count, per mode (`lin`, `attn`, `lora` = one token's forward
+/// FLOPs of the linear layers, the attention products and the adapters):
+/// * `generate`: the forward pass, `lin + attn`;
+/// * `full`: forward + backward = `3 × (lin + attn)` (backward: the input's and the weight's
+///   gradient of every linear, both operands' gradients of the attention products);
+/// * `lora`: `2 × lin + 3 × attn + 3 × lora`: backward computes the frozen base's input
+///   gradients (1× its forward) but no base-weight gradient, while the adapters, the attention
+///   products and their gradients cost 3× their forward, as a full step's do.
 pub fn flops_per_token(wl: &Workload) -> anyhow::Result<f64> {
     let t = wl.seq_len;
     // the mean number of keys a query sees in a causal row of `t` under window `win`
@@ -267,8 +290,31 @@ pub fn flops_per_token(wl: &Workload) -> anyhow::Result<f64> {
     if let Some(f) = kernel_flops(wl) {
         return Ok(f);
     }
-    // (linear layers' FLOPs, attention scores' FLOPs) of one token's forward pass
-    let (lin, attn) = if wl.model == "gemma-3-270m" {
+    let lora_cfg = bench_lora();
+    let targets = match &lora_cfg.target_modules {
+        Some(automodel_peft::Targets::List(names)) => names.clone(),
+        other => bail!("the bench's LoRA targets are a list of names, not {other:?}"),
+    };
+    // the forward FLOPs of a LoRA adapter (rank r) on a targeted `in → out` projection
+    let adapter = |name: &str, fan_in: f64, fan_out: f64| -> f64 {
+        if targets.iter().any(|t| t == name) {
+            2.0 * lora_cfg.r as f64 * (fan_in + fan_out)
+        } else {
+            0.0
+        }
+    };
+    // one decoder layer's seven projections: (name, in, out); k/v only where the layer has them
+    let projections = |h: f64, q: f64, kv: f64, hd: f64, f: f64, has_kv: bool| {
+        let mut v = vec![("q_proj", h, q * hd), ("o_proj", q * hd, h)];
+        if has_kv {
+            v.extend([("k_proj", h, kv * hd), ("v_proj", h, kv * hd)]);
+        }
+        v.extend([("gate_proj", h, f), ("up_proj", h, f), ("down_proj", f, h)]);
+        v
+    };
+    // (linear layers, attention products, LoRA adapters): one token's forward FLOPs
+    let (mut lin, mut attn, mut lora) = (0.0, 0.0, 0.0);
+    if wl.model == "gemma-3-270m" {
         // the config from the GGUF's metadata (no weights read)
         let gguf = automodel_parity::gemma3_270m_path();
         let file = automodel_gguf::GgufFile::open(&gguf)?;
@@ -281,13 +327,15 @@ pub fn flops_per_token(wl: &Workload) -> anyhow::Result<f64> {
             c.head_dim as f64,
             c.intermediate_size as f64,
         );
-        let (mut lin, mut attn) = (0.0, 0.0);
         for lt in c.layer_types() {
             let win = (lt == LayerType::Sliding).then_some(c.sliding_window);
-            lin += 2.0 * (h * q * hd * 2.0 + h * kv * hd * 2.0 + 3.0 * h * f);
+            for (name, i, o) in projections(h, q, kv, hd, f, true) {
+                lin += 2.0 * i * o;
+                lora += adapter(name, i, o);
+            }
             attn += 4.0 * q * hd * ctx(win);
         }
-        (lin + 2.0 * h * c.vocab_size as f64, attn)
+        lin += 2.0 * h * c.vocab_size as f64;
     } else {
         let c = gemma3n_config(&wl.model)?.text;
         let (h, q, kv, hd) = (
@@ -303,35 +351,28 @@ pub fn flops_per_token(wl: &Workload) -> anyhow::Result<f64> {
         );
         let layers = c.layer_types();
         let first_shared = c.first_kv_shared_layer();
-        let (mut total, mut attn) = (0.0, 0.0);
         for (i, (lt, f)) in layers.iter().zip(c.intermediate_sizes()).enumerate() {
             let win = (*lt == LayerType::Sliding).then_some(c.sliding_window);
-            let kv_proj = if i >= first_shared {
-                0.0
-            } else {
-                2.0 * h * kv * hd
-            };
-            let mut l = 2.0 * (2.0 * h * q * hd + kv_proj + 3.0 * h * f as f64);
+            // KV-shared layers compute no K/V projections
+            for (name, fi, fo) in projections(h, q, kv, hd, f as f64, i < first_shared) {
+                lin += 2.0 * fi * fo;
+                lora += adapter(name, fi, fo);
+            }
             attn += 4.0 * q * hd * ctx(win);
             // AltUp: the router (h → n) twice, predict (n → n²) and correct (n → n) coefs
-            l += 2.0 * (2.0 * h * n + n * n * n + n * n) + 2.0 * n * n * h * 2.0;
+            lin += 2.0 * (2.0 * h * n + n * n * n + n * n) + 2.0 * n * n * h * 2.0;
             // LAuReL (h → r → h) and the per-layer input gate (h → p → h)
-            l += 2.0 * (2.0 * h * r) + 2.0 * (2.0 * h * p);
-            total += l;
+            lin += 2.0 * (2.0 * h * r) + 2.0 * (2.0 * h * p);
         }
         let nl = layers.len() as f64;
         // per-layer input projection (h → L·p), AltUp in/out projections, the LM head
-        total += 2.0 * h * nl * p + 2.0 * 2.0 * (n - 1.0) * h * h + 2.0 * h * c.vocab_size as f64;
-        (total, attn)
-    };
-    // backward: the attention scores' two products need both operands' gradients (2× forward);
-    // a linear layer needs its input's gradient (1× forward) and, when trained, its weight's
-    // (1× more). LoRA trains no base weight (its adapters' FLOPs are negligible), so a LoRA
-    // step does 2× the linear layers' forward, a full step 3×: only FLOPs actually done count.
+        lin += 2.0 * h * nl * p + 2.0 * 2.0 * (n - 1.0) * h * h + 2.0 * h * c.vocab_size as f64;
+    }
     Ok(match wl.mode.as_str() {
         "generate" => lin + attn,
-        "lora" => 2.0 * lin + 3.0 * attn,
-        _ => 3.0 * (lin + attn),
+        "lora" => 2.0 * lin + 3.0 * attn + 3.0 * lora,
+        "full" => 3.0 * (lin + attn),
+        other => bail!("mode `{other}`: expected lora, full or generate"),
     })
 }
 
