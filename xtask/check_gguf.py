@@ -24,6 +24,33 @@ except ImportError as e:  # the caller names the missing package
     sys.exit(f"check_gguf.py needs llama-cpp-python and numpy ({e}); pip install llama-cpp-python==0.3.36")
 
 
+def cpu_has_amx() -> bool:
+    try:
+        return any(l.startswith("flags") and " amx_int8" in l for l in open("/proc/cpuinfo"))
+    except OSError:
+        return False
+
+
+def without_amx_repack():
+    """llama.cpp 0.3.36's AMX weight repacking (its "extra buffer type", taken on CPUs with
+    AMX-INT8) repacks the token embedding table too, and `decode` then crashes (SIGSEGV) on our
+    Q8_0 export of the 270M (seen on an Intel Xeon with AMX, 2026-12-07): on such CPUs the
+    weights stay in their GGUF layout (`use_extra_bufts = false`), so llama.cpp runs its plain
+    CPU kernels, as it does on every CPU without AMX."""
+    from llama_cpp import llama_cpp as lib
+    import llama_cpp.llama as llama_mod
+
+    default = lib.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_mod.llama_cpp.llama_model_default_params = params
+    print("check_gguf.py: this CPU has AMX; llama.cpp's AMX weight repacking is off", file=sys.stderr)
+
+
 def log_softmax(x):
     m = np.max(x, axis=1, keepdims=True)
     return x - m - np.log(np.sum(np.exp(x - m), axis=1, keepdims=True))
@@ -31,6 +58,8 @@ def log_softmax(x):
 
 def main(job_path: str, out_path: str) -> None:
     job = json.load(open(job_path))
+    if cpu_has_amx():
+        without_amx_repack()
     llm = Llama(model_path=job["model"], n_ctx=job["n_ctx"], n_batch=job["n_ctx"], n_threads=2,
                 logits_all=True, verbose=False, type_k=0, type_v=0)
     ref = None

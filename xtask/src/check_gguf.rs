@@ -81,7 +81,7 @@ pub fn gate(ty: FileType) -> Gate {
             clear_disagreements: None,
         },
         _ => Gate::AgainstF16 {
-            max_mean_kld: 0.1,
+            max_mean_kld: 0.05,
             min_same_top: 0.9,
         },
     }
@@ -491,7 +491,10 @@ pub fn check_gguf(args: &[String]) -> anyhow::Result<bool> {
             o.tokenized_equal,
             o.greedy_equal,
             if o.greedy_equal < n {
-                format!(" (others part at a near-tie: our logits {:.3} apart)", o.worst_margin)
+                format!(
+                    " (the others part where our logits are at most {:.3} apart)",
+                    o.worst_margin
+                )
             } else {
                 String::new()
             },
