@@ -18,7 +18,7 @@ CLI=target/gpu-check/automodel-cli
 OUT="${OUT:-target/gpu-check/out}"
 mkdir -p "$OUT"
 export AUTOMODEL_ROOT="$PWD" RUST_LOG="${RUST_LOG:-warn}" NO_COLOR=1
-if ! python3 -c "import peft" 2>/dev/null && [ -d target/gpu-check/py ]; then
+if ! python3 -c "import peft, timm" 2>/dev/null && [ -d target/gpu-check/py ]; then
   export PYTHONPATH="$PWD/target/gpu-check/py${PYTHONPATH:+:$PYTHONPATH}"
 fi
 report="$OUT/report.md"
@@ -54,8 +54,8 @@ export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 } > "$report"
 
 # 2. the baseline's packages, or stop here
-if ! python3 -c "import torch, transformers, peft" 2>>"$report"; then
-  echo "error: torch, transformers and peft must import for the PyTorch baseline (see $report)" >&2
+if ! python3 -c "import torch, transformers, peft, timm, PIL" 2>>"$report"; then
+  echo "error: torch, transformers, peft, timm and Pillow must import for the PyTorch baseline (see $report)" >&2
   cat "$report"
   exit 1
 fi

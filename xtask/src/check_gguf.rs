@@ -49,6 +49,21 @@ type B = CpuBackend;
 /// Two tokens whose logits are closer than this are a tie for the check's purposes.
 const NEAR_TIE: f32 = 0.1;
 
+/// Our logits put two tokens within [`NEAR_TIE`] (a NaN gap is none).
+fn is_near_tie(gap: f32) -> bool {
+    gap < NEAR_TIE
+}
+
+/// `x` under the bar, or not a number.
+fn below(x: f64, bar: f64) -> bool {
+    x.is_nan() || x < bar
+}
+
+/// `x` over the bar, or not a number.
+fn above(x: f64, bar: f64) -> bool {
+    x.is_nan() || x > bar
+}
+
 /// What a type must reach to pass (docs/export.md lists them with the measured values).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Gate {
@@ -137,7 +152,7 @@ impl Outcome {
                 min_agreement,
                 clear_disagreements,
             } => {
-                if self.positions == 0 || !(self.agreement() >= min_agreement) {
+                if self.positions == 0 || below(self.agreement(), min_agreement) {
                     why.push(format!(
                         "top-1 agreement {:.1} % ({}/{}) below {:.0} %",
                         100.0 * self.agreement(),
@@ -154,7 +169,7 @@ impl Outcome {
                         self.clear_disagreements
                     ));
                 }
-                if self.greedy_equal != self.prompts && !(self.worst_margin < NEAR_TIE) {
+                if self.greedy_equal != self.prompts && !is_near_tie(self.worst_margin) {
                     why.push(format!(
                         "a greedy continuation parts where our logits are {:.3} apart (near-tie: {NEAR_TIE})",
                         self.worst_margin
@@ -168,13 +183,13 @@ impl Outcome {
                 if self.kld.is_empty() {
                     why.push("no KL divergence against the F16 file was measured".into());
                 } else {
-                    if !(self.mean_kld() <= max_mean_kld) {
+                    if above(self.mean_kld(), max_mean_kld) {
                         why.push(format!(
                             "mean KL divergence from F16 {:.4} above {max_mean_kld}",
                             self.mean_kld()
                         ));
                     }
-                    if !(self.same_top_rate() >= min_same_top) {
+                    if below(self.same_top_rate(), min_same_top) {
                         why.push(format!(
                             "same top token as F16 at {:.1} % of positions, below {:.0} %",
                             100.0 * self.same_top_rate(),
@@ -433,7 +448,7 @@ pub fn check_gguf(args: &[String]) -> anyhow::Result<bool> {
                 let at = |t: Option<&i64>| t.map_or(f32::NAN, |t| logits[*t as usize]);
                 let margin = at(mine.get(i)) - at(theirs.get(i));
                 // NaN stays NaN (f32::max would drop it) and fails the gate
-                if margin.is_nan() || !(margin <= o.worst_margin) {
+                if margin.is_nan() || margin > o.worst_margin {
                     o.worst_margin = margin;
                 }
                 let text =
@@ -468,7 +483,7 @@ pub fn check_gguf(args: &[String]) -> anyhow::Result<bool> {
                     && l != mine
                 {
                     let gap = logits[p * v + mine as usize] - logits[p * v + l as usize];
-                    if !(gap < NEAR_TIE) {
+                    if !is_near_tie(gap) {
                         o.clear_disagreements += 1;
                         println!(
                             "  {}: position {p} of {:?}: llama.cpp's top-1 is {gap:.3} below ours in our logits",

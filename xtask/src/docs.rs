@@ -1,7 +1,8 @@
 //! `cargo xtask docs [--check]`: the measured figures of README.md and docs/ are blocks that
 //! this command writes from the records the commands that measured them keep
 //! (`docs/benchmarks.json` from `cargo xtask bench --record`, `docs/benchmarks-dp.json` from
-//! `cargo xtask bench --only dp --record`). `--check` (CI) fails, naming the block, when a block
+//! `cargo xtask bench --only dp --record`, `docs/quickstart.json` from `cargo xtask quickstart
+//! --record`). `--check` (CI) fails, naming the block, when a block
 //! no longer matches its record, or when a record has no block.
 //!
 //! A block sits between `<!-- NAME:begin … -->` and `<!-- NAME:end -->`; whatever is between
@@ -44,6 +45,11 @@ fn dp_records() -> anyhow::Result<Vec<DpRecord>> {
 fn blocks() -> anyhow::Result<Vec<Block>> {
     let rows = bench_rows()?;
     let dp = dp_records()?;
+    let quick = crate::quickstart::read_records(&root().join("docs/quickstart.json"))?;
+    let quick_text = match quick.last() {
+        Some(r) => crate::quickstart::quickstart_markdown(r),
+        None => "No record yet: `cargo xtask quickstart --record`.\n".into(),
+    };
     let dp_text = match dp.last() {
         Some(r) => dp_markdown(r),
         None => "No record yet: `cargo xtask bench --only dp --record`.\n".into(),
@@ -60,6 +66,12 @@ fn blocks() -> anyhow::Result<Vec<Block>> {
             name: "bench-dp",
             by: "cargo xtask bench --only dp --record",
             text: dp_text,
+        },
+        Block {
+            file: "README.md",
+            name: "quickstart",
+            by: "cargo xtask quickstart --record",
+            text: quick_text,
         },
         Block {
             file: "README.md",

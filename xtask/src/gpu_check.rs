@@ -81,7 +81,8 @@ pub fn gpu_check(args: &[String]) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// `peft` and `accelerate` (pure Python) unpacked into `dir`, for a GPU image that has torch and
+/// `peft`, `accelerate` and `timm` (pure Python; timm builds Gemma 3n's vision tower in
+/// transformers) unpacked into `dir`, for a GPU image that has torch, torchvision, Pillow and
 /// transformers but not these; the check needs them, so failing to fetch them is an error.
 fn wheels(dir: &Path) -> anyhow::Result<()> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
@@ -90,12 +91,12 @@ fn wheels(dir: &Path) -> anyhow::Result<()> {
     let ok = Command::new(&python)
         .args(["-m", "pip", "download", "--quiet", "--no-deps", "--dest"])
         .arg(&tmp)
-        .args(["peft", "accelerate"])
+        .args(["peft", "accelerate", "timm"])
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
         bail!(
-            "pip could not download peft and accelerate ({python} -m pip download): the GPU check's PyTorch LoRA baseline needs them"
+            "pip could not download peft, accelerate and timm ({python} -m pip download): the GPU check's PyTorch baseline needs them"
         );
     }
     let _ = std::fs::remove_dir_all(dir);

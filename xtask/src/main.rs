@@ -14,10 +14,18 @@
 //! * `bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--steps N] [--warmup N] [--threads N]
 //!   [--only NAME]... [--json FILE] [--record]` — training-step and generation benchmarks, with
 //!   PyTorch's figures beside ours (`--baseline`); see `docs/benchmarks.md`. `--only dp`: tokens/s
-//!   of data-parallel training with 1 and 2 workers on the CPU and the scaling efficiency.
+//!   of data-parallel training (1 process on 1 thread, 2 workers, 1 process on every core) on the
+//!   CPU. `--record` keeps the results in `docs/benchmarks*.json` and rewrites their blocks.
+//! * `docs [--check]` — write (or, with `--check`, compare) the blocks of README.md and docs/
+//!   that show measured figures, from the records `bench --record` keeps.
 //! * `fuzz [--minutes N] [--target NAME]... [--seed S]` — seeded mutation fuzzing of the
-//!   parsers of users' files (GGUF, safetensors, config, recipe, JSONL, WAV, PNG); a panic,
-//!   abort or hang fails it and keeps the input in `target/fuzz/crashes/`.
+//!   parsers of users' files (GGUF, safetensors, config, recipe, JSONL, Parquet, tokenizer.json,
+//!   WAV, PNG); a panic, abort or an input over 20 s fails it and keeps the input in
+//!   `target/fuzz/crashes/`.
+//! * `quickstart [--record]` — README's Quick start timed on a fresh clone of HEAD (release build,
+//!   then `finetune` with an empty model cache); `--record` keeps it for README's block.
+//! * `soak-check RSS_LOG TRAINING_JSONL [--bound PERCENT]` — `xtask/soak.sh`'s verdict: fails
+//!   when the resident memory grew past the bound after the warm-up.
 //! * `gpu-check [--no-build]` — build what a run on the GPU machine needs into
 //!   `target/gpu-check/` (run there with `xtask/gpu-check.sh`).
 
@@ -36,6 +44,7 @@ mod check_gguf;
 mod docs;
 mod fuzz;
 mod gpu_check;
+mod quickstart;
 mod soak;
 
 fn main() -> ExitCode {
@@ -50,6 +59,7 @@ fn main() -> ExitCode {
         Some("dp-worker") => bench::dp::dp_worker(&args[1..]),
         Some("docs") => docs::docs(&args[1..]),
         Some("soak-check") => soak::soak_check(&args[1..]),
+        Some("quickstart") => quickstart::quickstart(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("fuzz-child") => fuzz::fuzz_child(&args[1..]),
         Some("gpu-check") => gpu_check::gpu_check(&args[1..]),
@@ -75,7 +85,7 @@ fn main() -> ExitCode {
     }
 }
 
-pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--rounds R] [--steps N] [--warmup N] [--threads N] [--only NAME | --only dp]... [--json FILE] [--record]\n       cargo xtask docs [--check]\n       cargo xtask soak-check RSS_LOG TRAINING_JSONL [--bound PERCENT]\n       cargo xtask fuzz [--minutes N] [--target NAME]... [--seed S]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask check-gguf [--model M] [--adapter DIR] [--types f16,q8_0,q4_k_m] [--new-tokens N] [--python PY] [--out DIR]\n       cargo xtask f16-smoke [--device D]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda[:N]|wgpu[:N|:cpu]]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
+pub(crate) const USAGE: &str = "usage: cargo xtask fetch-model gemma-3-270m\n       cargo xtask bench [--device cpu|cuda|wgpu[:N|:cpu]] [--quick] [--baseline] [--rounds R] [--steps N] [--warmup N] [--threads N] [--only NAME | --only dp]... [--json FILE] [--record]\n       cargo xtask docs [--check]\n       cargo xtask soak-check RSS_LOG TRAINING_JSONL [--bound PERCENT]\n       cargo xtask quickstart [--record]\n       cargo xtask fuzz [--minutes N] [--target NAME]... [--seed S]\n       cargo xtask gpu-check [--no-build]\n       cargo xtask check-gguf [--model M] [--adapter DIR] [--types f16,q8_0,q4_k_m] [--new-tokens N] [--python PY] [--out DIR]\n       cargo xtask f16-smoke [--device D]\n       cargo xtask parity [<golden-dir | case-dir>] [--case NAME]... [--device cpu|cuda[:N]|wgpu[:N|:cpu]]   (default: reference/golden)\n       cargo xtask parity <golden-gemma3-270m-dir> --model <gguf file>\n       cargo xtask parity <golden-peft-dir> [--model <gguf file>]";
 
 fn parity(args: &[String]) -> anyhow::Result<bool> {
     let mut dir: Option<PathBuf> = None;

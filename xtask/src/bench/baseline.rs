@@ -15,7 +15,8 @@ pub(super) fn python_with_torch() -> Option<(String, String)> {
     let out = Command::new(&py)
         .args([
             "-c",
-            "import torch, transformers, peft; print(f'torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')",
+            // timm and Pillow build Gemma 3n's vision tower (transformers' TimmWrapperModel)
+            "import torch, transformers, peft, timm, PIL; print(f'torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, timm {timm.__version__}')",
         ])
         .output()
         .ok()?;

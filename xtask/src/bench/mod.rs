@@ -144,7 +144,7 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
                 Some(p)
             }
             None => bail!(
-                "--baseline: no Python with torch, transformers and peft (set PYTHON=..., or `pip install torch transformers peft`)"
+                "--baseline: no Python with torch, transformers, peft, timm and Pillow (set PYTHON=..., or `pip install torch transformers peft timm pillow`)"
             ),
         }
     } else {
@@ -217,15 +217,16 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
             ratios,
         };
         eprintln!("{}", row_line(&row));
+        // each workload is kept as it finishes: a later failure loses nothing measured
+        if record {
+            record_rows(std::slice::from_ref(&row))?;
+        }
         rows.push(row);
     }
     println!("{}", markdown_table(&rows));
     if let Some(p) = &json_out {
         std::fs::write(p, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing {}", p.display()))?;
-    }
-    if record {
-        record_rows(&rows)?;
     }
     Ok(true)
 }

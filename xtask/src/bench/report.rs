@@ -66,7 +66,7 @@ fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 
 pub(super) fn row_line(r: &Row) -> String {
     format!(
-        "{}: ours {:.3} s/step [{:.3}–{:.3}], {:.1} tok/s, {} MiB | PyTorch {} | ×{}",
+        "{}: ours {:.3} s/step [{:.3}–{:.3}], {:.1} tok/s, {} MiB | PyTorch {} | {}",
         r.workload.name,
         r.ours.median_s,
         r.ours.min_s,
