@@ -8,9 +8,9 @@
 //! A block sits between `<!-- NAME:begin … -->` and `<!-- NAME:end -->`; whatever is between
 //! the markers belongs to this command.
 
-use std::path::Path;
-
 use anyhow::{Context, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::bench::dp::{DpRecord, dp_markdown};
 use crate::bench::report::{Row, markdown_table, summary_lines};
@@ -25,27 +25,47 @@ struct Block {
     text: String,
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
-    match std::fs::read_to_string(path) {
+/// The bench records.
+pub const BENCH_RECORDS: &str = "docs/benchmarks.json";
+/// The data-parallel records.
+pub const DP_RECORDS: &str = "docs/benchmarks-dp.json";
+/// The Quick start records.
+pub const QUICKSTART_RECORDS: &str = "docs/quickstart.json";
+
+/// The records kept in `file` (relative to the workspace root; none when it does not exist).
+pub fn read_records<T: DeserializeOwned>(file: &str) -> anyhow::Result<Vec<T>> {
+    let path = root().join(file);
+    match std::fs::read_to_string(&path) {
         Ok(s) => serde_json::from_str(&s).with_context(|| format!("{}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 
-/// The bench records (`docs/benchmarks.json`).
-pub fn bench_rows() -> anyhow::Result<Vec<Row>> {
-    read_json(&root().join("docs/benchmarks.json"))
+/// Write `records` into `file` (atomically) and rewrite every block from the records.
+pub fn write_records<T: Serialize>(file: &str, records: &[T]) -> anyhow::Result<()> {
+    let path = root().join(file);
+    automodel_core::weights::write_atomic(
+        &path,
+        (serde_json::to_string_pretty(records)? + "\n").as_bytes(),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    write_all(false)?;
+    eprintln!("recorded into {file} and the blocks it feeds");
+    Ok(())
 }
 
-fn dp_records() -> anyhow::Result<Vec<DpRecord>> {
-    read_json(&root().join("docs/benchmarks-dp.json"))
+/// Add one record to the end of `file` and rewrite the blocks.
+pub fn append_record<T: Serialize + DeserializeOwned>(file: &str, record: T) -> anyhow::Result<()> {
+    let mut all: Vec<T> = read_records(file)?;
+    all.push(record);
+    write_records(file, &all)
 }
 
 fn blocks() -> anyhow::Result<Vec<Block>> {
-    let rows = bench_rows()?;
-    let dp = dp_records()?;
-    let quick = crate::quickstart::read_records(&root().join("docs/quickstart.json"))?;
+    let rows: Vec<Row> = read_records(BENCH_RECORDS)?;
+    let dp: Vec<DpRecord> = read_records(DP_RECORDS)?;
+    let quick: Vec<crate::quickstart::QuickstartRecord> = read_records(QUICKSTART_RECORDS)?;
     let quick_text = match quick.last() {
         Some(r) => crate::quickstart::quickstart_markdown(r),
         None => "No record yet: `cargo xtask quickstart --record`.\n".into(),
@@ -111,6 +131,7 @@ pub fn write_all(check: bool) -> anyhow::Result<Vec<String>> {
     let mut stale = Vec::new();
     let blocks = blocks()?;
     let mut files: Vec<&str> = blocks.iter().map(|b| b.file).collect();
+    files.sort_unstable();
     files.dedup();
     for file in files {
         let path = root().join(file);
@@ -155,20 +176,6 @@ pub fn docs(args: &[String]) -> anyhow::Result<bool> {
         eprintln!("rewrote {s}");
     }
     Ok(true)
-}
-
-/// Append a data-parallel record and rewrite the blocks.
-pub fn record_dp(rec: DpRecord) -> anyhow::Result<()> {
-    let path = root().join("docs/benchmarks-dp.json");
-    let mut all = dp_records()?;
-    all.push(rec);
-    automodel_core::weights::write_atomic(
-        &path,
-        (serde_json::to_string_pretty(&all)? + "\n").as_bytes(),
-    )?;
-    write_all(false)?;
-    eprintln!("recorded into {}", path.display());
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! memory and the exact match before and after; `--record` keeps them in
 //! `docs/quickstart.json` and rewrites README's block (`cargo xtask docs`).
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -66,7 +65,7 @@ pub fn parse_metric(stdout: &str) -> Option<(String, f64, f64)> {
 
 /// Runs `cmd` with its stdout captured: (seconds, stdout, its own peak resident memory in MiB,
 /// from `wait4`'s resource usage of that one child).
-fn run_measured(cmd: &mut Command, what: &str) -> anyhow::Result<(f64, String, f64)> {
+fn run(cmd: &mut Command, what: &str) -> anyhow::Result<(f64, String, f64)> {
     use std::io::Read;
     let t = Instant::now();
     let mut child = cmd
@@ -97,21 +96,6 @@ fn run_measured(cmd: &mut Command, what: &str) -> anyhow::Result<(f64, String, f
     ))
 }
 
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<(f64, String)> {
-    let t = Instant::now();
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!("{what} failed ({})", out.status);
-    }
-    Ok((
-        t.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
-}
-
 pub fn quickstart(args: &[String]) -> anyhow::Result<bool> {
     let record = match args {
         [] => false,
@@ -128,7 +112,7 @@ pub fn quickstart(args: &[String]) -> anyhow::Result<bool> {
             .arg(&clone),
         "git clone",
     )?;
-    let (_, commit) = run(
+    let (_, commit, _) = run(
         Command::new("git")
             .args(["rev-parse", "--short", "HEAD"])
             .current_dir(&clone),
@@ -139,7 +123,7 @@ pub fn quickstart(args: &[String]) -> anyhow::Result<bool> {
         commit.trim()
     );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let (build_s, _) = run(
+    let (build_s, _, _) = run(
         Command::new(&cargo)
             .args(["build", "--release", "-p", "automodel-cli"])
             .current_dir(&clone)
@@ -151,7 +135,7 @@ pub fn quickstart(args: &[String]) -> anyhow::Result<bool> {
     let cache = work.path().join("cache");
     std::fs::create_dir(&cache)?;
     let cli = clone.join("target/release/automodel-cli");
-    let (run_s, stdout, run_peak_mib) = run_measured(
+    let (run_s, stdout, run_peak_mib) = run(
         Command::new(&cli)
             .arg("finetune")
             .current_dir(&clone)
@@ -174,25 +158,9 @@ pub fn quickstart(args: &[String]) -> anyhow::Result<bool> {
     };
     print!("{}", quickstart_markdown(&rec));
     if record {
-        let path = root.join("docs/quickstart.json");
-        let mut all: Vec<QuickstartRecord> = read_records(&path)?;
-        all.push(rec);
-        automodel_core::weights::write_atomic(
-            &path,
-            (serde_json::to_string_pretty(&all)? + "\n").as_bytes(),
-        )?;
-        crate::docs::write_all(false)?;
-        eprintln!("recorded into {}", path.display());
+        crate::docs::append_record(crate::docs::QUICKSTART_RECORDS, rec)?;
     }
     Ok(true)
-}
-
-pub fn read_records(path: &Path) -> anyhow::Result<Vec<QuickstartRecord>> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => serde_json::from_str(&s).with_context(|| format!("{}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
 }
 
 #[cfg(test)]

@@ -2,17 +2,11 @@
 //! longer matches the record it is written from, and passes once `cargo xtask docs` rewrote it.
 
 use std::path::Path;
-use std::process::Command;
+
+mod common;
 
 fn xtask(root: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .env("AUTOMODEL_ROOT", root)
-        .output()
-        .expect("xtask runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    common::xtask(args, &[("AUTOMODEL_ROOT", root.as_os_str())])
 }
 
 #[test]

@@ -1,15 +1,9 @@
 //! `cargo xtask parity` outcomes that need no computation: a run that checks nothing fails.
 
-use std::process::Command;
+mod common;
 
 fn xtask(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("xtask runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    common::xtask(args, &[])
 }
 
 #[test]

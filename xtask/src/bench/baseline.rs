@@ -9,17 +9,26 @@ use super::measure::{Measure, RunOpts, parse_result};
 use super::root;
 use super::workload::{Workload, batch_spec, bench_lora_json, gemma3n_config, token_ids};
 
-/// The Python that has torch + transformers (+ peft), if any: `$PYTHON`, else `python3`.
-pub(super) fn python_with_torch() -> Option<(String, String)> {
+/// The Python packages the baseline imports for `list`: torch, transformers and peft always;
+/// timm and Pillow when a Gemma 3n model is built (its vision tower is transformers'
+/// `TimmWrapperModel`).
+pub(super) fn baseline_packages(list: &[Workload]) -> Vec<&'static str> {
+    let mut p = vec!["torch", "transformers", "peft"];
+    if list.iter().any(|w| w.model.starts_with("gemma3n")) {
+        p.extend(["timm", "PIL"]);
+    }
+    p
+}
+
+/// `$PYTHON` (else `python3`) and its versions line, when it imports every one of `packages`.
+pub(super) fn python_with(packages: &[&str]) -> Option<(String, String)> {
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&py)
-        .args([
-            "-c",
-            // timm and Pillow build Gemma 3n's vision tower (transformers' TimmWrapperModel)
-            "import torch, transformers, peft, timm, PIL; print(f'torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, timm {timm.__version__}')",
-        ])
-        .output()
-        .ok()?;
+    let script = format!(
+        "import {}; print(', '.join(f'{{m.__name__}} {{getattr(m, \"__version__\", \"?\")}}' for m in [{}]))",
+        packages.join(", "),
+        packages.join(", ")
+    );
+    let out = Command::new(&py).args(["-c", &script]).output().ok()?;
     out.status
         .success()
         .then(|| (py, String::from_utf8_lossy(&out.stdout).trim().to_string()))

@@ -289,7 +289,7 @@ pub fn bench_dp(rounds: usize, steps: usize, warmup: usize, record: bool) -> any
     );
     println!("{}", dp_markdown(&rec));
     if record {
-        crate::docs::record_dp(rec)?;
+        crate::docs::append_record(crate::docs::DP_RECORDS, rec)?;
     }
     Ok(true)
 }

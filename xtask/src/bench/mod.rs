@@ -25,7 +25,7 @@ mod measure;
 pub(crate) mod report;
 mod workload;
 
-use baseline::{python_with_torch, run_baseline};
+use baseline::{baseline_packages, python_with, run_baseline};
 pub use measure::bench_one;
 use measure::{Measure, RunOpts, parse_result, stats};
 pub use report::device_name;
@@ -138,14 +138,24 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
         );
     }
     let python = if baseline {
-        match python_with_torch() {
+        let packages = baseline_packages(&list);
+        match python_with(&packages) {
             Some(p) => {
                 eprintln!("baseline: {}", p.1);
                 Some(p)
             }
-            None => bail!(
-                "--baseline: no Python with torch, transformers, peft, timm and Pillow (set PYTHON=..., or `pip install torch transformers peft timm pillow`)"
-            ),
+            None => {
+                let pip: Vec<&str> = packages
+                    .iter()
+                    .map(|p| if *p == "PIL" { "pillow" } else { p })
+                    .collect();
+                bail!(
+                    "--baseline: {} does not import {} (set PYTHON=..., or `pip install {}`)",
+                    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()),
+                    packages.join(", "),
+                    pip.join(" ")
+                )
+            }
         }
     } else {
         None

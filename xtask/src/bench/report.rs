@@ -6,7 +6,6 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use super::measure::{Measure, stats};
-use super::root;
 use super::workload::Workload;
 
 /// One row of the results.
@@ -218,8 +217,8 @@ pub fn summary_lines(rows: &[Row]) -> String {
 /// CPU's rows are kept with their dates) and rewrite the blocks the records feed
 /// (`cargo xtask docs`).
 pub(super) fn record_rows(rows: &[Row]) -> anyhow::Result<()> {
-    let json = root().join("docs/benchmarks.json");
-    let mut all = crate::docs::bench_rows()?;
+    use crate::docs::{BENCH_RECORDS, read_records, write_records};
+    let mut all: Vec<Row> = read_records(BENCH_RECORDS)?;
     for r in rows {
         all.retain(|x| {
             !(x.workload.name == r.workload.name
@@ -228,25 +227,14 @@ pub(super) fn record_rows(rows: &[Row]) -> anyhow::Result<()> {
         });
         all.push(r.clone());
     }
-    all.sort_by(|a, b| {
+    let key = |r: &Row| {
         (
-            &a.workload.device,
-            &a.workload.name,
-            &a.date,
-            &a.device_name,
+            r.workload.device.clone(),
+            r.workload.name.clone(),
+            r.date.clone(),
+            r.device_name.clone(),
         )
-            .cmp(&(
-                &b.workload.device,
-                &b.workload.name,
-                &b.date,
-                &b.device_name,
-            ))
-    });
-    automodel_core::weights::write_atomic(
-        &json,
-        (serde_json::to_string_pretty(&all)? + "\n").as_bytes(),
-    )?;
-    crate::docs::write_all(false)?;
-    eprintln!("recorded into {} and the blocks it feeds", json.display());
-    Ok(())
+    };
+    all.sort_by_key(key);
+    write_records(BENCH_RECORDS, &all)
 }
