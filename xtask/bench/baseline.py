@@ -20,6 +20,7 @@ Usage: python3 xtask/bench/baseline.py JOB.json
 """
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -61,6 +62,11 @@ def build_model(job, torch, dtype, device):
             model = Gemma3nForConditionalGeneration._from_config(
                 cfg, attn_implementation="sdpa", dtype=dtype
             )
+        # the weights our side builds: the counter formula, seed 0 (reference/counter_weights.py)
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../reference"))
+        from counter_weights import fill_model_
+
+        fill_model_(model, 0)
     return model.to(device)
 
 

@@ -11,7 +11,8 @@ use crate::config::ConfigError;
 use crate::error::WeightError;
 use crate::init::Initializer;
 use crate::tree::load_component;
-use crate::weights::{SafeTensorsFiles, open_checkpoint};
+use crate::tree::param_infos;
+use crate::weights::{CounterWeights, TensorSource, open_checkpoint};
 
 /// A component with its config, its key prefix inside a full checkpoint, and a constructor; the
 /// loading paths come with it.
@@ -33,7 +34,7 @@ pub trait Pretrained<B: Backend>: Module<B> + Sized {
     /// Load from checkpoint files (keys under [`Self::PREFIX`], or bare keys), reporting every
     /// missing, unexpected or mis-shaped key at once.
     fn from_files(
-        files: &SafeTensorsFiles,
+        files: &dyn TensorSource,
         cfg: &Self::Config,
         device: &B::Device,
         dtype: DType,
@@ -57,6 +58,25 @@ pub trait Pretrained<B: Backend>: Module<B> + Sized {
     ) -> Result<Self, Self::Error> {
         let (config, files) = open_checkpoint(path.as_ref())?;
         Self::from_files(&files, &Self::read_config(&config)?, device, dtype)
+    }
+
+    /// Weights from the counter formula ([`crate::weights::CounterWeights`]): every value a hash
+    /// of its full-model key, `seed` and index, the same bits the reference's numpy computes.
+    fn from_counter_weights(
+        cfg: &Self::Config,
+        seed: u64,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, Self::Error> {
+        let shapes = Self::build(&Initializer::shapes(device, dtype), cfg)?;
+        let weights = CounterWeights::new(
+            seed,
+            param_infos(&shapes, Self::PREFIX)
+                .into_iter()
+                .map(|p| (p.key, p.shape)),
+        )
+        .with_dtype(dtype);
+        Self::from_files(&weights, cfg, device, dtype)
     }
 
     /// A random initialisation.

@@ -91,49 +91,68 @@ impl TextSide {
     pub fn for_config(tokenizer: &Path, config_dir: &Path) -> Result<Self, DataError> {
         let cfg_path = config_dir.join("config.json");
         let cfg = automodel_core::config::read_json(&cfg_path)?;
-        let gemma3n = cfg.get("model_type").and_then(|v| v.as_str()) == Some("gemma3n");
-        let tok = if tokenizer.is_file() {
-            let gguf = GgufFile::open(tokenizer).map_err(|e| DataError::File {
-                path: tokenizer.to_path_buf(),
-                message: e.to_string(),
-            })?;
-            if gemma3n {
-                GemmaTokenizer::gemma3n_from_gguf(&gguf)?
-            } else {
-                GemmaTokenizer::from_gguf(&gguf)?
-            }
-        } else {
-            GemmaTokenizer::from_file(tokenizer.join("tokenizer.json"))?
+        if cfg.get("model_type").and_then(|v| v.as_str()) != Some("gemma3n") {
+            return Ok(Self {
+                tokenizer: Self::config_tokenizer(tokenizer, false)?,
+                template: ChatTemplate::gemma(),
+                processor: None,
+            });
+        }
+        let pp = config_dir.join("preprocessor_config.json");
+        Self::for_gemma3n(
+            tokenizer,
+            &Gemma3nConfig::from_file(&cfg_path)?,
+            pp.is_file().then_some(pp.as_path()),
+        )
+    }
+
+    /// The text side of a Gemma 3n built from `config` (a released configuration, say): the
+    /// tokenizer of `tokenizer` as in [`Self::for_config`], the built-in Gemma template, and the
+    /// processor of `preprocessor` (a `preprocessor_config.json`; the released settings without).
+    pub fn for_gemma3n(
+        tokenizer: &Path,
+        config: &Gemma3nConfig,
+        preprocessor: Option<&Path>,
+    ) -> Result<Self, DataError> {
+        let tok = Self::config_tokenizer(tokenizer, true)?;
+        let invalid = |e: &dyn std::fmt::Display| DataError::Invalid(e.to_string());
+        let (image, audio) = match preprocessor {
+            Some(pp) => (
+                ImageProcessorConfig::from_file(pp).map_err(|e| invalid(&e))?,
+                FeatureExtractorConfig::from_file(pp).map_err(|e| invalid(&e))?,
+            ),
+            None => (
+                ImageProcessorConfig::default(),
+                FeatureExtractorConfig::default(),
+            ),
         };
-        let processor = if gemma3n {
-            let config = Gemma3nConfig::from_file(&cfg_path)?;
-            let pp = config_dir.join("preprocessor_config.json");
-            let (image, audio) = if pp.is_file() {
-                (
-                    ImageProcessorConfig::from_file(&pp)
-                        .map_err(|e| DataError::Invalid(e.to_string()))?,
-                    FeatureExtractorConfig::from_file(&pp)
-                        .map_err(|e| DataError::Invalid(e.to_string()))?,
-                )
-            } else {
-                (
-                    ImageProcessorConfig::default(),
-                    FeatureExtractorConfig::default(),
-                )
-            };
-            Some(Gemma3nProcessor::new(
-                tok.clone(),
-                image,
-                FeatureExtractor::new(audio).map_err(|e| DataError::Invalid(e.to_string()))?,
-                &config,
-            )?)
-        } else {
-            None
-        };
+        let processor = Gemma3nProcessor::new(
+            tok.clone(),
+            image,
+            FeatureExtractor::new(audio).map_err(|e| invalid(&e))?,
+            config,
+        )?;
         Ok(Self {
             tokenizer: tok,
             template: ChatTemplate::gemma(),
-            processor,
+            processor: Some(processor),
+        })
+    }
+
+    /// The tokenizer of a model built from a config: a GGUF file's (with Gemma 3n's multimodal
+    /// tokens for a Gemma 3n) or a Hugging Face folder's `tokenizer.json`.
+    fn config_tokenizer(tokenizer: &Path, gemma3n: bool) -> Result<GemmaTokenizer, DataError> {
+        if !tokenizer.is_file() {
+            return Ok(GemmaTokenizer::from_file(tokenizer.join("tokenizer.json"))?);
+        }
+        let gguf = GgufFile::open(tokenizer).map_err(|e| DataError::File {
+            path: tokenizer.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(if gemma3n {
+            GemmaTokenizer::gemma3n_from_gguf(&gguf)?
+        } else {
+            GemmaTokenizer::from_gguf(&gguf)?
         })
     }
 

@@ -30,15 +30,21 @@ pub struct Gemma3nConfig {
 impl Gemma3nConfig {
     /// The released configurations (`docs/gemma3n-architecture.md` §9.1): `"E2B"` or `"E4B"`.
     pub fn released(name: &str) -> Result<Self, ConfigError> {
-        let text = match name {
-            "E4B" => serde_json::json!({ "model_type": "gemma3n_text" }),
-            "E2B" => {
-                let sparsity: Vec<f64> = (0..30).map(|i| if i < 10 { 0.95 } else { 0.0 }).collect();
-                serde_json::json!({
-                    "model_type": "gemma3n_text", "num_hidden_layers": 30, "intermediate_size": vec![8192; 30],
-                    "num_kv_shared_layers": 10, "activation_sparsity_pattern": sparsity
-                })
-            }
+        Self::released_with_layers(name, None)
+    }
+
+    /// Names [`Self::released`] knows.
+    pub const RELEASED: [&str; 2] = ["E2B", "E4B"];
+
+    /// A released configuration with `layers` decoder layers instead of its own (30 for E2B, 35
+    /// for E4B), every other width kept: the released layer pattern (four sliding, one full)
+    /// cut to length, the same share of layers reusing KV caches (as many as leave the first
+    /// five layers, one of each type, computing their own) and of sparse layers.
+    pub fn released_with_layers(name: &str, layers: Option<usize>) -> Result<Self, ConfigError> {
+        // (layers, KV-shared layers, sparse layers) of the released models
+        let (full, shared, sparse) = match name {
+            "E2B" => (30, 10, 10),
+            "E4B" => (35, 15, 10),
             other => {
                 return Err(ConfigError::field(
                     "name",
@@ -46,6 +52,42 @@ impl Gemma3nConfig {
                 ));
             }
         };
+        let n = layers.unwrap_or(full);
+        if !(1..=full).contains(&n) {
+            return Err(ConfigError::field(
+                "num_hidden_layers",
+                format!("{n} must be in 1..={full} for {name}"),
+            ));
+        }
+        let scaled = |k: usize| (n * k + full / 2) / full;
+        let shared = if n == full {
+            shared
+        } else {
+            scaled(shared).min(n.saturating_sub(5))
+        };
+        let sparse = if n == full {
+            sparse
+        } else {
+            scaled(sparse).max(1)
+        };
+        let types: Vec<&str> = (0..n)
+            .map(|i| {
+                if i % 5 == 4 {
+                    "full_attention"
+                } else {
+                    "sliding_attention"
+                }
+            })
+            .collect();
+        let sparsity: Vec<f64> = (0..n)
+            .map(|i| if i < sparse { 0.95 } else { 0.0 })
+            .collect();
+        let width = if name == "E2B" { 8192 } else { 16_384 };
+        let text = serde_json::json!({
+            "model_type": "gemma3n_text", "num_hidden_layers": n, "intermediate_size": vec![width; n],
+            "layer_types": types, "num_kv_shared_layers": shared,
+            "activation_sparsity_pattern": sparsity
+        });
         Self::from_value(serde_json::json!({
             "architectures": ["Gemma3nForConditionalGeneration"], "model_type": "gemma3n",
             "text_config": text, "vision_config": { "model_type": "gemma3n_vision" }, "audio_config": { "model_type": "gemma3n_audio" },
@@ -114,5 +156,38 @@ impl Gemma3nConfig {
             ));
         }
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_configs_cut_to_fewer_layers_keep_their_structure() {
+        let full = Gemma3nConfig::released("E2B").unwrap();
+        assert_eq!(full.text.num_hidden_layers, 30);
+        assert_eq!(full.text.num_kv_shared_layers, 10);
+        let e4b = Gemma3nConfig::released("E4B").unwrap();
+        assert_eq!(
+            (e4b.text.num_hidden_layers, e4b.text.num_kv_shared_layers),
+            (35, 15)
+        );
+        let cut = Gemma3nConfig::released_with_layers("E2B", Some(10)).unwrap();
+        assert_eq!(cut.text.num_hidden_layers, 10);
+        assert_eq!(cut.text.num_kv_shared_layers, 3, "a third, as in 10 of 30");
+        assert_eq!(cut.text.hidden_size, full.text.hidden_size);
+        assert_eq!(cut.text.vocab_size, full.text.vocab_size);
+        assert_eq!(cut.vision, full.vision);
+        assert_eq!(cut.audio, full.audio);
+        // five layers: one of each type computes its own cache, none can reuse
+        let five = Gemma3nConfig::released_with_layers("E4B", Some(5)).unwrap();
+        assert_eq!(five.text.num_kv_shared_layers, 0);
+        for bad in [Some(0), Some(31)] {
+            let e = Gemma3nConfig::released_with_layers("E2B", bad).unwrap_err();
+            assert!(e.to_string().contains("num_hidden_layers"), "{e}");
+        }
+        let e = Gemma3nConfig::released("E3B").unwrap_err().to_string();
+        assert!(e.contains("E3B") && e.contains("E2B or E4B"), "{e}");
     }
 }

@@ -8,7 +8,7 @@ use automodel_core::Backend;
 use automodel_core::init::Initializer;
 use automodel_core::loss::causal_lm_loss;
 use automodel_core::tree;
-use automodel_core::weights::{SafeTensorsFiles, WeightLoader};
+use automodel_core::weights::{CounterWeights, SafeTensorsFiles, TensorSource, WeightLoader};
 use automodel_text::gemma3n::model::{
     CONDITIONAL_PREFIX as TEXT_PREFIX, ignored_key, reusing_layers,
 };
@@ -209,7 +209,7 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
     /// Load from opened checkpoint files; one error lists every missing, unexpected or
     /// mis-shaped key of every component.
     pub fn from_files(
-        files: &SafeTensorsFiles,
+        files: &dyn TensorSource,
         cfg: &Gemma3nConfig,
         device: &B::Device,
         dtype: DType,
@@ -225,6 +225,28 @@ impl<B: Backend> Gemma3nForConditionalGeneration<B> {
                     .is_some_and(|rel| ignored_key(rel, &reuse))
         })?;
         Ok(model)
+    }
+
+    /// The model `cfg` describes with weights from the counter formula
+    /// ([`automodel_core::weights::CounterWeights`]): every value a hash of its HF key, `seed`
+    /// and index, bit for bit what `reference/counter_weights.py` computes. Released sizes
+    /// without a download (`Gemma3nConfig::released`).
+    pub fn from_counter_weights(
+        cfg: &Gemma3nConfig,
+        seed: u64,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let shapes = Self::new(&Initializer::shapes(device, dtype), cfg)?;
+        let weights = CounterWeights::new(
+            seed,
+            tree::param_infos(&shapes, "")
+                .into_iter()
+                .map(|p| (p.key, p.shape)),
+        )
+        .with_dtype(dtype);
+        drop(shapes);
+        Self::from_files(&weights, cfg, device, dtype)
     }
 
     /// Write `config.json` and the weights (single file or shards + index), atomically.

@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod gemma3;
 mod multimodal;
 pub mod peft;
+mod released;
 mod tensors;
 pub mod text;
 mod vision;
@@ -77,6 +78,7 @@ pub const SUPPORTED_CASES: &[&str] = &[
     "lora_text",
     "lora_multimodal",
     "lora_gemma3_270m",
+    "released",
 ];
 
 /// Run one case folder, or every case folder directly inside `dir`.
@@ -110,6 +112,7 @@ pub fn run<B: AutodiffBackend>(
                 (multimodal::forward_backward::<B>(&f, device)?, None)
             }
             "generate_multimodal" => (multimodal::generate::<B::InnerBackend>(&f, device)?, None),
+            "released" => (released::run::<B>(&f, device)?, None),
             "lora_text" | "lora_multimodal" => (peft::tiny::<B>(&f, device)?, None),
             "lora_gemma3_270m" => match gguf {
                 Some(g) => (peft::gemma3_270m::<B>(&f, g, device)?, None),

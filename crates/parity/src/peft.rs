@@ -284,6 +284,7 @@ fn adamw_steps<B: AutodiffBackend>(
             tolerance: STEP_SCALAR,
             passed: s < steps && err <= 1e-4 * want.abs(),
             note: (s >= steps).then(|| "meta.json lists more steps than were taken".into()),
+            open: None,
         });
     }
     for s in 0..steps {
@@ -351,6 +352,7 @@ fn adamw_steps<B: AutodiffBackend>(
                 missing.join(", ")
             )
         }),
+        open: None,
     });
     Ok(checks)
 }

@@ -8,6 +8,8 @@
 //!   checkpoints, resume.
 //! * [`interrupt`]: Ctrl-C and SIGTERM stop a run after its step, with a checkpoint.
 //! * [`checkpoint`]: Automodel's layout, written atomically; `LATEST` and `LOWEST_VAL`.
+//! * [`grad_watch`]: each parameter's component, per-component gradient norms, and the warning
+//!   when the gradient norm jumps above its running median.
 //! * [`metrics`]: exact match and word error rate.
 //! * [`log`]: `training.jsonl`/`validation.jsonl`, the progress bar, the loss curve.
 //! * [`parallel`]: data parallelism over workers (`automodel-distributed`): each worker's
@@ -19,6 +21,7 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod error;
+pub mod grad_watch;
 pub mod interrupt;
 pub mod log;
 pub mod metrics;

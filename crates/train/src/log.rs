@@ -1,6 +1,7 @@
 //! What a run reports: `training.jsonl` and `validation.jsonl` with Automodel's field names, a
 //! progress bar on a terminal (plain lines otherwise), and the loss curve as an SVG picture.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,11 @@ pub struct StepRecord {
     pub loss: f64,
     /// Pre-clip global gradient norm.
     pub grad_norm: f64,
+    /// Pre-clip gradient norm of each component (`text_decoder`, `per_layer_embeddings`,
+    /// `altup_laurel`, `vision_tower`, `audio_tower`, `embedders`, `embed_tokens`, `lora.*`):
+    /// the global norm is the root of the sum of their squares.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub grad_norm_by_component: BTreeMap<String, f64>,
     pub lr: f64,
     /// Peak memory in GiB (the process's peak resident size on the CPU).
     pub mem: f64,
@@ -273,6 +279,89 @@ pub fn loss_curve(
     Ok(())
 }
 
+/// The pre-clip gradient norm of each component, and the global one, over the steps of
+/// `training_jsonl` (what the run wrote, so a resumed run draws its whole history), as an SVG
+/// with a logarithmic axis: a spike shows which part of the model it comes from.
+pub fn grad_norm_curve(path: &Path, training_jsonl: &Path) -> Result<(), TrainError> {
+    use plotters::prelude::*;
+    let text =
+        std::fs::read_to_string(training_jsonl).map_err(|e| TrainError::file(training_jsonl, e))?;
+    let mut series: BTreeMap<String, Vec<(usize, f64)>> = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(step) = v.get("step").and_then(|s| s.as_u64()) else {
+            continue;
+        };
+        let mut add = |name: &str, x: Option<f64>| {
+            if let Some(x) = x.filter(|x| x.is_finite() && *x > 0.0) {
+                series
+                    .entry(name.to_string())
+                    .or_default()
+                    .push((step as usize, x));
+            }
+        };
+        add("global", v.get("grad_norm").and_then(|x| x.as_f64()));
+        if let Some(parts) = v.get("grad_norm_by_component").and_then(|p| p.as_object()) {
+            for (name, x) in parts {
+                add(name, x.as_f64());
+            }
+        }
+    }
+    let all = || series.values().flatten();
+    let Some(max_step) = all().map(|p| p.0).max() else {
+        return Ok(());
+    };
+    let (lo, hi) = all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        let draw = |e: &dyn std::fmt::Display| {
+            TrainError::Config(format!("drawing the gradient norms: {e}"))
+        };
+        root.fill(&WHITE).map_err(|e| draw(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "gradient norm by component (before clipping)",
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0..max_step + 1, ((lo / 1.5)..(hi * 1.5)).log_scale())
+            .map_err(|e| draw(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("L2 norm")
+            .draw()
+            .map_err(|e| draw(&e))?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let colour = if name == "global" {
+                BLACK.to_rgba()
+            } else {
+                Palette99::pick(i).to_rgba()
+            };
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), colour))
+                .map_err(|e| draw(&e))?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| draw(&e))?;
+        root.present().map_err(|e| draw(&e))?;
+    }
+    automodel_core::weights::write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +388,51 @@ mod tests {
             std::fs::read_to_string(&j).unwrap(),
             "{\"step\":1}\n{\"step\":2}\n"
         );
+    }
+
+    #[test]
+    fn grad_norm_curve_draws_one_line_per_component() {
+        let dir = tempfile::tempdir().unwrap();
+        // the stroke colours of a picture drawn from `records`
+        let colours = |name: &str, records: &[serde_json::Value]| {
+            let j = dir.path().join(format!("{name}.jsonl"));
+            let mut w = JsonLines::open(j.clone()).unwrap();
+            for r in records {
+                w.write(r).unwrap();
+            }
+            let p = dir.path().join(format!("{name}.svg"));
+            grad_norm_curve(&p, &j).unwrap();
+            let svg = std::fs::read_to_string(&p).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+            svg.split("stroke=\"")
+                .skip(1)
+                .filter_map(|x| x.split('"').next().map(str::to_string))
+                .collect::<std::collections::BTreeSet<String>>()
+        };
+        let rec = |step: usize, parts: bool| {
+            let mut r = serde_json::json!({"step": step, "grad_norm": 2.0 * step as f64});
+            if parts {
+                r["grad_norm_by_component"] =
+                    serde_json::json!({"text_decoder": 1.5, "vision_tower": step as f64});
+            }
+            r
+        };
+        let global = colours("global", &[rec(1, false), rec(2, false), rec(3, false)]);
+        let all = colours("all", &[rec(1, true), rec(2, true), rec(3, true)]);
+        assert!(
+            global.contains("#000000"),
+            "the global norm in black: {global:?}"
+        );
+        assert_eq!(
+            all.difference(&global).count(),
+            2,
+            "one colour per component: {all:?} vs {global:?}"
+        );
+        // a log with no gradient norm draws nothing and is no error
+        let empty = dir.path().join("empty.jsonl");
+        std::fs::write(&empty, "{\"step\":1}\n").unwrap();
+        let q = dir.path().join("none.svg");
+        grad_norm_curve(&q, &empty).unwrap();
+        assert!(!q.exists());
     }
 }

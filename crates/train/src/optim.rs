@@ -399,17 +399,43 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
     }
 }
 
+/// The gradient norms of one step: the global L2 norm and one per component
+/// ([`crate::grad_watch::component_of`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GradNorms {
+    /// The global L2 norm, as `torch.nn.utils.clip_grad_norm_` computes it.
+    pub total: f64,
+    /// The L2 norm over each component's gradients (components with a gradient only).
+    pub components: BTreeMap<String, f64>,
+}
+
 /// The global L2 norm of every gradient in `grads` (over the parameters of `module`), as
 /// `torch.nn.utils.clip_grad_norm_` computes it: the norm of the per-tensor norms.
 pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &GradientsParams,
 ) -> f64 {
+    grad_norms(module, grads).total
+}
+
+/// [`global_grad_norm`] and the norm of each component's gradients, read from the device in one
+/// go per component.
+pub fn grad_norms<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> GradNorms {
     struct Norm<'a, B: AutodiffBackend> {
         grads: &'a GradientsParams,
-        sum: Option<Tensor<B::InnerBackend, 1>>,
+        path: KeyPath,
+        sums: BTreeMap<String, Tensor<B::InnerBackend, 1>>,
     }
     impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_, B> {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.enter(name, container);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
                 // in slices of 4 Mi elements: the squares of a whole 262144 × 640 table would
@@ -428,18 +454,30 @@ pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
                     })
                     .reduce(|a, b| a + b)
                     .expect("a gradient has elements");
-                self.sum = Some(match self.sum.take() {
+                let part = crate::grad_watch::component_of(&self.path.key(""));
+                let sum = match self.sums.remove(&part) {
                     Some(s) => s + sq,
                     None => sq,
-                });
+                };
+                self.sums.insert(part, sum);
             }
         }
     }
-    let mut v = Norm::<B> { grads, sum: None };
+    let mut v = Norm::<B> {
+        grads,
+        path: KeyPath::default(),
+        sums: BTreeMap::new(),
+    };
     module.visit(&mut v);
-    v.sum
-        .map(|s| s.into_scalar().elem::<f64>().sqrt())
-        .unwrap_or(0.0)
+    let squares: BTreeMap<String, f64> = v
+        .sums
+        .into_iter()
+        .map(|(k, s)| (k, s.into_scalar().elem::<f64>()))
+        .collect();
+    GradNorms {
+        total: squares.values().sum::<f64>().sqrt(),
+        components: squares.into_iter().map(|(k, s)| (k, s.sqrt())).collect(),
+    }
 }
 
 /// PyTorch's clipping factor: `min(1, max_norm / (norm + 1e-6))`.

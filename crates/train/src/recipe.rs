@@ -121,9 +121,15 @@ pub struct ModelSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pretrained_model_name_or_path: Option<String>,
     /// Instead: a folder with `config.json` (and optionally `preprocessor_config.json`) to build
-    /// with random weights (tiny models for tests and demos).
+    /// with random weights (tiny models for tests and demos), or a released Gemma 3n, `E2B` or
+    /// `E4B`, at its real sizes with weights from the counter formula (the same bits
+    /// `reference/counter_weights.py` computes: PyTorch can build the same model).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
+    /// With `model.config: E2B|E4B`: that many decoder layers instead of the released 30/35
+    /// (every width kept; KV sharing and sparsity cut in proportion), for quick runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_hidden_layers: Option<usize>,
     /// With `config`: where the tokenizer comes from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
@@ -393,6 +399,15 @@ impl Recipe {
                     "is used with model.config only: a pretrained checkpoint brings its own tokenizer (remove the key)",
                 ));
             }
+            (_, c) if m.num_hidden_layers.is_some() && self.released_name().is_none() => {
+                return Err(self.err(
+                    "model.num_hidden_layers",
+                    format!(
+                        "cuts a released configuration (model.config: E2B or E4B); model.config is {}",
+                        c.as_deref().map_or("absent".into(), |c| format!("`{c}`"))
+                    ),
+                ));
+            }
             (Some(_), None) if m.init_seed.is_some() => {
                 return Err(self.err(
                     "model.init_seed",
@@ -400,6 +415,9 @@ impl Recipe {
                 ));
             }
             _ => {}
+        }
+        if self.released_name().is_some() {
+            self.released_config()?;
         }
         if m.torch_dtype == TorchDtype::Float16 {
             return Err(self.err(
@@ -631,13 +649,35 @@ impl Recipe {
             .map_err(|e| self.err(key, e))
     }
 
+    /// The released configuration `model.config` names (`E2B`, `E4B`), if it names one.
+    pub fn released_name(&self) -> Option<&str> {
+        self.model
+            .config
+            .as_deref()
+            .filter(|c| automodel_gemma3n::Gemma3nConfig::RELEASED.contains(c))
+    }
+
+    /// The configuration of `model.config: E2B|E4B`, cut to `model.num_hidden_layers`.
+    pub fn released_config(&self) -> Result<Option<automodel_gemma3n::Gemma3nConfig>, RecipeError> {
+        let Some(name) = self.released_name() else {
+            return Ok(None);
+        };
+        automodel_gemma3n::Gemma3nConfig::released_with_layers(name, self.model.num_hidden_layers)
+            .map(Some)
+            .map_err(|e| self.err("model.num_hidden_layers", e))
+    }
+
     /// The text side the datasets are encoded with: the checkpoint's, or for `model.config`
-    /// the tokenizer's with the processor of the config's folder.
+    /// the tokenizer's with the processor of the config's folder (a released configuration's
+    /// own settings for `E2B`/`E4B`).
     pub fn text_side(
         &self,
         has_media: bool,
     ) -> Result<automodel_data::TextSide, crate::TrainError> {
         let path = self.model_path()?;
+        if let Some(cfg) = self.released_config()? {
+            return Ok(automodel_data::TextSide::for_gemma3n(&path, &cfg, None)?);
+        }
         Ok(match &self.model.config {
             Some(c) => automodel_data::TextSide::for_config(&path, &self.base().join(c))?,
             None => automodel_data::TextSide::open(&path, has_media)?,
@@ -769,6 +809,21 @@ mod tests {
                 "clip_grad_norm.max_norm: 0",
             ),
             ("", &["model.config=c"], "model: give either"),
+            (
+                "",
+                &["model.num_hidden_layers=4"],
+                "model.num_hidden_layers: cuts a released configuration",
+            ),
+            (
+                "",
+                &[
+                    "model.pretrained_model_name_or_path=null",
+                    "model.config=E2B",
+                    "model.tokenizer=t",
+                    "model.num_hidden_layers=31",
+                ],
+                "31 must be in 1..=30 for E2B",
+            ),
             // keys that would be ignored are refused, naming the section
             (
                 "",

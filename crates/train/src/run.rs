@@ -168,10 +168,23 @@ pub fn run<B: AutodiffBackend>(
     let loaded = match &recipe.model.config {
         None => AutoModel::<B>::from_pretrained(&model_path, &device, dtype).map_err(model_err)?,
         Some(c) => {
-            let dir = recipe.base().join(c);
-            automodel_core::seed::<B>(&device, recipe.model.init_seed.unwrap_or(recipe.seed));
-            let tok = recipe.text_side(false)?.tokenizer;
-            AutoModel::<B>::from_config(&dir, Some(tok), &device, dtype).map_err(model_err)?
+            let seed = recipe.model.init_seed.unwrap_or(recipe.seed);
+            match recipe.released_config()? {
+                // the released sizes, every value from the counter formula
+                Some(cfg) => AutoModel::Gemma3n(
+                    Gemma3nForConditionalGeneration::<B>::from_counter_weights(
+                        &cfg, seed, &device, dtype,
+                    )
+                    .map_err(model_err)?,
+                ),
+                None => {
+                    automodel_core::seed::<B>(&device, seed);
+                    let tok = recipe.text_side(false)?.tokenizer;
+                    let dir = recipe.base().join(c);
+                    AutoModel::<B>::from_config(&dir, Some(tok), &device, dtype)
+                        .map_err(model_err)?
+                }
+            }
         }
     };
     let spec = recipe.model.matformer.as_ref().map(|m| MatformerSpec {

@@ -2,6 +2,7 @@
 //! AdamW, the schedule, non-finite steps skipped, validation (loss and a generation metric),
 //! logs, checkpoints and resume.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,10 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointConfig, TrainState};
 use crate::error::TrainError;
-use crate::log::{JsonLines, Progress, StepRecord, ValRecord, loss_curve, now, peak_mem_gib};
+use crate::grad_watch::SpikeWatch;
+use crate::log::{
+    JsonLines, Progress, StepRecord, ValRecord, grad_norm_curve, loss_curve, now, peak_mem_gib,
+};
 use crate::metrics::{EvaluationConfig, Metric, wer};
 use crate::model::TrainModel;
-use crate::optim::{Optimizer, OptimizerConfig, clip_factor, global_grad_norm};
+use crate::optim::{Optimizer, OptimizerConfig, clip_factor, grad_norms};
 use crate::parallel;
 use crate::schedule::{LrSchedule, LrSchedulerConfig};
 use automodel_core::memory::ResidentLimit;
@@ -463,6 +467,8 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
         let mut last_good: Option<PathBuf> = checkpoint::latest(&self.run_dir);
         // the allocator's kept pages, returned once they outgrow the step's working set
         let mut resident = ResidentLimit::default();
+        // warns when the gradient norm jumps, naming the component
+        let mut spikes = SpikeWatch::default();
         while state.step < total {
             // the whole step: waiting for batches, forward, backward, optimizer
             let t0 = Instant::now();
@@ -490,6 +496,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 StepOutcome {
                     loss,
                     grad_norm: norm,
+                    grad_norm_by_component,
                     applied: finite,
                     stop,
                 },
@@ -536,6 +543,7 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 timestamp: now(),
                 loss,
                 grad_norm: norm,
+                grad_norm_by_component,
                 lr,
                 mem: peak_mem_gib(),
                 tps: n_tokens as f64 / secs.max(1e-9),
@@ -543,6 +551,12 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                 num_label_tokens: n_labels,
                 skipped: !finite,
             };
+            if let Some(warning) = spikes.observe(state.step, norm, &rec.grad_norm_by_component)
+                && main
+            {
+                tracing::warn!("{warning}");
+                progress.println(&format!("warning: {warning}"));
+            }
             if let Some(log) = &mut train_log {
                 log.write(&rec)?;
             }
@@ -604,6 +618,9 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
                     .map(|(i, l)| (i + 1, *l))
                     .collect();
                 loss_curve(&self.run_dir.join("loss.svg"), &train_pts, &val_points)?;
+                if let Some(log) = &train_log {
+                    grad_norm_curve(&self.run_dir.join("grad_norm.svg"), &log.path)?;
+                }
             }
             if stop && !last {
                 progress.finish();
@@ -629,12 +646,14 @@ impl<B: AutodiffBackend, M: TrainModel<B>> Trainer<B, M> {
 }
 
 /// What one optimizer step measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
     /// The loss: the sum over every micro-batch's label tokens over `n_labels`.
     pub loss: f64,
     /// The global L2 norm of the gradients, before clipping.
     pub grad_norm: f64,
+    /// The norm of each component's gradients ([`crate::grad_watch::component_of`]).
+    pub grad_norm_by_component: BTreeMap<String, f64>,
     /// False when the loss or the norm was not finite: the parameters were left unchanged.
     pub applied: bool,
     /// A stop was asked for ([`crate::interrupt`]; in a data-parallel run, by any worker):
@@ -707,7 +726,8 @@ pub fn train_step_on<B: AutodiffBackend, M: TrainModel<B>>(
             stop,
         ),
     };
-    let grad_norm = global_grad_norm(&model, &grads);
+    let norms = grad_norms(&model, &grads);
+    let grad_norm = norms.total;
     lap(2);
     let applied = loss.is_finite() && grad_norm.is_finite();
     if applied {
@@ -727,6 +747,7 @@ pub fn train_step_on<B: AutodiffBackend, M: TrainModel<B>>(
         StepOutcome {
             loss,
             grad_norm,
+            grad_norm_by_component: norms.components,
             applied,
             stop,
         },

@@ -96,7 +96,9 @@ impl OnDevice for Job {
             return train(m, wl, self.opts, &device);
         }
         let cfg = gemma3n_config(&wl.model)?;
-        let m = Gemma3nForConditionalGeneration::<B>::from_config(&cfg, &device, dtype)?;
+        // the counter formula's weights, which the PyTorch side builds too: both losses agree
+        let m =
+            Gemma3nForConditionalGeneration::<B>::from_counter_weights(&cfg, 0, &device, dtype)?;
         if wl.mode == "generate" {
             bail!("{}: generation is benchmarked on the 270M only", wl.name);
         }

@@ -123,9 +123,17 @@ pub fn bench(args: &[String]) -> anyhow::Result<bool> {
         }
         return dp::bench_dp(rounds, opts.steps, opts.warmup, record);
     }
+    let named = |w: &Workload| only.iter().any(|o| w.name.contains(o.as_str()));
+    // the released sizes on the CPU take minutes per step: only when `--only` names them
+    let released = if device == "cpu" && !quick {
+        workload::released_cpu()
+    } else {
+        Vec::new()
+    };
     let list: Vec<Workload> = workloads(&device, quick)
         .into_iter()
-        .filter(|w| only.is_empty() || only.iter().any(|o| w.name.contains(o.as_str())))
+        .filter(|w| only.is_empty() || named(w))
+        .chain(released.into_iter().filter(|w| named(w)))
         .collect();
     if list.is_empty() {
         bail!(

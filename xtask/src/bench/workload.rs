@@ -131,6 +131,16 @@ pub fn workloads(device: &str, quick: bool) -> Vec<Workload> {
     v
 }
 
+/// The full-size Gemma 3n E2B LoRA step in bfloat16 on the CPU (text 1×512, and a 768×768
+/// picture + text), counter-formula weights on both sides. Run only when `--only` names them
+/// (`--only gemma3n-E2B`): minutes per step, ~11 GB of weights per side.
+pub fn released_cpu() -> Vec<Workload> {
+    vec![
+        bf16(w("gemma3n-E2B", "lora", "text", 1, 512, 0, "cpu")),
+        bf16(w("gemma3n-E2B", "lora", "image+text", 1, 512, 0, "cpu")),
+    ]
+}
+
 /// A kernel microbenchmark (no model): `matmul` of `[m, k] × [k, n]` or element-wise `exp` over
 /// `[m, k]`, in the workload's dtype, one call per step; Burn's kernel against PyTorch's on the
 /// same shapes. Encoded in a [`Workload`] as `model` `kernel`, `mode` the op, `batch` = m,

@@ -10,13 +10,16 @@
 //! | `files` | [`SafeTensorsFiles`] (memory-mapped, single or sharded) and [`TensorSource`] |
 //! | `loader` | [`WeightLoader`]: tensors by key into a model, every problem collected |
 //! | `save` | [`TensorMap`]: tensors written as one file or HF shards with an index |
+//! | `counter` | [`CounterWeights`]: weights computed from a hash of name, seed and index (no file) |
 //! | `folder` | atomic files and whole folders, the side files of a model folder |
 
+mod counter;
 mod files;
 mod folder;
 mod loader;
 mod save;
 
+pub use counter::{COUNTER_FORMULA, CounterWeights, counter_rule, counter_values};
 pub use files::{RawTensor, SafeTensorsFiles, TensorSource, checkpoint_dir, open_checkpoint};
 pub use folder::{
     SIDE_FILES, copy_recursively, copy_side_files, is_model_file, replace_atomically, write_atomic,
