@@ -6,7 +6,9 @@ use std::path::Path;
 use automodel_core::AutodiffBackend;
 use automodel_core::Backend;
 use automodel_core::weights::SafeTensorsFiles;
-use automodel_gemma3n::{AudioInput, Gemma3nForConditionalGeneration, MultimodalInput};
+use automodel_gemma3n::{
+    AudioInput, ConditionalOutput, Gemma3nForConditionalGeneration, MultimodalInput,
+};
 use automodel_text::generate::ids_tensor;
 use automodel_text::{CausalLm, TrainBatch, TrainOptions};
 use automodel_text::{ForwardOptions, Generate};
@@ -14,7 +16,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 
 use crate::compare::{Check, Tolerance};
-use crate::tensors::{float_tensor, output_check, reference, rows, values};
+use crate::tensors::{Values, float_tensor, output_check, reference, rows, values};
 use crate::text::{
     EMBED, forward_tolerance, generation_checks, generation_settings, loss_gradient_checks,
     nocache_check,
@@ -87,6 +89,33 @@ pub(crate) fn train_batch<B: Backend>(
     }
 }
 
+/// The outputs every full-model case reads off a forward the same way: the last hidden state,
+/// both towers' outputs, the audio padding mask and the merged features (`None` for any other
+/// name; `Some(None)` when the forward had no such input).
+pub(crate) fn shared_output<B: Backend>(
+    name: &str,
+    out: &ConditionalOutput<B>,
+) -> Option<Option<Values>> {
+    Some(match name {
+        "last_hidden_state" => Some(values(out.text.last_hidden_state.clone())),
+        "image_features" => out.image_features.clone().map(values),
+        "audio_features" => out.audio_features.clone().map(values),
+        "vision_tower_output" => out.vision.as_ref().map(|v| values(v.features.clone())),
+        "audio_tower_output" => out.audio.as_ref().map(|a| values(a.encodings.clone())),
+        "audio_tower_mask" => out.audio.as_ref().map(|a| {
+            (
+                a.padding
+                    .iter()
+                    .flatten()
+                    .map(|&p| if p { 1.0 } else { 0.0 })
+                    .collect(),
+                vec![a.padding.len(), a.padding[0].len()],
+            )
+        }),
+        _ => return None,
+    })
+}
+
 /// `image`, `audio`, `multimodal`: every output tensor and every parameter's gradient.
 pub fn forward_backward<B: AutodiffBackend>(
     dir: &Path,
@@ -117,24 +146,10 @@ pub fn forward_backward<B: AutodiffBackend>(
         let got = match name {
             "logits" => Some(values(out.logits.clone())),
             "loss" => loss.clone().map(|l| (values(l).0, vec![])),
-            "last_hidden_state" => Some(values(out.text.last_hidden_state.clone())),
             "inputs_embeds" => Some(values(out.text.inputs_embeds.clone())),
             "per_layer_inputs" => Some(values(out.text.per_layer_inputs.clone())),
             "per_layer_token_embeds" => Some(values(out.per_layer_token_embeds.clone())),
-            "image_features" => out.image_features.clone().map(values),
-            "audio_features" => out.audio_features.clone().map(values),
-            "vision_tower_output" => out.vision.as_ref().map(|v| values(v.features.clone())),
-            "audio_tower_output" => out.audio.as_ref().map(|a| values(a.encodings.clone())),
-            "audio_tower_mask" => out.audio.as_ref().map(|a| {
-                (
-                    a.padding
-                        .iter()
-                        .flatten()
-                        .map(|&p| if p { 1.0 } else { 0.0 })
-                        .collect(),
-                    vec![a.padding.len(), a.padding[0].len()],
-                )
-            }),
+            n if shared_output(n, &out).is_some() => shared_output(n, &out).flatten(),
             n if n.starts_with("hidden_states.") => n["hidden_states.".len()..]
                 .parse::<usize>()
                 .ok()

@@ -19,7 +19,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 use crate::compare::{Check, Tolerance, compare};
-use crate::multimodal::{inputs, train_batch};
+use crate::multimodal::{inputs, shared_output, train_batch};
 use crate::tensors::{Values, check, data_values, output_check, reference, values};
 use crate::text::{EMBED, GRAD, HIDDEN, LOGITS, LOSS, string_list};
 use crate::{ParityError, open, read_meta};
@@ -77,22 +77,7 @@ fn output_values<B: Backend>(
                 tail.min(t),
             )))
         }
-        "last_hidden_state" => Some(values(out.text.last_hidden_state.clone())),
-        "image_features" => out.image_features.clone().map(values),
-        "audio_features" => out.audio_features.clone().map(values),
-        "vision_tower_output" => out.vision.as_ref().map(|v| values(v.features.clone())),
-        "audio_tower_output" => out.audio.as_ref().map(|a| values(a.encodings.clone())),
-        "audio_tower_mask" => out.audio.as_ref().map(|a| {
-            (
-                a.padding
-                    .iter()
-                    .flatten()
-                    .map(|&p| if p { 1.0 } else { 0.0 })
-                    .collect(),
-                vec![a.padding.len(), a.padding[0].len()],
-            )
-        }),
-        _ => None,
+        n => shared_output(n, out).flatten(),
     }
 }
 
@@ -114,37 +99,38 @@ pub fn run<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<Vec<Che
         meta.get("logits_tail_positions")
             .and_then(|v| v.as_u64())
             .ok_or_else(|| case_error(dir, "`logits_tail_positions` is missing"))? as usize;
-    let cfg = Gemma3nConfig::from_file(dir.join("config.json"))?;
-    let inputs_file = open(dir, "inputs.safetensors")?;
-    let outputs = open(dir, "outputs.safetensors")?;
-    let mut checks = float32::<B>(dir, &cfg, seed, tail, &meta, &inputs_file, &outputs, device)?;
+    let case = Case {
+        cfg: Gemma3nConfig::from_file(dir.join("config.json"))?,
+        inputs: open(dir, "inputs.safetensors")?,
+        outputs: open(dir, "outputs.safetensors")?,
+        dir: dir.to_path_buf(),
+        seed,
+        tail,
+        meta,
+    };
+    let mut checks = float32::<B>(&case, device)?;
     match automodel_core::device::check_dtype::<B>(device, DType::BF16) {
-        Ok(()) => checks.extend(bfloat16::<B::InnerBackend>(
-            dir,
-            &cfg,
-            seed,
-            tail,
-            &meta,
-            &inputs_file,
-            &outputs,
-            device,
-        )?),
+        Ok(()) => checks.extend(bfloat16::<B::InnerBackend>(&case, device)?),
         Err(e) => tracing::warn!("{}: bfloat16 part skipped: {e}", dir.display()),
     }
     Ok(checks)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn float32<B: AutodiffBackend>(
-    dir: &Path,
-    cfg: &Gemma3nConfig,
+/// What both parts read: the folder, its config, the counter seed, the logits tail length,
+/// `meta.json`, the inputs and the reference outputs.
+struct Case {
+    dir: std::path::PathBuf,
+    cfg: Gemma3nConfig,
     seed: u64,
     tail: usize,
-    meta: &serde_json::Value,
-    inputs_file: &SafeTensorsFiles,
-    outputs: &SafeTensorsFiles,
-    device: &B::Device,
-) -> Result<Vec<Check>, ParityError> {
+    meta: serde_json::Value,
+    inputs: SafeTensorsFiles,
+    outputs: SafeTensorsFiles,
+}
+
+fn float32<B: AutodiffBackend>(case: &Case, device: &B::Device) -> Result<Vec<Check>, ParityError> {
+    let (dir, cfg, seed, tail) = (case.dir.as_path(), &case.cfg, case.seed, case.tail);
+    let (meta, inputs_file, outputs) = (&case.meta, &case.inputs, &case.outputs);
     let trainable = string_list(meta, "trainable");
     if trainable.is_empty() {
         return Err(case_error(
@@ -197,17 +183,9 @@ fn float32<B: AutodiffBackend>(
     Ok(checks)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bfloat16<B: Backend>(
-    dir: &Path,
-    cfg: &Gemma3nConfig,
-    seed: u64,
-    tail: usize,
-    meta: &serde_json::Value,
-    inputs_file: &SafeTensorsFiles,
-    outputs: &SafeTensorsFiles,
-    device: &B::Device,
-) -> Result<Vec<Check>, ParityError> {
+fn bfloat16<B: Backend>(case: &Case, device: &B::Device) -> Result<Vec<Check>, ParityError> {
+    let (dir, cfg, seed, tail) = (case.dir.as_path(), &case.cfg, case.seed, case.tail);
+    let (meta, inputs_file, outputs) = (&case.meta, &case.inputs, &case.outputs);
     let model =
         Gemma3nForConditionalGeneration::<B>::from_counter_weights(cfg, seed, device, DType::BF16)?;
     let input = inputs::<B>(inputs_file, device, true)?;
