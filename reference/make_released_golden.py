@@ -89,10 +89,11 @@ def _worst(ref, a, b):
 
 
 def grad_names(model, cfg) -> list[str]:
-    """The tensors whose gradients are saved: small ones from every component (a vision stem
-    conv, the MSFA norm, the audio tower's first and last norms, the multimodal embedders' norms,
-    each text layer's norms, AltUp, LAuReL, the per-layer gates and projections, the final norm).
-    Each is reached by backpropagating through everything after it."""
+    """The tensors whose gradients are saved: small ones from every component (the vision
+    tower's MSFA norms, the audio tower's first and last norms, the multimodal embedders' norms,
+    four text layers' norms, AltUp router and coefficients, LAuReL and per-layer input norm, the
+    first layer's per-layer gate, the final norms). Each is reached by backpropagating through
+    everything after it."""
     tc = cfg.text_config
     last = tc.num_hidden_layers - 1
     first_shared = tc.num_hidden_layers - tc.num_kv_shared_layers
